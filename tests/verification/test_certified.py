@@ -1,0 +1,142 @@
+"""The certified bound: it holds on every input we can find, matches hand formulas, and is not absurd."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from ticketsolver.errors import VerificationError
+from ticketsolver.verification import certify_bound, random_starts, search_worst_case
+
+from .helpers import build_pruned, input_blocks_pair, mlp, odd_conv_net, output_blocks_pair, perturb_second
+
+CASES = [
+    ("mlp, signed box", mlp, (13,), (-1.0, 1.0), False),
+    ("mlp, [0,1] box", mlp, (13,), (0.0, 1.0), True),
+    ("conv, signed box", odd_conv_net, (2, 12, 12), (-1.0, 1.0), False),
+    ("conv, [0,1] box", odd_conv_net, (2, 12, 12), (0.0, 1.0), True),
+]
+
+
+def _observed(target, pruned, x: torch.Tensor) -> torch.Tensor:
+    """Per-output max over inputs of |f - g| in float64."""
+    f, g = copy.deepcopy(target).double(), copy.deepcopy(pruned).double()
+    with torch.no_grad():
+        return (f(x) - g(x)).abs().flatten(1).amax(0)
+
+
+@pytest.mark.parametrize(("name", "net", "shape", "box", "nonneg"), CASES, ids=[c[0] for c in CASES])
+def test_bound_holds_on_random_inputs_and_worst_case_and_is_within_100x(
+    name, net, shape, box, nonneg
+) -> None:
+    target = net(0)
+    pruned = build_pruned(target, input_nonneg=nonneg, perturb=1e-3, seed=0)
+    bound = certify_bound(target, pruned, box, input_shape=shape)
+    x = random_starts(torch.tensor(box[0]), torch.tensor(box[1]), 1000, shape, seed=1)
+    per_output = torch.tensor(bound.per_output, dtype=torch.float64)
+    assert (_observed(target, pruned, x) <= per_output).all()
+    f, g = copy.deepcopy(target).double(), copy.deepcopy(pruned).double()
+    worst = search_worst_case(f, g, x[:16], box, steps=50)
+    assert worst.max_abs_error <= bound.max_bound
+    # random weights, |W| Lipschitz products: loose, but on nets this small within two orders of magnitude
+    assert bound.max_bound < 100 * worst.max_abs_error
+
+
+def test_bound_holds_at_every_vertex_of_a_small_box() -> None:
+    target = mlp(3, d_in=6, width=16, d_out=4)
+    pruned = build_pruned(target, input_nonneg=False, perturb=3e-3, seed=3)
+    lo, hi = torch.tensor([-1.0, 0.0, -2.0, 0.5, -1.0, 0.0]), torch.tensor([1.0, 1.0, 0.0, 1.5, 2.0, 0.25])
+    bound = certify_bound(target, pruned, (lo, hi), input_shape=(6,))
+    vertices = torch.tensor(list(itertools.product([0.0, 1.0], repeat=6)), dtype=torch.float64)
+    x = lo.double() + (hi - lo).double() * vertices
+    assert (_observed(target, pruned, x) <= torch.tensor(bound.per_output, dtype=torch.float64)).all()
+
+
+def test_exact_pairs_certify_zero_up_to_rounding_slack() -> None:
+    target = odd_conv_net(1)
+    bound = certify_bound(
+        target, build_pruned(target, input_nonneg=False), (-1.0, 1.0), input_shape=(2, 12, 12)
+    )
+    assert 0.0 <= bound.max_bound < 1e-12
+
+
+def test_single_output_blocks_layer_matches_the_formula() -> None:
+    torch.manual_seed(4)
+    layer = nn.Linear(5, 3)
+    pair = perturb_second(output_blocks_pair(layer), 1e-2, seed=4)
+    hi = torch.tensor([1.0, 0.5, 2.0, 1.0, 0.25])
+    bound = certify_bound(nn.Sequential(layer), nn.Sequential(pair), (0.0, hi), input_shape=(5,))
+    eff = pair.effective(torch.float64)
+    w, b = layer.weight.double(), layer.bias.double()
+    expected = (eff.weight_pos - w).abs() @ hi.double() + (eff.bias - b).abs()
+    assert bound.per_output == pytest.approx(expected.tolist(), rel=1e-6)
+    assert len(bound.layers) == 1 and bound.layers[0].construction == "output_blocks"
+
+
+def test_single_input_blocks_layer_matches_the_formula() -> None:
+    torch.manual_seed(5)
+    layer = nn.Linear(4, 2)
+    pair = perturb_second(input_blocks_pair(layer), 1e-2, seed=5)
+    lo, hi = torch.tensor([-1.0, -0.5, 0.5, -2.0]), torch.tensor([1.0, 2.0, 1.0, -1.0])
+    bound = certify_bound(nn.Sequential(layer), nn.Sequential(pair), (lo, hi), input_shape=(4,))
+    eff = pair.effective(torch.float64)
+    w, b = layer.weight.double(), layer.bias.double()
+    h_pos, h_neg = hi.double().clamp(min=0), (-lo.double()).clamp(min=0)
+    expected = (eff.weight_pos - w).abs() @ h_pos + (eff.weight_neg + w).abs() @ h_neg + (eff.bias - b).abs()
+    assert bound.per_output == pytest.approx(expected.tolist(), rel=1e-6)
+
+
+def test_narrower_box_gives_no_larger_bound() -> None:
+    target = mlp(6)
+    pruned = build_pruned(target, input_nonneg=True, perturb=1e-3, seed=6)
+    wide = certify_bound(target, pruned, (0.0, 1.0), input_shape=(13,))
+    narrow = certify_bound(target, pruned, (0.25, 0.5), input_shape=(13,))
+    assert narrow.max_bound <= wide.max_bound
+
+
+def test_output_blocks_on_a_possibly_negative_input_is_refused() -> None:
+    target = mlp(7)
+    pruned = build_pruned(target, input_nonneg=True)  # O first layer
+    with pytest.raises(VerificationError, match="not provably >= 0"):
+        certify_bound(target, pruned, (-1.0, 1.0), input_shape=(13,))
+    # two linear layers with no ReLU between them: the second one's input has any sign
+    torch.manual_seed(7)
+    linear_stack = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2))
+    pruned_stack = nn.Sequential(input_blocks_pair(linear_stack[0]), output_blocks_pair(linear_stack[1]))
+    with pytest.raises(VerificationError, match="layer 1"):
+        certify_bound(linear_stack, pruned_stack, (0.0, 1.0), input_shape=(3,))
+
+
+def test_bad_boxes_are_refused() -> None:
+    target = mlp(8)
+    pruned = build_pruned(target, input_nonneg=False)
+    with pytest.raises(VerificationError, match="lo > hi"):
+        certify_bound(target, pruned, (1.0, 0.0), input_shape=(13,))
+    with pytest.raises(VerificationError, match="finite"):
+        certify_bound(target, pruned, (0.0, float("inf")), input_shape=(13,))
+
+
+def test_result_says_exact_arithmetic_and_is_plain_json() -> None:
+    target = mlp(9)
+    bound = certify_bound(
+        target, build_pruned(target, input_nonneg=True, perturb=1e-3), (0.0, 1.0), input_shape=(13,)
+    )
+    assert bound.exact_arithmetic and "exact arithmetic" in bound.note
+    assert bound.relative_margin >= 1e-9
+    d = bound.to_dict()
+    assert json.loads(json.dumps(d)) == d
+    assert d["max_bound"] == max(d["per_output"])
+
+
+def test_caller_modules_are_left_as_they_were() -> None:
+    target = mlp(10)
+    pruned = build_pruned(target, input_nonneg=True, perturb=1e-3)
+    before = {k: v.clone() for k, v in pruned.state_dict().items()}
+    certify_bound(target, pruned, (0.0, 1.0), input_shape=(13,))
+    after = pruned.state_dict()
+    assert all(torch.equal(before[k], after[k]) and after[k].dtype == torch.float32 for k in before)

@@ -1,0 +1,239 @@
+"""verify_networks end to end: exact and perturbed pairs, the report, validation, devices."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+import torch
+from rich.console import Console
+
+from ticketsolver.errors import VerificationError
+from ticketsolver.verification import Report, verify_networks
+
+from .helpers import build_pruned, lenet5, mlp, odd_conv_net
+
+REPORT_KEYS = {
+    "device",
+    "device_note",
+    "dtypes",
+    "input_shape",
+    "input_box",
+    "sections",
+    "layers",
+    "worst_case",
+    "certified",
+    "seconds",
+    "seed",
+    "torch_version",
+}
+
+
+@pytest.fixture(scope="module")
+def lenet_report() -> Report:
+    """LeNet5 with exact hand-made O pairs on [0, 1] images, labelled data and random inputs."""
+    target = lenet5(0)
+    pruned = build_pruned(target, input_nonneg=True)
+    generator = torch.Generator().manual_seed(0)
+    x = torch.rand(48, 1, 28, 28, generator=generator)
+    y = torch.randint(0, 10, (48,), generator=generator)
+    return verify_networks(
+        target,
+        pruned,
+        input_shape=(1, 28, 28),
+        input_box=(0.0, 1.0),
+        data=(x, y),
+        n_random=64,
+        batch_size=32,
+        worst_case_starts=4,
+        worst_case_steps=10,
+        device="cpu",
+    )
+
+
+def test_exact_lenet5_pair_agrees_to_rounding(lenet_report: Report) -> None:
+    for section in ("data", "random"):
+        m64 = lenet_report.sections[section]["float64"]
+        m32 = lenet_report.sections[section]["float32"]
+        assert m64.max_abs_error < 1e-12 and m32.max_abs_error < 1e-5
+        assert m64.top1_agreement == 1.0
+    data64 = lenet_report.sections["data"]["float64"]
+    assert data64.n_inputs == 48 and data64.accuracy_target == data64.accuracy_pruned
+    assert lenet_report.sections["random"]["float32"].accuracy_target is None
+    for check in lenet_report.layers["float64"]:
+        assert check.construction == "output_blocks"
+        assert check.pair_vs_effective_relative < 1e-12 and check.pair_vs_target_relative < 1e-12
+    assert [c.index for c in lenet_report.layers["float32"]] == [0, 3, 7, 9, 11]
+    assert lenet_report.certified is not None and lenet_report.certified.max_bound < 1e-9
+    assert lenet_report.worst_case["float64"].max_abs_error < 1e-12
+
+
+def test_report_to_dict_is_plain_json_with_the_documented_keys(lenet_report: Report, tmp_path) -> None:
+    d = lenet_report.to_dict()
+    assert set(d) == REPORT_KEYS
+    assert json.loads(json.dumps(d, allow_nan=False)) == d
+    assert set(d["sections"]) == {"data", "random"} and set(d["sections"]["data"]) == {"float32", "float64"}
+    assert d["input_box"]["source"] == "given" and d["input_shape"] == [1, 28, 28]
+    assert d["certified"]["exact_arithmetic"] is True
+    assert {"total", "certified", "data/float32", "random/float64", "worst_case/float32"} <= set(d["seconds"])
+    path = lenet_report.to_json(tmp_path / "report.json")
+    assert json.loads(path.read_text()) == d
+
+
+def test_report_renders_summary_and_layer_tables(lenet_report: Report) -> None:
+    out = io.StringIO()
+    lenet_report.render(Console(file=out, width=200))
+    text = out.getvalue()
+    for needle in ("f vs g", "float32", "float64", "per layer", "certified", "Linear(400->120)", "top-1"):
+        assert needle in text
+
+
+def test_device_is_reported(lenet_report: Report) -> None:
+    assert lenet_report.device == "cpu"
+    if not torch.cuda.is_available():
+        assert lenet_report.device_note == "ran on CPU: no GPU present"
+
+
+def test_perturbed_pairs_bound_holds_over_every_observation() -> None:
+    target = odd_conv_net(0)
+    pruned = build_pruned(target, input_nonneg=False, perturb=1e-3, seed=0)
+    x = torch.rand(40, 2, 12, 12) * 2 - 1
+    report = verify_networks(
+        target, pruned, input_shape=(2, 12, 12), input_box=(-1.0, 1.0), data=(x, None), n_random=200, seed=1
+    )
+    bound = report.certified.max_bound
+    observed = [report.sections[s]["float64"].max_abs_error for s in ("data", "random")]
+    worst = report.worst_case["float64"]
+    assert max(observed) <= worst.max_abs_error <= bound < 100 * worst.max_abs_error
+    assert worst.max_abs_error >= report.sections["random"]["float64"].max_abs_error
+    assert {k.split(":")[0] for k in worst.start_kinds} == {"data", "random"}
+    # float rounding is far below the 1e-3 perturbation: float32 and float64 see the same error
+    assert report.sections["random"]["float32"].max_abs_error == pytest.approx(observed[1], rel=1e-3)
+    assert [c.construction for c in report.layers["float64"]] == [
+        "input_blocks",
+        "output_blocks",
+        "output_blocks",
+    ]
+
+
+def test_box_is_derived_from_data_when_not_given() -> None:
+    target = mlp(1)
+    pruned = build_pruned(target, input_nonneg=False, perturb=1e-3)
+    x = torch.randn(30, 13)
+    report = verify_networks(
+        target,
+        pruned,
+        input_shape=(13,),
+        data=(x, None),
+        n_random=20,
+        dtypes=("float64",),
+        worst_case_steps=5,
+    )
+    box = report.input_box
+    assert box["source"].startswith("data")
+    assert box["lo_min"] == pytest.approx(x.min().item()) and box["hi_max"] == pytest.approx(x.max().item())
+    assert report.dtypes == ["float64"] and set(report.worst_case) == {"float64"}
+
+
+def test_caller_modules_are_not_changed() -> None:
+    target = mlp(2)
+    pruned = build_pruned(target, input_nonneg=True, perturb=1e-3)
+    before = {k: v.clone() for k, v in {**target.state_dict(), **pruned.state_dict()}.items()}
+    verify_networks(target, pruned, input_shape=(13,), input_box=(0.0, 1.0), n_random=16, worst_case_steps=3)
+    after = {**target.state_dict(), **pruned.state_dict()}
+    assert all(torch.equal(before[k], after[k]) and after[k].dtype == torch.float32 for k in before)
+    assert all(p.requires_grad and p.grad is None for p in [*target.parameters(), *pruned.parameters()])
+
+
+def test_progress_is_reported_up_to_one() -> None:
+    target = mlp(3)
+    pruned = build_pruned(target, input_nonneg=True)
+    seen: list[tuple[str, float]] = []
+    verify_networks(
+        target,
+        pruned,
+        input_shape=(13,),
+        input_box=(0.0, 1.0),
+        n_random=50,
+        batch_size=16,
+        worst_case_steps=2,
+        progress=lambda step, fraction: seen.append((step, fraction)),
+    )
+    fractions = [f for _, f in seen]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    assert {s for s, _ in seen} == {
+        "random/float32",
+        "random/float64",
+        "worst_case/float32",
+        "worst_case/float64",
+        "certified",
+    }
+
+
+def test_without_worst_case_and_certificate() -> None:
+    target = mlp(4)
+    report = verify_networks(
+        target,
+        build_pruned(target, input_nonneg=True),
+        input_shape=(13,),
+        input_box=(0.0, 1.0),
+        n_random=8,
+        worst_case_starts=0,
+        certify=False,
+    )
+    assert report.worst_case == {} and report.certified is None
+    assert report.to_dict()["certified"] is None
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"input_box": None}, "no input box"),
+        ({"dtypes": ("float16",)}, "unknown dtype"),
+        ({"data": (torch.rand(4, 12), None)}, "data inputs must have shape"),
+        ({"data": (torch.rand(4, 13), torch.zeros(3, dtype=torch.long))}, "labels must have shape"),
+        ({"data": (torch.rand(4, 13), torch.zeros(4))}, "integer"),
+        ({"input_box": (1.0, 0.0)}, "lo <= hi"),
+        ({"input_shape": (14,)}, "do not accept inputs of shape"),
+        ({"n_random": -1}, "n_random"),
+    ],
+)
+def test_bad_arguments_raise_verification_error(kwargs, match) -> None:
+    target = mlp(5)
+    pruned = build_pruned(target, input_nonneg=True)
+    arguments = {"input_shape": (13,), "input_box": (0.0, 1.0), "n_random": 4, "certify": False, **kwargs}
+    with pytest.raises(VerificationError, match=match):
+        verify_networks(target, pruned, **arguments)
+
+
+def test_mismatched_networks_raise_before_running() -> None:
+    with pytest.raises(VerificationError, match="modules"):
+        verify_networks(
+            mlp(6), build_pruned(lenet5(0), input_nonneg=True), input_shape=(13,), input_box=(0.0, 1.0)
+        )
+
+
+def test_output_blocks_first_layer_on_a_signed_box_is_refused_by_the_certificate() -> None:
+    target = mlp(7)
+    pruned = build_pruned(target, input_nonneg=True)
+    with pytest.raises(VerificationError, match="not provably >= 0"):
+        verify_networks(
+            target, pruned, input_shape=(13,), input_box=(-1.0, 1.0), n_random=8, worst_case_steps=1
+        )
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gpu_run_matches_cpu_in_float64() -> None:
+    target = odd_conv_net(2)
+    pruned = build_pruned(target, input_nonneg=False, perturb=1e-3, seed=2)
+    kwargs = {"input_shape": (2, 12, 12), "input_box": (-1.0, 1.0), "n_random": 128, "worst_case_steps": 10}
+    gpu = verify_networks(target, pruned, device="cuda", **kwargs)
+    cpu = verify_networks(target, pruned, device="cpu", **kwargs)
+    assert gpu.device.startswith("cuda") and "TF32 off" in gpu.device_note
+    for dtype, rel in (("float64", 1e-9), ("float32", 1e-2)):
+        assert gpu.sections["random"][dtype].max_abs_error == pytest.approx(
+            cpu.sections["random"][dtype].max_abs_error, rel=rel
+        )
+    assert gpu.certified.max_bound == pytest.approx(cpu.certified.max_bound, rel=1e-9)

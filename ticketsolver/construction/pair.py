@@ -1,0 +1,132 @@
+"""The pruned pair: two random layers that replace one target layer, and their effective weights.
+
+A target layer ``y = W x + b`` (or a conv) is replaced by ``y' = second(relu(first(x)))`` whose weights are
+random values times a 0/1 mask. After pruning, a pair is exactly linear in ``x`` (construction O, x >= 0)
+or in ``(x+, x-)`` (construction I), so it equals an :class:`EffectiveLayer` with weights computed from the
+pair's own tensors. That equality is the exact per-layer check the verifier runs.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ticketsolver.errors import ConstructionError
+
+__all__ = ["CONSTRUCTIONS", "Construction", "EffectiveLayer", "PrunedPair"]
+
+Construction = Literal["output_blocks", "input_blocks"]
+#: construction name -> the letter used in DESIGN.md and reports
+CONSTRUCTIONS: dict[str, str] = {"output_blocks": "O", "input_blocks": "I"}
+
+
+class EffectiveLayer(nn.Module):
+    """``y = W+ x+ + W- x- + b`` with ``x+ = relu(x)``, ``x- = relu(-x)`` (``W-`` absent: ``y = W+ x + b``).
+
+    Linear when ``kind == "linear"``; else a conv with the target's stride, padding and dilation.
+    """
+
+    def __init__(
+        self,
+        weight_pos: torch.Tensor,
+        weight_neg: torch.Tensor | None,
+        bias: torch.Tensor | None,
+        kind: Literal["linear", "conv2d"],
+        stride: tuple[int, int] = (1, 1),
+        padding: tuple[int, int] = (0, 0),
+        dilation: tuple[int, int] = (1, 1),
+    ) -> None:
+        super().__init__()
+        self.kind = kind
+        self.stride, self.padding, self.dilation = stride, padding, dilation
+        self.register_buffer("weight_pos", weight_pos)
+        self.register_buffer("weight_neg", weight_neg)
+        self.register_buffer("bias", bias)
+
+    def _apply_weight(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        if self.kind == "linear":
+            return F.linear(x, weight, bias)
+        return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.weight_neg is None:
+            return self._apply_weight(x, self.weight_pos, self.bias)
+        return self._apply_weight(F.relu(x), self.weight_pos, self.bias) + self._apply_weight(
+            F.relu(-x), self.weight_neg, None
+        )
+
+
+class PrunedPair(nn.Module):
+    """``second(relu(first(x)))``: the two pruned random layers standing for one target layer.
+
+    ``first`` is an ``nn.Linear`` or an ``nn.Conv2d`` (the target's kernel, stride, padding, dilation) and
+    ``second`` an ``nn.Linear`` or a 1x1 ``nn.Conv2d`` without bias. Their weights already hold
+    ``source * mask``; pruned entries are exact zeros.
+
+    Args:
+        first: the first random layer (U, with bias beta or none).
+        second: the second random layer (V).
+        construction: ``"output_blocks"`` (O, da Cunha; needs x >= 0) or ``"input_blocks"`` (I, Pensia).
+    """
+
+    def __init__(self, first: nn.Module, second: nn.Module, construction: Construction) -> None:
+        super().__init__()
+        if construction not in CONSTRUCTIONS:
+            raise ConstructionError(f"unknown construction {construction!r}; expected one of {list(CONSTRUCTIONS)}")
+        if not isinstance(first, nn.Linear | nn.Conv2d) or not isinstance(second, nn.Linear | nn.Conv2d):
+            raise ConstructionError("a pruned pair is made of nn.Linear or nn.Conv2d layers")
+        self.first = first
+        self.second = second
+        self.construction: Construction = construction
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.second(F.relu(self.first(x)))
+
+    @property
+    def kind(self) -> Literal["linear", "conv2d"]:
+        return "linear" if isinstance(self.first, nn.Linear) else "conv2d"
+
+    @torch.no_grad()
+    def effective(self, dtype: torch.dtype = torch.float64) -> EffectiveLayer:
+        """The effective-weights layer this pair equals, computed from its own (masked) tensors.
+
+        Raises:
+            ConstructionError: the pair's sparsity pattern does not have the structure of its construction
+                (kept U or beta entries negative for O; a hidden unit of I fed by more than one input).
+        """
+        u = self.first.weight.detach().to(dtype)
+        hidden = u.shape[0]
+        u_flat = u.reshape(hidden, -1)
+        beta = (
+            self.first.bias.detach().to(dtype)
+            if self.first.bias is not None
+            else torch.zeros(hidden, dtype=dtype, device=u.device)
+        )
+        v = self.second.weight.detach().to(dtype).reshape(self.second.weight.shape[0], hidden)
+        if self.construction == "output_blocks":
+            if (u_flat < 0).any() or (beta < 0).any():
+                raise ConstructionError("output-blocks pair has a kept negative entry in its first layer")
+            w_pos, w_neg = v @ u_flat, None
+        else:
+            fed = (u_flat != 0).sum(1)
+            if (fed > 1).any() or ((fed == 1) & (beta != 0)).any():
+                raise ConstructionError("input-blocks pair has a hidden unit fed by more than one input")
+            w_pos, w_neg = v @ u_flat.clamp(min=0), v @ (-u_flat).clamp(min=0)
+        bias = v @ beta.clamp(min=0)
+        shape = (v.shape[0], *u.shape[1:])
+        if self.kind == "linear":
+            return EffectiveLayer(w_pos, w_neg, bias, "linear")
+        conv = self.first
+        assert isinstance(conv, nn.Conv2d)
+        return EffectiveLayer(
+            w_pos.reshape(shape),
+            None if w_neg is None else w_neg.reshape(shape),
+            bias,
+            "conv2d",
+            stride=tuple(conv.stride),  # type: ignore[arg-type]
+            padding=tuple(conv.padding),  # type: ignore[arg-type]
+            dilation=tuple(conv.dilation),  # type: ignore[arg-type]
+        )

@@ -1,0 +1,155 @@
+"""Small bundled datasets for training targets, the demo and verification on real data.
+
+Place in the pipeline: *target side* and *verification*. Nothing is downloaded: the data are the copies
+scikit-learn ships (the ``data`` extra). Splits are stratified and seeded, so every call with the same
+arguments returns the same tensors on every machine.
+
+* ``load_digits_28``: the 8x8 digits upsampled to 28x28 (bilinear), for LeNet5; inputs in [0, 1].
+* ``load_digits_flat``: the same digits as 64 features in [0, 1], for MLPs.
+* ``load_wine_standardized``: 13 signed features standardised with training-set statistics, for
+  targets whose first layer sees signed inputs (the input-block construction).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+__all__ = ["Dataset", "load_digits_28", "load_digits_flat", "load_wine_standardized"]
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A classification dataset split into train and test tensors.
+
+    Attributes:
+        x_train: float32 inputs, shape (N_train, *input_shape).
+        y_train: int64 labels, shape (N_train,).
+        x_test: float32 inputs, shape (N_test, *input_shape).
+        y_test: int64 labels, shape (N_test,).
+        input_domain: (low, high) that every input lies in, e.g. (0.0, 1.0) for images; None when
+            inputs are signed/unbounded (then constructions must not assume x >= 0).
+        name: short name, e.g. ``"digits28"``.
+    """
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    input_domain: tuple[float, float] | None
+    name: str
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Per-sample input shape."""
+        return tuple(self.x_train.shape[1:])
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes (labels are 0 .. num_classes-1)."""
+        return int(max(self.y_train.max(), self.y_test.max()).item()) + 1
+
+
+def _sklearn_datasets():  # noqa: ANN202 - module object
+    try:
+        from sklearn import datasets, model_selection
+    except ImportError as error:  # the bundled data live in scikit-learn
+        raise ImportError(
+            "the bundled datasets need scikit-learn: pip install 'ticketsolver[data]'"
+        ) from error
+    return datasets, model_selection
+
+
+def _split(
+    x: np.ndarray, y: np.ndarray, test_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    _, model_selection = _sklearn_datasets()
+    x_train, x_test, y_train, y_test = model_selection.train_test_split(
+        x, y, test_size=test_fraction, random_state=seed, stratify=y
+    )
+    return x_train, x_test, y_train, y_test
+
+
+def _digits_unit(test_fraction: float, seed: int) -> tuple[torch.Tensor, ...]:
+    """Digits as (N, 1, 8, 8) float32 in [0, 1], split; pixel values 0..16 are divided by 16."""
+    datasets, _ = _sklearn_datasets()
+    bunch = datasets.load_digits()
+    images = (bunch.images.astype(np.float32) / 16.0).clip(0.0, 1.0)[:, None]
+    x_train, x_test, y_train, y_test = _split(images, bunch.target.astype(np.int64), test_fraction, seed)
+    return tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in (x_train, y_train, x_test, y_test))
+
+
+def load_digits_28(test_fraction: float = 0.3, seed: int = 0) -> Dataset:
+    """scikit-learn's 8x8 digits resized to 28x28, for LeNet5.
+
+    Bilinear interpolation (``align_corners=False``) of images scaled to [0, 1], clamped to [0, 1].
+
+    Args:
+        test_fraction: share of samples held out (stratified by class).
+        seed: split seed.
+
+    Returns:
+        Dataset with x of shape (N, 1, 28, 28) float32, labels int64, ``input_domain=(0.0, 1.0)``.
+
+    Raises:
+        ImportError: scikit-learn is not installed.
+        ValueError: ``test_fraction`` outside (0, 1).
+    """
+    x_train, y_train, x_test, y_test = _digits_unit(test_fraction, seed)
+
+    def resize(x: torch.Tensor) -> torch.Tensor:
+        up = torch.nn.functional.interpolate(x, size=(28, 28), mode="bilinear", align_corners=False)
+        return up.clamp(0.0, 1.0).contiguous()
+
+    return Dataset(resize(x_train), y_train, resize(x_test), y_test, (0.0, 1.0), "digits28")
+
+
+def load_digits_flat(test_fraction: float = 0.3, seed: int = 0) -> Dataset:
+    """scikit-learn's 8x8 digits as 64 features in [0, 1], for MLPs (same split as ``load_digits_28``).
+
+    Returns:
+        Dataset with x of shape (N, 64) float32, labels int64, ``input_domain=(0.0, 1.0)``.
+
+    Raises:
+        ImportError: scikit-learn is not installed.
+        ValueError: ``test_fraction`` outside (0, 1).
+    """
+    x_train, y_train, x_test, y_test = _digits_unit(test_fraction, seed)
+    return Dataset(
+        x_train.reshape(len(x_train), 64), y_train, x_test.reshape(len(x_test), 64), y_test, (0.0, 1.0),
+        "digits64",
+    )
+
+
+def load_wine_standardized(test_fraction: float = 0.3, seed: int = 0) -> Dataset:
+    """scikit-learn's wine data (13 features, 3 classes), standardised with training-set statistics.
+
+    The test set is scaled with the training mean/std, as a deployed model would see it, so its
+    features are signed and not bounded: ``input_domain`` is None.
+
+    Returns:
+        Dataset with x of shape (N, 13) float32, labels int64, ``input_domain=None``.
+
+    Raises:
+        ImportError: scikit-learn is not installed.
+        ValueError: ``test_fraction`` outside (0, 1).
+    """
+    datasets, _ = _sklearn_datasets()
+    bunch = datasets.load_wine()
+    x_train, x_test, y_train, y_test = _split(
+        bunch.data.astype(np.float64), bunch.target.astype(np.int64), test_fraction, seed
+    )
+    mean = x_train.mean(axis=0)
+    std = x_train.std(axis=0)
+    std[std == 0] = 1.0  # a constant feature stays 0 instead of becoming NaN
+
+    def scale(x: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(((x - mean) / std).astype(np.float32))
+
+    return Dataset(
+        scale(x_train), torch.from_numpy(y_train), scale(x_test), torch.from_numpy(y_test), None, "wine"
+    )

@@ -1,0 +1,43 @@
+"""Brute force: the reference every other backend is checked against. Enumerates all 2^k subsets."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ticketsolver.errors import ProblemTooLargeError
+from ticketsolver.solvers.base import RawSolution, SolveStatus, Solver
+
+__all__ = ["BruteForceSolver"]
+
+
+class BruteForceSolver(Solver):
+    """Exact by enumeration of every subset of the usable coefficients; for tests and tiny n.
+
+    Args:
+        max_n: the largest usable count accepted (2^max_n subsets are enumerated per problem).
+    """
+
+    name = "bruteforce"
+
+    def __init__(self, max_n: int = 20) -> None:
+        if not 1 <= max_n <= 24:
+            raise ValueError(f"max_n must be in [1, 24], got {max_n}")
+        self.max_n = max_n
+
+    def _solve_batch(self, coeffs: np.ndarray, targets: np.ndarray, usable: np.ndarray) -> RawSolution:
+        k_max = int(usable.sum(1).max())
+        if k_max > self.max_n:
+            raise ProblemTooLargeError(
+                f"bruteforce enumerates 2^k subsets and accepts k <= {self.max_n} usable coefficients, "
+                f"got {k_max}; use 'mitm' (exact, n <= 40) instead"
+            )
+        masks = np.zeros(coeffs.shape, dtype=bool)
+        for b in range(coeffs.shape[0]):
+            idx = np.flatnonzero(usable[b])
+            k = idx.size
+            # every subset as a row of bits; the empty subset is row 0
+            bits = ((np.arange(2**k)[:, None] >> np.arange(k)[None, :]) & 1).astype(bool)
+            sums = (bits * coeffs[b, idx]).sum(1)
+            best = int(np.argmin(np.abs(targets[b] - sums)))
+            masks[b, idx] = bits[best]
+        return RawSolution(masks=masks, status=np.full(len(targets), SolveStatus.OPTIMAL.value))

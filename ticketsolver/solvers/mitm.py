@@ -1,0 +1,269 @@
+"""Exact meet-in-the-middle (Horowitz–Sahni) subset-sum engine, compiled with numba, parallel over cores.
+
+For one problem with k usable coefficients the search splits them into halves of k//2 and k - k//2,
+builds the sorted list of every subset sum of each half by *merging* (adding coefficient i merges the
+list with a shifted copy of itself: linear time, no sort), then scans both lists with two pointers for
+the pair whose sum is closest to the target. Work and memory are O(2^(k/2)) per problem; the answer is
+the exact optimum of the float64 problem. Problems are spread over all cores in contiguous chunks, each
+chunk owning its buffers, so memory stays bounded by threads x 2^(k/2) whatever the batch size.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+from ticketsolver.errors import InvalidProblemError, ProblemTooLargeError
+from ticketsolver.solvers.base import RawSolution, SolveStatus, Solver
+
+__all__ = ["MAX_N", "NumbaMitmSolver", "make_mitm"]
+
+#: the largest usable count solved exactly; 2^20 sums per half (~50 MB of buffers per thread)
+MAX_N = 40
+
+
+# The kernels below process LANES = 4 independent problems (same usable count) in lockstep, written out
+# by hand. A merge or scan step of one problem is a chain load -> add -> compare -> index update whose
+# latency dominates; four independent chains in one loop body overlap it. Every loop has a fixed trip
+# count, so lanes never diverge, and every data-dependent choice is arithmetic (x*t + y*(1-t), bit masks):
+# LLVM turns `a if t else b` on loaded values back into branches, which mispredict half the time on
+# random data (measured: 44 us vs 9 us per n = 21 merge). Sentinels are finite (+-BIG) so that the
+# arithmetic select never computes inf * 0.
+LANES = 4
+BIG = 1e300
+#: problems whose |target| + sum |c| reach this are refused; real weights are many orders below
+MAGNITUDE_LIMIT = 1e250
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _merge_step(s, k, s2, k2, lane, q, a, b, c, bit):  # pragma: no cover - compiled
+    """Write the smaller head of the lists s[a:] and s[b:] + c into s2[q]; return the moved (a, b)."""
+    x = s[lane, a]
+    y = s[lane, b] + c
+    t = x <= y
+    tf = np.float64(t)
+    s2[lane, q] = x * tf + y * (1.0 - tf)
+    ka = np.int64(k[lane, a])
+    kb = np.int64(k[lane, b]) | bit
+    k2[lane, q] = kb ^ ((ka ^ kb) & -np.int64(t))
+    return a + t, b + 1 - t
+
+
+@njit(cache=True, nogil=True)
+def _sorted_sums4(c, m, offset, s, k, s2, k2):  # pragma: no cover - compiled
+    """Every subset sum of c[lane, :m], ascending, for 4 lanes, with the subsets' bits.
+
+    The result occupies s[lane, offset : offset + 2^m], followed by a +BIG sentinel; with offset = 1,
+    s[lane, 0] holds -BIG, a sentinel for a pointer scanning down. Adding coefficient i merges the list
+    with a copy shifted by c_i: linear time, no sort; the sentinel lets each merge run exactly 2·size
+    steps. Returns the arrays that hold the result (buffers swap roles while merging).
+    """
+    for p in range(LANES):
+        s[p, 0] = -BIG
+        s2[p, 0] = -BIG
+        s[p, offset] = 0.0
+        k[p, offset] = 0
+        s[p, offset + 1] = BIG
+    size = 1
+    for i in range(m):
+        bit = np.int64(1) << i
+        c0 = c[0, i]
+        c1 = c[1, i]
+        c2 = c[2, i]
+        c3 = c[3, i]
+        a0 = a1 = a2 = a3 = offset
+        b0 = b1 = b2 = b3 = offset
+        for q in range(offset, offset + 2 * size):
+            a0, b0 = _merge_step(s, k, s2, k2, 0, q, a0, b0, c0, bit)
+            a1, b1 = _merge_step(s, k, s2, k2, 1, q, a1, b1, c1, bit)
+            a2, b2 = _merge_step(s, k, s2, k2, 2, q, a2, b2, c2, bit)
+            a3, b3 = _merge_step(s, k, s2, k2, 3, q, a3, b3, c3, bit)
+        size *= 2
+        for p in range(LANES):
+            s2[p, offset + size] = BIG
+        s, s2 = s2, s
+        k, k2 = k2, k
+    return s, k
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _scan_step(s1, s2, lane, target, i, j, best, bi, bj):  # pragma: no cover - compiled
+    """One two-pointer step of one lane; returns the updated (i, j, best, bi, bj)."""
+    d = target - (s1[lane, i] + s2[lane, j])
+    ad = abs(d)
+    better = ad < best
+    bf = np.float64(better)
+    best = ad * bf + best * (1.0 - bf)
+    bi += (i - bi) * better
+    bj += (j - bj) * better
+    up = d >= 0.0
+    return i + up, j - (1 - up), best, bi, bj
+
+
+@njit(cache=True, nogil=True)
+def _closest_pairs4(s1, s2, m1, m2, t, out):  # pragma: no cover - compiled
+    """For each lane, the (i, j) minimising |t - s1[i] - s2[j]|.
+
+    s1 holds its 2^m1 sums ascending at offset 0 (+BIG after them); s2 holds 2^m2 at offset 1 (-BIG
+    before them). Two pointers, s1 from the left and s2 from the right, visit every pair that can be
+    closest. The scan runs exactly 2^m1 + 2^m2 - 1 steps: after one list is exhausted its pointer rests
+    on a sentinel whose distance is ~BIG, and within that many steps both never do, so no index leaves
+    its buffer and no sentinel pair (BIG - BIG) is ever compared.
+    """
+    size1 = 1 << m1
+    size2 = 1 << m2
+    i0 = i1 = i2 = i3 = 0
+    j0 = j1 = j2 = j3 = size2
+    e0 = e1 = e2 = e3 = 2.0 * BIG  # finite: the arithmetic select multiplies it by 0
+    x0 = x1 = x2 = x3 = 0
+    y0 = y1 = y2 = y3 = 0
+    t0, t1, t2, t3 = t[0], t[1], t[2], t[3]
+    for _ in range(size1 + size2 - 1):
+        i0, j0, e0, x0, y0 = _scan_step(s1, s2, 0, t0, i0, j0, e0, x0, y0)
+        i1, j1, e1, x1, y1 = _scan_step(s1, s2, 1, t1, i1, j1, e1, x1, y1)
+        i2, j2, e2, x2, y2 = _scan_step(s1, s2, 2, t2, i2, j2, e2, x2, y2)
+        i3, j3, e3, x3, y3 = _scan_step(s1, s2, 3, t3, i3, j3, e3, x3, y3)
+    out[0, 0], out[0, 1] = x0, y0
+    out[1, 0], out[1, 1] = x1, y1
+    out[2, 0], out[2, 1] = x2, y2
+    out[3, 0], out[3, 1] = x3, y3
+
+
+@njit(cache=True, nogil=True)
+def _solve_range(coeffs, targets, usable, counts, order, out_masks, half_max, start, stop):  # pragma: no cover
+    """Solve problems order[start:stop] in groups of LANES with equal usable count."""
+    n = coeffs.shape[1]
+    size = (1 << half_max) + 2  # + a sentinel on each side
+    bufs = np.empty((4, LANES, size), dtype=np.float64)
+    bits = np.empty((4, LANES, size), dtype=np.uint32)
+    c1 = np.zeros((LANES, n), dtype=np.float64)
+    c2 = np.zeros((LANES, n), dtype=np.float64)
+    idx = np.empty((LANES, n), dtype=np.int64)
+    lane_problem = np.empty(LANES, dtype=np.int64)
+    lane_target = np.empty(LANES, dtype=np.float64)
+    pairs = np.empty((LANES, 2), dtype=np.int64)
+    g = start
+    while g < stop:
+        k = counts[order[g]]
+        filled = 0
+        while filled < LANES and g < stop and counts[order[g]] == k:
+            lane_problem[filled] = order[g]
+            filled += 1
+            g += 1
+        for p in range(filled, LANES):  # pad a short group with copies of its first problem
+            lane_problem[p] = lane_problem[0]
+        m1 = k // 2
+        m2 = k - m1
+        for p in range(LANES):
+            b = lane_problem[p]
+            lane_target[p] = targets[b]
+            q = 0
+            for i in range(n):
+                out_masks[b, i] = False
+                if usable[b, i]:
+                    idx[p, q] = i
+                    q += 1
+            for i in range(m1):
+                c1[p, i] = coeffs[b, idx[p, i]]
+            for i in range(m2):
+                c2[p, i] = coeffs[b, idx[p, m1 + i]]
+        if k == 0:
+            continue
+        s1, k1 = _sorted_sums4(c1, m1, 0, bufs[0], bits[0], bufs[1], bits[1])
+        s2, k2 = _sorted_sums4(c2, m2, 1, bufs[2], bits[2], bufs[3], bits[3])
+        _closest_pairs4(s1, s2, m1, m2, lane_target, pairs)
+        for p in range(filled):
+            b = lane_problem[p]
+            w1 = k1[p, pairs[p, 0]]
+            w2 = k2[p, pairs[p, 1]]
+            for t in range(m1):
+                if (w1 >> np.uint32(t)) & np.uint32(1):
+                    out_masks[b, idx[p, t]] = True
+            for t in range(m2):
+                if (w2 >> np.uint32(t)) & np.uint32(1):
+                    out_masks[b, idx[p, m1 + t]] = True
+
+
+@njit(cache=True, parallel=True)
+def _solve_batch(coeffs, targets, usable, counts, order, out_masks, half_max, n_chunks):  # pragma: no cover
+    """Spread contiguous chunks of ``order`` (problems sorted by usable count) over the cores."""
+    batch = coeffs.shape[0]
+    for chunk in prange(n_chunks):
+        start = chunk * batch // n_chunks
+        stop = (chunk + 1) * batch // n_chunks
+        _solve_range(coeffs, targets, usable, counts, order, out_masks, half_max, start, stop)
+
+
+class NumbaMitmSolver(Solver):
+    """Exact meet-in-the-middle on the CPU (numba, all cores).
+
+    Args:
+        threads: number of threads (default: all of numba's threads, i.e. all cores).
+
+    Raises (from solve):
+        ProblemTooLargeError: a problem has more than :data:`MAX_N` usable coefficients.
+    """
+
+    name = "mitm"
+    tolerance = 0.0
+
+    def __init__(self, threads: int | None = None) -> None:
+        if threads is not None and not 1 <= threads <= numba.config.NUMBA_NUM_THREADS:
+            raise ValueError(f"threads must be in [1, {numba.config.NUMBA_NUM_THREADS}], got {threads}")
+        self.threads = threads
+
+    def _solve_batch(self, coeffs: np.ndarray, targets: np.ndarray, usable: np.ndarray) -> RawSolution:
+        k_max = int(usable.sum(1).max())
+        check_mitm_limit(k_max)
+        check_magnitude(coeffs, targets)
+        masks = np.zeros(coeffs.shape, dtype=bool)
+        counts = usable.sum(1)
+        order = np.argsort(counts, kind="stable")
+        threads = self.threads or numba.get_num_threads()
+        # several chunks per thread balance uneven rows; never more chunks than problems
+        n_chunks = max(1, min(len(targets), 8 * threads))
+        half_max = max(1, k_max - k_max // 2)
+        previous = numba.get_num_threads()
+        numba.set_num_threads(threads)
+        try:
+            _solve_batch(coeffs, targets, usable, counts, order, masks, half_max, n_chunks)
+        finally:
+            numba.set_num_threads(previous)
+        return RawSolution(
+            masks=masks,
+            status=np.full(len(targets), SolveStatus.OPTIMAL.value),
+            info={"engine": "numba", "threads": threads, "max_usable": k_max},
+        )
+
+
+def check_mitm_limit(k_max: int) -> None:
+    """Raise :class:`ProblemTooLargeError` when a problem exceeds the exact engine's limit."""
+    if k_max > MAX_N:
+        raise ProblemTooLargeError(
+            f"mitm solves problems with up to {MAX_N} usable coefficients exactly, got {k_max}; "
+            "use a MIP backend ('gurobi', 'cpsat' or 'cbc'), or 'auto' which routes larger problems there"
+        )
+
+
+def check_magnitude(coeffs: np.ndarray, targets: np.ndarray) -> None:
+    """Refuse values so large that subset sums could reach the engine's sentinels."""
+    reach = np.abs(coeffs).sum(1) + np.abs(targets)
+    if not (reach < MAGNITUDE_LIMIT).all():
+        row = int(np.flatnonzero(~(reach < MAGNITUDE_LIMIT))[0])
+        raise InvalidProblemError(
+            f"problem {row} has |target| + sum |c| = {reach[row]:.3g}, beyond the exact engine's "
+            f"range ({MAGNITUDE_LIMIT:.0e}); rescale the problem"
+        )
+
+
+def make_mitm(device: str | None = None, **options: object) -> Solver:
+    """The exact engine for this machine: torch on CUDA when present (or ``device`` asks), else numba."""
+    import torch
+
+    want_torch = device is not None and device != "cpu" or (device is None and torch.cuda.is_available())
+    if want_torch or device == "cpu" and options.pop("engine", None) == "torch":
+        from ticketsolver.solvers.mitm_torch import TorchMitmSolver
+
+        return TorchMitmSolver(device=device, **options)  # type: ignore[arg-type]
+    return NumbaMitmSolver(**options)  # type: ignore[arg-type]

@@ -1,0 +1,193 @@
+"""The verification report: every number verification measured, as JSON and as rich tables.
+
+Last step of the verification stage; the CLI prints :meth:`Report.render` and the service stores
+:meth:`Report.to_dict`. The report states numbers, not verdicts: which device ran (and that it was the
+CPU when no GPU was present), the dtypes, output metrics per input set ("data", "random") and dtype, the
+per-layer table, the worst case found, the certified bound (for exact arithmetic) and seconds per step.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ticketsolver.construction.pair import CONSTRUCTIONS
+from ticketsolver.verification.certified import CertifiedBound
+from ticketsolver.verification.layers import LayerCheck
+from ticketsolver.verification.metrics import OutputMetrics
+from ticketsolver.verification.worst_case import WorstCase
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+__all__ = ["Report"]
+
+
+def _plain(value: Any) -> Any:
+    """JSON-safe copy: non-finite floats become the strings "nan", "inf", "-inf" (strict JSON has none)."""
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return value
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+@dataclass
+class Report:
+    """Everything :func:`~ticketsolver.verification.verify_networks` measured.
+
+    Attributes:
+        device: the torch device that ran the forward passes, e.g. ``"cpu"`` or ``"cuda:0"``.
+        device_note: a sentence about the device ("ran on CPU: no GPU present" when so).
+        dtypes: the dtypes of the forward passes, e.g. ``["float32", "float64"]``.
+        input_shape: per-sample input shape.
+        input_box: where the box came from (``"given"`` or ``"data"``) and its extreme bounds.
+        sections: input set (``"data"``, ``"random"``) -> dtype -> :class:`OutputMetrics`.
+        layers: dtype -> one :class:`LayerCheck` per pruned pair.
+        worst_case: dtype -> :class:`WorstCase` (empty when the search was not run).
+        certified: the :class:`CertifiedBound`, or None when not computed.
+        seconds: step name -> wall-clock seconds (``"total"`` included).
+        seed: the seed of the random inputs and starts.
+        torch_version: the torch version that ran.
+    """
+
+    device: str
+    device_note: str
+    dtypes: list[str]
+    input_shape: list[int]
+    input_box: dict[str, Any]
+    sections: dict[str, dict[str, OutputMetrics]] = field(default_factory=dict)
+    layers: dict[str, list[LayerCheck]] = field(default_factory=dict)
+    worst_case: dict[str, WorstCase] = field(default_factory=dict)
+    certified: CertifiedBound | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+    seed: int = 0
+    torch_version: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-serialisable data (str, int, float, bool, None, lists, dicts)."""
+        return _plain(
+            {
+                "device": self.device,
+                "device_note": self.device_note,
+                "dtypes": list(self.dtypes),
+                "input_shape": list(self.input_shape),
+                "input_box": dict(self.input_box),
+                "sections": {
+                    name: {dtype: m.to_dict() for dtype, m in per_dtype.items()}
+                    for name, per_dtype in self.sections.items()
+                },
+                "layers": {dtype: [c.to_dict() for c in checks] for dtype, checks in self.layers.items()},
+                "worst_case": {dtype: w.to_dict() for dtype, w in self.worst_case.items()},
+                "certified": self.certified.to_dict() if self.certified is not None else None,
+                "seconds": dict(self.seconds),
+                "seed": self.seed,
+                "torch_version": self.torch_version,
+            }
+        )
+
+    def to_json(self, path: str | Path) -> Path:
+        """Writes :meth:`to_dict` as indented JSON to ``path``; returns the path."""
+        out = Path(path)
+        out.write_text(json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n", encoding="utf-8")
+        return out
+
+    def render(self, console: Console | None = None) -> None:
+        """Prints a summary table (metric / one column per dtype) and a per-layer table.
+
+        Args:
+            console: where to print; a new ``rich.console.Console()`` if None.
+        """
+        from rich.console import Console
+        from rich.table import Table
+
+        console = console if console is not None else Console()
+        console.print(f"[bold]verification[/bold] on {self.device}: {self.device_note}")
+
+        summary = Table(title="f vs g", show_lines=False)
+        summary.add_column("metric")
+        for dtype in self.dtypes:
+            summary.add_column(dtype, justify="right")
+        for name, per_dtype in self.sections.items():
+            n = next(iter(per_dtype.values())).n_inputs if per_dtype else 0
+            rows: list[tuple[str, str]] = [
+                ("max |f-g|", "max_abs_error"),
+                ("mean per-input max |f-g|", "mean_abs_error"),
+                ("relative error max", "relative_error_max"),
+                ("relative error mean", "relative_error_mean"),
+                ("accuracy f", "accuracy_target"),
+                ("accuracy g", "accuracy_pruned"),
+                ("top-1 agreement", "top1_agreement"),
+            ]
+            for label, attr in rows:
+                values = [getattr(per_dtype[d], attr) if d in per_dtype else None for d in self.dtypes]
+                if attr.startswith("accuracy") and all(v is None for v in values):
+                    continue
+                fmt = _percent if attr.startswith(("accuracy", "top1")) else _sci
+                summary.add_row(f"{name} ({n}): {label}", *[fmt(v) for v in values])
+        if self.worst_case:
+            summary.add_row(
+                "worst case max |f-g| (PGD)",
+                *[
+                    _sci(self.worst_case[d].max_abs_error) if d in self.worst_case else "-"
+                    for d in self.dtypes
+                ],
+            )
+        if self.certified is not None:
+            cells = ["-"] * len(self.dtypes)
+            cells[-1] = _sci(self.certified.max_bound)
+            summary.add_row("certified sup |f-g| (exact arithmetic)", *cells)
+        console.print(summary)
+        if self.certified is not None:
+            console.print(f"certified bound: {self.certified.note}")
+
+        if self.layers:
+            console.print(self._layer_table(Table))
+        if self.seconds:
+            console.print("seconds: " + ", ".join(f"{name} {sec:.2f}" for name, sec in self.seconds.items()))
+
+    def _layer_table(self, table_cls: Any) -> Any:
+        from rich import box
+
+        table = table_cls(title="per layer, on the target's own activations", box=box.SIMPLE_HEAD)
+        table.add_column("#", justify="right")
+        table.add_column("target layer", no_wrap=True)
+        table.add_column("", justify="center")  # construction letter, O or I
+        table.add_column("max|f_l|", justify="right")
+        dtypes = [d for d in self.dtypes if d in self.layers]
+        short = {d: d.replace("float", "f") for d in dtypes}
+        for dtype in dtypes:
+            table.add_column(f"|g_l-f_l| {short[dtype]}", justify="right")
+        for dtype in dtypes:
+            table.add_column(f"|g_l-eff| rel {short[dtype]}", justify="right")
+        certified_layers = {c.index: c for c in self.certified.layers} if self.certified is not None else {}
+        if certified_layers:
+            table.add_column("cert. local", justify="right")
+            table.add_column("cert. after", justify="right")
+        by_dtype = {d: {c.index: c for c in self.layers[d]} for d in dtypes}
+        for check in self.layers[dtypes[-1]] if dtypes else []:
+            i = check.index
+            letter = CONSTRUCTIONS.get(check.construction, "?")
+            row = [str(i), check.module, letter, _sci(check.max_abs_target)]
+            row += [_sci(by_dtype[d][i].pair_vs_target) for d in dtypes]
+            row += [_sci(by_dtype[d][i].pair_vs_effective_relative) for d in dtypes]
+            if certified_layers:
+                cert = certified_layers.get(i)
+                row += [_sci(cert.local_error_max), _sci(cert.propagated_error_max)] if cert else ["-", "-"]
+            table.add_row(*row)
+        return table
+
+
+def _sci(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2e}"
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{100.0 * value:.2f}%"

@@ -1,0 +1,304 @@
+"""verify_networks: run every check of DESIGN.md section 5 on a target f and its pruned network g.
+
+Verification stage entry point, called by ``ticketsolver verify``, the service and the build's final
+report. It validates that g corresponds to f module by module, then, in each dtype (float32 and float64 by
+default) on deep copies of both networks on the device (GPU when present): compares outputs on the given
+data and on random inputs of the box, checks every pruned pair against its target layer and its
+effective layer, searches for a worst case by projected gradient ascent, and finally computes the
+certified bound in float64. The caller's modules are never changed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+from ticketsolver.errors import VerificationError
+from ticketsolver.verification.certified import certify_bound
+from ticketsolver.verification.layers import LayerChecker, validate_networks
+from ticketsolver.verification.metrics import OutputComparison
+from ticketsolver.verification.report import Report
+from ticketsolver.verification.worst_case import random_starts, search_worst_case
+
+__all__ = ["verify_networks"]
+
+_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.float64}
+
+
+def verify_networks(
+    target: nn.Sequential,
+    pruned: nn.Sequential,
+    *,
+    input_shape: tuple[int, ...],
+    input_box: tuple[float, float] | None = None,
+    data: tuple[torch.Tensor, torch.Tensor | None] | None = None,
+    n_random: int = 512,
+    batch_size: int = 1024,
+    dtypes: tuple[str, ...] = ("float32", "float64"),
+    worst_case_starts: int = 8,
+    worst_case_steps: int = 50,
+    certify: bool = True,
+    device: torch.device | str | None = None,
+    seed: int = 0,
+    progress: Callable[[str, float], None] | None = None,
+) -> Report:
+    """Measures how closely the pruned network g follows the target f, and certifies a bound.
+
+    Args:
+        target: f, an ``nn.Sequential`` in normal form (Linear, Conv2d, ReLU, MaxPool2d, AvgPool2d, Flatten).
+        pruned: g, the same Sequential with each Linear/Conv2d replaced by a ``PrunedPair``.
+        input_shape: per-sample input shape, e.g. ``(1, 28, 28)`` or ``(13,)``.
+        input_box: ``(lo, hi)`` bounding every input feature; None: per-feature min/max of ``data``.
+        data: ``(inputs (N, *input_shape), labels (N,) int or None)`` or None.
+        n_random: inputs drawn uniformly in the box for the "random" section (0: none).
+        batch_size: inputs per forward pass.
+        dtypes: dtypes of the forward passes, from ``"float32"`` and ``"float64"``.
+        worst_case_starts: starts of the gradient ascent (0: no search); half are the data points with the
+            largest errors when data is given, the rest the random inputs with the largest errors, then
+            fresh uniform points.
+        worst_case_steps: gradient steps per start.
+        certify: compute the certified bound (float64, exact-arithmetic guarantee).
+        device: the torch device; cuda when available if None.
+        seed: seed of the random inputs and starts (the same on every device).
+        progress: called as ``progress(step name, fraction done in [0, 1])``.
+
+    Returns:
+        A :class:`Report` with every number measured.
+
+    Raises:
+        VerificationError: the networks do not correspond, inputs have the wrong shape, labels are
+            malformed, a dtype is unknown, or there is neither a box nor data to derive one from.
+    """
+    begin = time.perf_counter()
+    seconds: dict[str, float] = {}
+    shape = _check_shape(input_shape)
+    for name in dtypes:
+        if name not in _DTYPES:
+            raise VerificationError(f"unknown dtype {name!r}; expected one of {sorted(_DTYPES)}")
+    if n_random < 0 or batch_size < 1 or worst_case_starts < 0 or worst_case_steps < 0:
+        raise VerificationError(
+            "n_random, worst_case_starts and worst_case_steps must be >= 0 and batch_size >= 1, got "
+            f"{n_random}, {worst_case_starts}, {worst_case_steps} and {batch_size}"
+        )
+    validate_networks(target, pruned)
+    data_x, data_y = _check_data(data, shape)
+    lo, hi, box_info = _make_box(input_box, data_x, shape)
+    dev = torch.device(device) if device is not None else _default_device()
+
+    sections: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
+    if data_x is not None:
+        sections["data"] = (data_x, data_y)
+    if n_random > 0:
+        sections["random"] = (random_starts(lo, hi, n_random, shape, seed), None)
+    seconds["setup"] = time.perf_counter() - begin
+
+    n_batches = sum(-(-x.shape[0] // batch_size) for x, _ in sections.values())
+    units = len(dtypes) * (n_batches + (1 if worst_case_starts else 0)) + (1 if certify else 0)
+    done = 0
+
+    def tick(step: str) -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(step, min(1.0, done / max(units, 1)))
+
+    report = Report(
+        device=str(dev),
+        device_note=_device_note(dev),
+        dtypes=list(dtypes),
+        input_shape=list(shape),
+        input_box=box_info,
+        seed=seed,
+        torch_version=torch.__version__,
+    )
+    with _ieee_float32(dev):
+        for name in dtypes:
+            dtype = _DTYPES[name]
+            f = _copy_to(target, dev, dtype)
+            g = _copy_to(pruned, dev, dtype)
+            checker = LayerChecker(f, g)
+            per_input: dict[str, torch.Tensor] = {}
+            for section, (x_all, y_all) in sections.items():
+                step_begin = time.perf_counter()
+                comparison = OutputComparison()
+                with torch.no_grad():
+                    for start in range(0, x_all.shape[0], batch_size):
+                        xb = x_all[start : start + batch_size].to(dev, dtype)
+                        yb = y_all[start : start + batch_size].to(dev) if y_all is not None else None
+                        f_out, g_out = _forward(checker, g, xb, shape)
+                        comparison.update(f_out, g_out, yb)
+                        tick(f"{section}/{name}")
+                report.sections.setdefault(section, {})[name] = comparison.result()
+                per_input[section] = comparison.per_input_abs_error
+                seconds[f"{section}/{name}"] = time.perf_counter() - step_begin
+            if sections:
+                report.layers[name] = checker.result()
+            if worst_case_starts:
+                step_begin = time.perf_counter()
+                starts, kinds = _choose_starts(sections, per_input, worst_case_starts, lo, hi, shape, seed)
+                report.worst_case[name] = search_worst_case(
+                    f, g, starts, (lo, hi), steps=worst_case_steps, start_kinds=kinds
+                )
+                seconds[f"worst_case/{name}"] = time.perf_counter() - step_begin
+                tick(f"worst_case/{name}")
+            del f, g, checker
+        if certify:
+            step_begin = time.perf_counter()
+            report.certified = certify_bound(target, pruned, (lo, hi), input_shape=shape, device=dev)
+            seconds["certified"] = time.perf_counter() - step_begin
+            tick("certified")
+    seconds["total"] = time.perf_counter() - begin
+    report.seconds = seconds
+    return report
+
+
+def _check_shape(input_shape: Any) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(s) for s in input_shape)
+    except (TypeError, ValueError) as exc:
+        raise VerificationError(f"input_shape must be a tuple of ints, got {input_shape!r}") from exc
+    if not shape or any(s < 1 for s in shape):
+        raise VerificationError(f"input_shape must be non-empty with positive sizes, got {input_shape!r}")
+    return shape
+
+
+def _check_data(
+    data: tuple[torch.Tensor, torch.Tensor | None] | None, shape: tuple[int, ...]
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    if data is None:
+        return None, None
+    if not isinstance(data, tuple | list) or len(data) != 2:
+        raise VerificationError("data must be a tuple (inputs, labels or None)")
+    x, y = data
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        raise VerificationError("data inputs must be a floating-point tensor")
+    if x.dim() != len(shape) + 1 or tuple(x.shape[1:]) != shape or x.shape[0] == 0:
+        raise VerificationError(
+            f"data inputs must have shape (N, {', '.join(map(str, shape))}) with N > 0, got {tuple(x.shape)}"
+        )
+    if not torch.isfinite(x).all():
+        raise VerificationError("data inputs contain NaN or infinite values")
+    if y is not None:
+        if (
+            not isinstance(y, torch.Tensor)
+            or y.is_floating_point()
+            or y.is_complex()
+            or y.dtype == torch.bool
+        ):
+            raise VerificationError("labels must be an integer tensor")
+        if tuple(y.shape) != (x.shape[0],):
+            raise VerificationError(f"labels must have shape ({x.shape[0]},), got {tuple(y.shape)}")
+        y = y.detach().cpu().long()
+    return x.detach().cpu().to(torch.float64), y
+
+
+def _make_box(
+    input_box: tuple[float, float] | None, data_x: torch.Tensor | None, shape: tuple[int, ...]
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+    if input_box is None:
+        if data_x is None:
+            raise VerificationError(
+                "no input box: pass input_box=(lo, hi) (e.g. (0.0, 1.0) for images) or data to derive a "
+                "per-feature box from"
+            )
+        lo, hi = data_x.amin(0), data_x.amax(0)
+        source = "data (per-feature min/max)"
+    else:
+        try:
+            lo_value, hi_value = input_box
+            lo = torch.as_tensor(lo_value, dtype=torch.float64).expand(shape).clone()
+            hi = torch.as_tensor(hi_value, dtype=torch.float64).expand(shape).clone()
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise VerificationError(f"input_box must be (lo, hi), got {input_box!r}") from exc
+        source = "given"
+    if not (torch.isfinite(lo).all() and torch.isfinite(hi).all()) or (lo > hi).any():
+        raise VerificationError("the input box must be finite with lo <= hi")
+    info = {
+        "source": source,
+        "lo_min": float(lo.min()),
+        "lo_max": float(lo.max()),
+        "hi_min": float(hi.min()),
+        "hi_max": float(hi.max()),
+    }
+    return lo, hi, info
+
+
+def _default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _device_note(dev: torch.device) -> str:
+    if dev.type == "cpu":
+        if torch.cuda.is_available():
+            return "ran on CPU as requested (a GPU is present)"
+        return "ran on CPU: no GPU present"
+    if dev.type == "cuda":
+        return f"ran on {torch.cuda.get_device_name(dev)} (TF32 off: float32 is IEEE float32)"
+    return f"ran on {dev}"
+
+
+@contextlib.contextmanager
+def _ieee_float32(dev: torch.device) -> Iterator[None]:
+    """TF32 would make float32 matmuls/convs on Ampere+ GPUs ~1e-3 accurate; verification wants IEEE."""
+    if dev.type != "cuda":
+        yield
+        return
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def _copy_to(module: nn.Module, dev: torch.device, dtype: torch.dtype) -> nn.Module:
+    """A deep copy in ``dtype`` on ``dev``, in eval mode, without parameter gradients (never the caller's)."""
+    clone = copy.deepcopy(module).to(device=dev, dtype=dtype).eval()
+    clone.requires_grad_(False)
+    return clone
+
+
+def _forward(
+    checker: LayerChecker, g: nn.Module, x: torch.Tensor, shape: tuple[int, ...]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    try:
+        return checker.update(x), g(x)
+    except RuntimeError as exc:
+        raise VerificationError(f"the networks do not accept inputs of shape {shape}: {exc}") from exc
+
+
+def _choose_starts(
+    sections: dict[str, tuple[torch.Tensor, torch.Tensor | None]],
+    per_input: dict[str, torch.Tensor],
+    n_starts: int,
+    lo: torch.Tensor,
+    hi: torch.Tensor,
+    shape: tuple[int, ...],
+    seed: int,
+) -> tuple[torch.Tensor, list[str]]:
+    """The data points and random inputs with the largest observed errors, then fresh uniform points."""
+    chosen: list[torch.Tensor] = []
+    kinds: list[str] = []
+    budget = {"data": n_starts // 2 if "random" in sections else n_starts, "random": n_starts}
+    for section in ("data", "random"):
+        if section not in sections:
+            continue
+        take = min(budget[section], n_starts - len(kinds), sections[section][0].shape[0])
+        if take <= 0:
+            continue
+        top = torch.topk(per_input[section], take).indices
+        chosen.append(sections[section][0][top])
+        kinds += [f"{section}:{int(i)}" for i in top]
+    fresh = n_starts - len(kinds)
+    if fresh > 0:
+        # a stream of its own so that fresh starts never repeat the random section's inputs
+        chosen.append(random_starts(lo, hi, fresh, shape, seed + 1))
+        kinds += [f"uniform:{i}" for i in range(fresh)]
+    return torch.cat(chosen), kinds
