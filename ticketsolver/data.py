@@ -120,7 +120,11 @@ def load_digits_flat(test_fraction: float = 0.3, seed: int = 0) -> Dataset:
     """
     x_train, y_train, x_test, y_test = _digits_unit(test_fraction, seed)
     return Dataset(
-        x_train.reshape(len(x_train), 64), y_train, x_test.reshape(len(x_test), 64), y_test, (0.0, 1.0),
+        x_train.reshape(len(x_train), 64),
+        y_train,
+        x_test.reshape(len(x_test), 64),
+        y_test,
+        (0.0, 1.0),
         "digits64",
     )
 

@@ -13,7 +13,15 @@ from torch import nn
 from ticketsolver.errors import VerificationError
 from ticketsolver.verification import certify_bound, random_starts, search_worst_case
 
-from .helpers import build_pruned, input_blocks_pair, mlp, odd_conv_net, output_blocks_pair, perturb_second
+from .helpers import (
+    build_pruned,
+    input_blocks_pair,
+    mlp,
+    odd_conv_net,
+    output_blocks_pair,
+    perturb_second,
+    single_thread,  # noqa: F401  (autouse fixture)
+)
 
 CASES = [
     ("mlp, signed box", mlp, (13,), (-1.0, 1.0), False),
@@ -31,9 +39,7 @@ def _observed(target, pruned, x: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize(("name", "net", "shape", "box", "nonneg"), CASES, ids=[c[0] for c in CASES])
-def test_bound_holds_on_random_inputs_and_worst_case_and_is_within_100x(
-    name, net, shape, box, nonneg
-) -> None:
+def test_bound_holds_on_random_inputs_and_worst_case_and_is_within_100x(name, net, shape, box, nonneg) -> None:
     target = net(0)
     pruned = build_pruned(target, input_nonneg=nonneg, perturb=1e-3, seed=0)
     bound = certify_bound(target, pruned, box, input_shape=shape)
@@ -59,9 +65,7 @@ def test_bound_holds_at_every_vertex_of_a_small_box() -> None:
 
 def test_exact_pairs_certify_zero_up_to_rounding_slack() -> None:
     target = odd_conv_net(1)
-    bound = certify_bound(
-        target, build_pruned(target, input_nonneg=False), (-1.0, 1.0), input_shape=(2, 12, 12)
-    )
+    bound = certify_bound(target, build_pruned(target, input_nonneg=False), (-1.0, 1.0), input_shape=(2, 12, 12))
     assert 0.0 <= bound.max_bound < 1e-12
 
 
@@ -123,9 +127,7 @@ def test_bad_boxes_are_refused() -> None:
 
 def test_result_says_exact_arithmetic_and_is_plain_json() -> None:
     target = mlp(9)
-    bound = certify_bound(
-        target, build_pruned(target, input_nonneg=True, perturb=1e-3), (0.0, 1.0), input_shape=(13,)
-    )
+    bound = certify_bound(target, build_pruned(target, input_nonneg=True, perturb=1e-3), (0.0, 1.0), input_shape=(13,))
     assert bound.exact_arithmetic and "exact arithmetic" in bound.note
     assert bound.relative_margin >= 1e-9
     d = bound.to_dict()
@@ -140,3 +142,9 @@ def test_caller_modules_are_left_as_they_were() -> None:
     certify_bound(target, pruned, (0.0, 1.0), input_shape=(13,))
     after = pruned.state_dict()
     assert all(torch.equal(before[k], after[k]) and after[k].dtype == torch.float32 for k in before)
+
+
+def test_wrong_input_shape_is_a_verification_error() -> None:
+    target = mlp(11)
+    with pytest.raises(VerificationError, match="do not accept inputs of shape"):
+        certify_bound(target, build_pruned(target, input_nonneg=True), (0.0, 1.0), input_shape=(12,))

@@ -11,7 +11,15 @@ from torch import nn
 from ticketsolver.errors import VerificationError
 from ticketsolver.verification import check_layers, describe_module, validate_networks
 
-from .helpers import build_pruned, input_blocks_pair, mlp, odd_conv_net, output_blocks_pair, perturb_second
+from .helpers import (
+    build_pruned,
+    input_blocks_pair,
+    mlp,
+    odd_conv_net,
+    output_blocks_pair,
+    perturb_second,
+    single_thread,  # noqa: F401  (autouse fixture)
+)
 
 
 def _single(layer: nn.Module, pair: nn.Module, dtype: torch.dtype) -> tuple[nn.Sequential, nn.Sequential]:

@@ -11,6 +11,8 @@ import torch
 from ticketsolver.errors import VerificationError
 from ticketsolver.verification import OutputComparison, compare_outputs
 
+from .helpers import single_thread  # noqa: F401  (autouse fixture)
+
 F_OUT = torch.tensor([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0], [-4.0, 1.0, 0.0]])
 G_OUT = torch.tensor([[1.0, 2.5, 3.0], [0.0, 0.1, 0.0], [-4.0, 1.0, 0.5]])
 LABELS = torch.tensor([2, 1, 1])

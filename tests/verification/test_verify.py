@@ -12,7 +12,13 @@ from rich.console import Console
 from ticketsolver.errors import VerificationError
 from ticketsolver.verification import Report, verify_networks
 
-from .helpers import build_pruned, lenet5, mlp, odd_conv_net
+from .helpers import (
+    build_pruned,
+    lenet5,
+    mlp,
+    odd_conv_net,
+    single_thread,  # noqa: F401  (autouse fixture)
+)
 
 REPORT_KEYS = {
     "device",
@@ -197,6 +203,7 @@ def test_without_worst_case_and_certificate() -> None:
         ({"input_box": (1.0, 0.0)}, "lo <= hi"),
         ({"input_shape": (14,)}, "do not accept inputs of shape"),
         ({"n_random": -1}, "n_random"),
+        ({"device": "not-a-device"}, "unknown device"),
     ],
 )
 def test_bad_arguments_raise_verification_error(kwargs, match) -> None:
@@ -209,17 +216,22 @@ def test_bad_arguments_raise_verification_error(kwargs, match) -> None:
 
 def test_mismatched_networks_raise_before_running() -> None:
     with pytest.raises(VerificationError, match="modules"):
-        verify_networks(
-            mlp(6), build_pruned(lenet5(0), input_nonneg=True), input_shape=(13,), input_box=(0.0, 1.0)
-        )
+        verify_networks(mlp(6), build_pruned(lenet5(0), input_nonneg=True), input_shape=(13,), input_box=(0.0, 1.0))
 
 
 def test_output_blocks_first_layer_on_a_signed_box_is_refused_by_the_certificate() -> None:
     target = mlp(7)
     pruned = build_pruned(target, input_nonneg=True)
     with pytest.raises(VerificationError, match="not provably >= 0"):
+        verify_networks(target, pruned, input_shape=(13,), input_box=(-1.0, 1.0), n_random=8, worst_case_steps=1)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")
+def test_asking_for_cuda_without_one_is_a_verification_error() -> None:
+    target = mlp(9)
+    with pytest.raises(VerificationError, match="no CUDA device"):
         verify_networks(
-            target, pruned, input_shape=(13,), input_box=(-1.0, 1.0), n_random=8, worst_case_steps=1
+            target, build_pruned(target, input_nonneg=True), input_shape=(13,), input_box=(0.0, 1.0), device="cuda"
         )
 
 
@@ -237,3 +249,29 @@ def test_gpu_run_matches_cpu_in_float64() -> None:
             cpu.sections["random"][dtype].max_abs_error, rel=rel
         )
     assert gpu.certified.max_bound == pytest.approx(cpu.certified.max_bound, rel=1e-9)
+
+
+def test_in_place_relu_neither_breaks_the_ascent_nor_writes_into_the_data() -> None:
+    target = torch.nn.Sequential(torch.nn.ReLU(inplace=True), *mlp(8))
+    pruned = build_pruned(target, input_nonneg=False, perturb=1e-3)
+    x = torch.randn(20, 13, dtype=torch.float64)
+    before = x.clone()
+    report = verify_networks(target, pruned, input_shape=(13,), data=(x, None), n_random=8, worst_case_steps=3)
+    assert torch.equal(x, before)
+    assert report.worst_case["float64"].max_abs_error > 0
+
+
+def test_pairs_with_torch_prune_buffers_verify_like_plain_ones() -> None:
+    target = mlp(10)
+    plain = build_pruned(target, input_nonneg=True, perturb=1e-3)
+    reparametrised = build_pruned(target, input_nonneg=True, perturb=1e-3)
+    for module in reparametrised.modules():
+        if isinstance(module, torch.nn.Linear):
+            torch.nn.utils.prune.custom_from_mask(module, "weight", module.weight != 0)
+    kwargs = {"input_shape": (13,), "input_box": (0.0, 1.0), "n_random": 32, "worst_case_steps": 3}
+    a = verify_networks(target, plain, **kwargs).to_dict()
+    b = verify_networks(target, reparametrised, **kwargs).to_dict()
+    for key in ("sections", "layers", "worst_case"):
+        assert a[key] == b[key]
+    assert a["certified"]["per_output"] == b["certified"]["per_output"]
+    assert hasattr(reparametrised[0].first, "weight_orig")  # the caller's module keeps its reparametrisation

@@ -11,7 +11,14 @@ from torch import nn
 from ticketsolver.errors import VerificationError
 from ticketsolver.verification import random_starts, search_worst_case
 
-from .helpers import build_pruned, mlp, odd_conv_net, output_blocks_pair, perturb_second
+from .helpers import (
+    build_pruned,
+    mlp,
+    odd_conv_net,
+    output_blocks_pair,
+    perturb_second,
+    single_thread,  # noqa: F401  (autouse fixture)
+)
 
 
 def _nets(net, nonneg: bool, dtype: torch.dtype = torch.float64, seed: int = 0):

@@ -75,9 +75,7 @@ class Target:
     source: str
 
     @classmethod
-    def from_module(
-        cls, module: nn.Module, input_shape: Sequence[int], arch: str = "custom"
-    ) -> Target:
+    def from_module(cls, module: nn.Module, input_shape: Sequence[int], arch: str = "custom") -> Target:
         """Normalise an in-memory module into a Target.
 
         Args:
@@ -224,8 +222,7 @@ def _fold(previous: Leaf | None, name: str, bn: nn.Module) -> nn.Module:
     if not isinstance(layer, wanted):
         after = _label(*previous) if previous is not None else "the input"
         raise UnsupportedModuleError(
-            f"{_label(name, bn)} follows {after}; BatchNorm can only be folded directly after a "
-            f"{wanted.__name__}"
+            f"{_label(name, bn)} follows {after}; BatchNorm can only be folded directly after a {wanted.__name__}"
         )
     if bn.running_mean is None or bn.running_var is None:
         raise UnsupportedModuleError(
@@ -610,9 +607,10 @@ def _add_bias(walk: _GraphWalk, node: torch.fx.Node) -> None:
 
 
 def _with_bias(conv: nn.Conv2d) -> nn.Conv2d:
-    return nn.Conv2d(
-        conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation  # type: ignore[arg-type]
-    )
+    """The same convolution with a bias parameter (to receive a bias added after it)."""
+    new = copy.deepcopy(conv)
+    new.bias = nn.Parameter(torch.zeros(conv.out_channels))
+    return new
 
 
 def _batch_norm(walk: _GraphWalk, node: torch.fx.Node) -> nn.Module:
@@ -621,8 +619,9 @@ def _batch_norm(walk: _GraphWalk, node: torch.fx.Node) -> nn.Module:
         raise UnsupportedModuleError(
             f"{walk.describe(node)}: batch_norm in training mode; call model.eval() before exporting"
         )
-    weight, bias, mean, var = (walk.tensor(_arg(node, i, n)) for i, n in enumerate(
-        ("weight", "bias", "running_mean", "running_var"), start=1))
+    weight, bias, mean, var = (
+        walk.tensor(_arg(node, i, n)) for i, n in enumerate(("weight", "bias", "running_mean", "running_var"), start=1)
+    )
     eps = float(_arg(node, 6 if legit else 7, "eps", 1e-5))
     rank = walk.rank(node)
     if mean is None or var is None or rank not in (2, 4):
@@ -727,8 +726,13 @@ _CHAIN_OPS: dict[Any, Callable[[_GraphWalk, torch.fx.Node], nn.Module | None]] =
 }
 _TUPLE_OPS = {_aten.max_pool2d_with_indices.default, _aten._native_batch_norm_legit_no_training.default}
 # Ops applied to weights only (no activation flows through them): evaluated on the stored tensors.
-_WEIGHT_OPS = {_aten.t.default, _aten.permute.default, _aten.transpose.int, _aten.detach.default,
-               _aten.clone.default}
+_WEIGHT_OPS = {
+    _aten.t.default,
+    _aten.permute.default,
+    _aten.transpose.int,
+    _aten.detach.default,
+    _aten.clone.default,
+}
 # Shape bookkeeping and assertions that compute nothing.
 _SKIPPED_OPS = {
     _aten.sym_size.int,
@@ -752,7 +756,8 @@ def normalize_exported_program(
 
     The graph must be one chain from its single tensor input to its single output, of the ops in
     :data:`SUPPORTED_EXPORT_OPS`. The program's own graph is never run before every op was checked;
-    ``program.module()`` is never called (it would ``exec`` the program's stored guard code).
+    ``program.module()`` is never used (calling its result runs the program's stored guard code);
+    the comparison runs the lifted graph with ``torch.fx.Interpreter`` instead.
 
     Args:
         program: an ``ExportedProgram`` (exported from a model in eval mode).

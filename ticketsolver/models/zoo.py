@@ -307,8 +307,7 @@ class Architecture(ABC):
         config = self.match(layers)
         if config is None:
             raise CheckpointError(
-                f"mismatched --arch {self.name}: expected {self.expected}; found "
-                f"{_describe_layers(layers)}"
+                f"mismatched --arch {self.name}: expected {self.expected}; found {_describe_layers(layers)}"
             )
         module = self.build(config)
         _copy_layers(module, layers)
@@ -326,9 +325,7 @@ class LeNet5Architecture(Architecture):
     """LeNet5 as in :class:`LeNet5`; any input channel count and class count."""
 
     name = "lenet5"
-    expected = (
-        "LeNet5 weights (6,C,5,5) (16,6,5,5) (120,400) (84,120) (K,84), each with optional bias/BatchNorm"
-    )
+    expected = "LeNet5 weights (6,C,5,5) (16,6,5,5) (120,400) (84,120) (K,84), each with optional bias/BatchNorm"
 
     def match(self, layers: Sequence[LayerTensors]) -> dict[str, Any] | None:
         kinds = [layer.kind for layer in layers]
@@ -494,9 +491,7 @@ def build_from_state_dict(
     try:
         candidates = list(_parsed_orders(state_dict))
     except CheckpointError as error:
-        raise CheckpointError(
-            f"mismatched --arch {arch}: expected {architecture.expected}; found: {error}"
-        ) from error
+        raise CheckpointError(f"mismatched --arch {arch}: expected {architecture.expected}; found: {error}") from error
     for layers in candidates:
         if architecture.match(layers) is not None:
             return architecture.load(layers)

@@ -16,7 +16,7 @@ import importlib
 from typing import Any
 
 from ticketsolver.errors import InvalidProblemError
-from ticketsolver.solvers.base import RawSolution, Solutions, SolveStatus, Solver
+from ticketsolver.solvers.base import RawSolution, Solutions, Solver, SolveStatus
 
 __all__ = ["SOLVERS", "RawSolution", "Solutions", "SolveStatus", "Solver", "available_solvers", "get_solver"]
 

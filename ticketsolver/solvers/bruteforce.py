@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ticketsolver.errors import ProblemTooLargeError
-from ticketsolver.solvers.base import RawSolution, SolveStatus, Solver
+from ticketsolver.solvers.base import RawSolution, Solver, SolveStatus
 
 __all__ = ["BruteForceSolver"]
 

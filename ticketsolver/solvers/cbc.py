@@ -26,12 +26,14 @@ class CbcSolver(Solver):
     default it keeps answers up to ~1e-5 worse than the optimum and still reports them optimal (seen
     on 3 of 8 random problems at n = 18-21), hence ``increment 1e-12``.
 
-    :attr:`tolerance` is ``1e-12 + 1e-9 * (2 + M)``, M = max over the batch of ``|w| + sum |c_i|``: the
-    increment, primal feasibility tolerance (1e-9) on each error constraint, integer tolerance (1e-9)
-    on each x_i, which moves ``c.x`` by up to ``1e-9 * sum |c_i|`` when x is rounded, and the 13
-    significant digits of PuLP's MPS file (well below 1e-9 * M). PuLP does not return CBC's bound, so
-    an answer is ``optimal`` when CBC proves its objective optimal with zero gap *and* the recomputed
-    float64 error is within :attr:`tolerance` of that objective.
+    :attr:`tolerance` is ``1e-12 + 1e-9 * (2 + M) + 5e-9 * max |w|``, M = max over the batch of
+    ``|w| + sum |c_i|``: the increment; the primal feasibility tolerance (1e-9) on each error
+    constraint; the integer tolerance (1e-9) on each x_i, which moves ``c.x`` by up to
+    ``1e-9 * sum |c_i|`` when x is rounded; the 13 significant digits of PuLP's MPS file (well below
+    1e-9 * M); and the 8 significant digits with which CBC's solution file gives the objective back
+    (off by up to 5e-9 * e, and e <= |w| since the empty subset errs by |w|). PuLP does not return
+    CBC's bound, so an answer is ``optimal`` when CBC proves its objective optimal with zero gap *and*
+    the recomputed float64 error is within :attr:`tolerance` of that objective.
 
     Args:
         time_limit: seconds per problem (CBC's ``sec``).
@@ -52,6 +54,8 @@ class CbcSolver(Solver):
     INCREMENT = 1e-12
     #: CBC's primal and integer tolerances
     CBC_TOL = 1e-9
+    #: relative precision of values in CBC's solution file (printed with 8 significant digits)
+    PRINTED_REL = 5e-9
 
     def __init__(self, time_limit: float = 60.0, threads: int = 1) -> None:
         self.time_limit = check_positive("time_limit", time_limit)
@@ -60,7 +64,11 @@ class CbcSolver(Solver):
 
     def _solve_batch(self, coeffs: np.ndarray, targets: np.ndarray, usable: np.ndarray) -> RawSolution:
         pulp = import_optional("pulp", "cbc", self.name)
-        self.tolerance = self.INCREMENT + self.CBC_TOL * (2 + max_magnitude(coeffs, targets, usable))
+        self.tolerance = (
+            self.INCREMENT
+            + self.CBC_TOL * (2 + max_magnitude(coeffs, targets, usable))
+            + self.PRINTED_REL * float(np.abs(targets).max())
+        )
         cbc = self._cbc_command(pulp)
         masks, status = solve_each(coeffs, targets, usable, lambda b, c, w: self._solve_one(pulp, cbc, c, w))
         return RawSolution(masks=masks, status=status)

@@ -15,7 +15,7 @@ import numpy as np
 from numba import njit, prange
 
 from ticketsolver.errors import InvalidProblemError, ProblemTooLargeError
-from ticketsolver.solvers.base import RawSolution, SolveStatus, Solver
+from ticketsolver.solvers.base import RawSolution, Solver, SolveStatus
 
 __all__ = ["MAX_N", "NumbaMitmSolver", "make_mitm"]
 

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ticketsolver.errors import InvalidProblemError
-from ticketsolver.solvers.base import RawSolution, SolveStatus, Solver
+from ticketsolver.solvers.base import RawSolution, Solver, SolveStatus
 from ticketsolver.solvers.mitm import check_mitm_limit
 
 __all__ = ["TorchMitmSolver"]

@@ -115,11 +115,7 @@ def _box_tensors(
     input_box: tuple[Any, Any], input_shape: tuple[int, ...], device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
     lo, hi = (
-        torch.as_tensor(bound, dtype=torch.float64)
-        .to(device)
-        .expand(input_shape)
-        .reshape(1, *input_shape)
-        .clone()
+        torch.as_tensor(bound, dtype=torch.float64).to(device).expand(input_shape).reshape(1, *input_shape).clone()
         for bound in input_box
     )
     if not (torch.isfinite(lo).all() and torch.isfinite(hi).all()):
@@ -191,64 +187,42 @@ def certify_bound(
     pair_indices = set(validate_networks(target, pruned))
     dev = torch.device(device) if device is not None else _default_device()
     lo, hi = _box_tensors(input_box, tuple(input_shape), dev)
-    f64 = torch.float64
     # g's activation is provably >= 0 when it comes out of a ReLU (then pooled/flattened) or out of the box
     nonneg = bool((lo >= 0).all())
     err = torch.zeros_like(lo)
     gamma_total = 0.0
     layer_bounds: list[CertifiedLayerBound] = []
-    for i, (layer, other) in enumerate(zip(target, pruned, strict=True)):
-        if i in pair_indices:
-            assert isinstance(other, PrunedPair) and isinstance(layer, nn.Linear | nn.Conv2d)
-            where = f"layer {i} ({describe_module(layer)})"
-            if other.construction == "output_blocks" and not nonneg:
-                raise VerificationError(
-                    f"{where}: an output-blocks (O) pair equals its effective layer only for inputs >= 0, "
-                    "but this layer's input is not provably >= 0 (first layer with a box lower bound < 0, "
-                    "or not after a ReLU); use input blocks (I) here or a box with lo >= 0"
-                )
-            op = _affine_op(layer)
-            weight = layer.weight.detach().to(dev, f64)
-            bias = (
-                layer.bias.detach().to(dev, f64)
-                if layer.bias is not None
-                else torch.zeros(weight.shape[0], dtype=f64, device=dev)
-            )
-            lip, delta, gamma_pair = _pair_terms(other, weight, bias, lo, hi, op, layer, where, dev)
-            err = op(lip, err) + delta
-            # rounding of the pair's effective weights and of the two non-negative sums above
-            gamma_total += gamma_pair + _gamma(2 * weight[0].numel() + 2)
-            lo, hi = _interval_affine(op, weight, _bias_view(bias, layer), lo, hi)
-            nonneg = False
-            layer_bounds.append(
-                CertifiedLayerBound(
-                    index=i,
-                    module=describe_module(layer),
-                    construction=other.construction,
-                    local_error_max=float(delta.max()),
-                    propagated_error_max=float(err.max()),
-                    lipschitz_row_sum_max=float(lip.flatten(1).sum(1).max()),
-                )
-            )
-        elif isinstance(layer, nn.ReLU):
-            # |relu(k) - relu(h)| <= |k - h|, and both are 0 where even h + e cannot be positive
-            err = torch.minimum(err, F.relu(hi + err))
-            lo, hi = F.relu(lo), F.relu(hi)
-            nonneg = True
-        elif isinstance(layer, nn.MaxPool2d):
-            err, lo, hi = layer(err), layer(lo), layer(hi)
-        elif isinstance(layer, nn.AvgPool2d):
-            err = layer(err)
-            size = layer.kernel_size
-            window = size * size if isinstance(size, int) else int(size[0]) * int(size[1])
-            # averaging signed bounds can cancel: widen by the rounding bound of the window's sum
-            slack = _gamma(window + 1) * layer(torch.maximum(lo.abs(), hi.abs()))
-            lo, hi = layer(lo) - slack, layer(hi) + slack
-            gamma_total += _gamma(window + 1)
-        elif isinstance(layer, nn.Flatten):
-            err, lo, hi = layer(err), layer(lo), layer(hi)
-        else:  # validate_networks admits nothing else
-            raise VerificationError(f"layer {i}: {type(layer).__name__} is not supported")
+    try:
+        for i, (layer, other) in enumerate(zip(target, pruned, strict=True)):
+            if i in pair_indices:
+                assert isinstance(other, PrunedPair) and isinstance(layer, nn.Linear | nn.Conv2d)
+                err, lo, hi, gamma_pair, layer_bound = _through_pair(i, layer, other, err, lo, hi, nonneg, dev)
+                gamma_total += gamma_pair
+                layer_bounds.append(layer_bound)
+                nonneg = False
+            elif isinstance(layer, nn.ReLU):
+                # |relu(k) - relu(h)| <= |k - h|, and both are 0 where even h + e cannot be positive
+                err = torch.minimum(err, F.relu(hi + err))
+                lo, hi = F.relu(lo), F.relu(hi)
+                nonneg = True
+            elif isinstance(layer, nn.MaxPool2d):
+                err, lo, hi = layer(err), layer(lo), layer(hi)
+            elif isinstance(layer, nn.AvgPool2d):
+                err = layer(err)
+                size = layer.kernel_size
+                window = size * size if isinstance(size, int) else int(size[0]) * int(size[1])
+                # averaging signed bounds can cancel: widen by the rounding bound of the window's sum
+                slack = _gamma(window + 1) * layer(torch.maximum(lo.abs(), hi.abs()))
+                lo, hi = layer(lo) - slack, layer(hi) + slack
+                gamma_total += _gamma(window + 1)
+            elif isinstance(layer, nn.Flatten):
+                err, lo, hi = layer(err), layer(lo), layer(hi)
+            else:  # validate_networks admits nothing else
+                raise VerificationError(f"layer {i}: {type(layer).__name__} is not supported")
+    except RuntimeError as exc:  # activations that do not chain: the input shape is wrong for this network
+        raise VerificationError(
+            f"the networks do not accept inputs of shape {tuple(input_shape)} (at layer {i}): {exc}"
+        ) from exc
     # every remaining computation summed non-negative terms, each off by at most gamma_k relatively
     margin = max(_MIN_MARGIN, 4.0 * gamma_total)
     per_output = (err.flatten() * (1.0 + margin)).cpu()
@@ -259,6 +233,47 @@ def certify_bound(
         layers=layer_bounds,
         seconds=time.perf_counter() - start,
     )
+
+
+def _through_pair(
+    index: int,
+    layer: nn.Linear | nn.Conv2d,
+    pair: PrunedPair,
+    err: torch.Tensor,
+    lo: torch.Tensor,
+    hi: torch.Tensor,
+    nonneg: bool,
+    dev: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float, CertifiedLayerBound]:
+    """One pruned pair: the new error bound, the target's new interval, the gamma used, the layer's record."""
+    where = f"layer {index} ({describe_module(layer)})"
+    if pair.construction == "output_blocks" and not nonneg:
+        raise VerificationError(
+            f"{where}: an output-blocks (O) pair equals its effective layer only for inputs >= 0, but this "
+            "layer's input is not provably >= 0 (first layer with a box lower bound < 0, or not after a "
+            "ReLU); use input blocks (I) here or a box with lo >= 0"
+        )
+    f64 = torch.float64
+    op = _affine_op(layer)
+    weight = layer.weight.detach().to(dev, f64)
+    bias = (
+        layer.bias.detach().to(dev, f64)
+        if layer.bias is not None
+        else torch.zeros(weight.shape[0], dtype=f64, device=dev)
+    )
+    lip, delta, gamma_pair = _pair_terms(pair, weight, bias, lo, hi, op, layer, where, dev)
+    new_err = op(lip, err) + delta
+    new_lo, new_hi = _interval_affine(op, weight, _bias_view(bias, layer), lo, hi)
+    record = CertifiedLayerBound(
+        index=index,
+        module=describe_module(layer),
+        construction=pair.construction,
+        local_error_max=float(delta.max()),
+        propagated_error_max=float(new_err.max()),
+        lipschitz_row_sum_max=float(lip.flatten(1).sum(1).max()),
+    )
+    # rounding of the pair's effective weights and of the two non-negative sums of the error step
+    return new_err, new_lo, new_hi, gamma_pair + _gamma(2 * weight[0].numel() + 2), record
 
 
 def _pair_terms(
@@ -292,16 +307,18 @@ def _pair_terms(
     shape = weight.shape
     slack_pos = (gamma * v_abs @ u_flat.clamp(min=0)).reshape(shape)
     slack_bias = gamma * v_abs @ beta.clamp(min=0)
-    w_pos = effective.weight_pos.to(dev, f64).reshape(shape)
-    b_eff = effective.bias.to(dev, f64) if effective.bias is not None else torch.zeros_like(bias)
+    eff_pos, eff_neg, eff_bias = (_buffer(effective, name) for name in ("weight_pos", "weight_neg", "bias"))
+    assert eff_pos is not None
+    w_pos = eff_pos.to(dev, f64).reshape(shape)
+    b_eff = eff_bias.to(dev, f64) if eff_bias is not None else torch.zeros_like(bias)
     bias_term = _bias_view((b_eff - bias).abs() + slack_bias, layer)
     lip_pos = w_pos.abs() + slack_pos
-    if effective.weight_neg is None:
+    if eff_neg is None:
         h_abs = torch.maximum(lo.abs(), hi.abs())
         delta = op((w_pos - weight).abs() + slack_pos, h_abs) + bias_term
         return lip_pos, delta, gamma
     slack_neg = (gamma * v_abs @ (-u_flat).clamp(min=0)).reshape(shape)
-    w_neg = effective.weight_neg.to(dev, f64).reshape(shape)
+    w_neg = eff_neg.to(dev, f64).reshape(shape)
     lip = torch.maximum(lip_pos, w_neg.abs() + slack_neg)
     # y_g - y_f = (W+ - W) h+ + (W- + W) h- + (b' - b), with h+ <= relu(hi) and h- <= relu(-lo)
     delta = (
@@ -310,6 +327,11 @@ def _pair_terms(
         + bias_term
     )
     return lip, delta, gamma
+
+
+def _buffer(module: nn.Module, name: str) -> torch.Tensor | None:
+    value = getattr(module, name)
+    return value if isinstance(value, torch.Tensor) else None
 
 
 def _default_device() -> torch.device:

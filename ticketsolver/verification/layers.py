@@ -97,11 +97,7 @@ def _check_pair(index: int, layer: nn.Module, pair: PrunedPair) -> None:
             f"{where}: pair's first conv has kernel/stride/padding/dilation {_conv_geometry(first)}, "
             f"the target's are {_conv_geometry(layer)}"
         )
-    if (
-        tuple(second.kernel_size) != (1, 1)
-        or tuple(second.stride) != (1, 1)
-        or tuple(second.padding) != (0, 0)
-    ):
+    if tuple(second.kernel_size) != (1, 1) or tuple(second.stride) != (1, 1) or tuple(second.padding) != (0, 0):
         raise VerificationError(f"{where}: pair's second conv must be 1x1 with stride 1 and no padding")
     if second.in_channels != first.out_channels or second.groups != 1:
         raise VerificationError(
@@ -126,8 +122,7 @@ def validate_networks(target: nn.Sequential, pruned: nn.Sequential) -> list[int]
     """
     if not isinstance(target, nn.Sequential) or not isinstance(pruned, nn.Sequential):
         raise VerificationError(
-            "target and pruned must be nn.Sequential, got "
-            f"{type(target).__name__} and {type(pruned).__name__}"
+            f"target and pruned must be nn.Sequential, got {type(target).__name__} and {type(pruned).__name__}"
         )
     if len(target) != len(pruned):
         raise VerificationError(f"target has {len(target)} modules but the pruned network has {len(pruned)}")
@@ -145,6 +140,8 @@ def validate_networks(target: nn.Sequential, pruned: nn.Sequential) -> list[int]
                     f"are supported (got groups={layer.groups}, padding={layer.padding!r}, "
                     f"padding_mode={layer.padding_mode!r})"
                 )
+        if isinstance(layer, nn.MaxPool2d) and layer.return_indices:
+            raise VerificationError(f"layer {i}: MaxPool2d with return_indices=True is not a normal-form module")
         if isinstance(layer, nn.Linear | nn.Conv2d):
             if not isinstance(other, PrunedPair):
                 raise VerificationError(
@@ -156,8 +153,7 @@ def validate_networks(target: nn.Sequential, pruned: nn.Sequential) -> list[int]
             continue
         if isinstance(other, PrunedPair):
             raise VerificationError(
-                f"layer {i}: the pruned network holds a PrunedPair where the target has "
-                f"{type(layer).__name__}"
+                f"layer {i}: the pruned network holds a PrunedPair where the target has {type(layer).__name__}"
             )
         if type(other) is not type(layer) or other.extra_repr() != layer.extra_repr():
             raise VerificationError(
@@ -233,11 +229,12 @@ class LayerChecker:
                 self.effective[i] = pair.effective(pair.first.weight.dtype)
             except ConstructionError as exc:
                 raise VerificationError(f"layer {i} ({describe_module(target[i])}): {exc}") from exc
-            expected = tuple(target[i].weight.shape)
-            if tuple(self.effective[i].weight_pos.shape) != expected:
+            target_weight, effective_weight = target[i].weight, self.effective[i].weight_pos
+            assert isinstance(target_weight, torch.Tensor) and isinstance(effective_weight, torch.Tensor)
+            if effective_weight.shape != target_weight.shape:
                 raise VerificationError(
-                    f"layer {i}: effective weight shape {tuple(self.effective[i].weight_pos.shape)} != "
-                    f"target weight shape {expected}"
+                    f"layer {i}: effective weight shape {tuple(effective_weight.shape)} != "
+                    f"target weight shape {tuple(target_weight.shape)}"
                 )
         params = list(target.parameters())
         self.dtype = params[0].dtype if params else None
@@ -270,9 +267,7 @@ class LayerChecker:
             stats["input_min"] = min(stats["input_min"], float(h.min()))
             stats["target"] = max(stats["target"], float(out_target.abs().max()))
             stats["pair_target"] = max(stats["pair_target"], float((out_pair - out_target).abs().max()))
-            stats["pair_effective"] = max(
-                stats["pair_effective"], float((out_pair - out_effective).abs().max())
-            )
+            stats["pair_effective"] = max(stats["pair_effective"], float((out_pair - out_effective).abs().max()))
             h = out_target
         self._n += int(x.shape[0])
         return h

@@ -93,9 +93,7 @@ class OutputComparison:
             VerificationError: shapes disagree, or labels are given for some batches only.
         """
         if f_out.shape != g_out.shape:
-            raise VerificationError(
-                f"target output shape {tuple(f_out.shape)} != pruned {tuple(g_out.shape)}"
-            )
+            raise VerificationError(f"target output shape {tuple(f_out.shape)} != pruned {tuple(g_out.shape)}")
         if f_out.dim() < 2 or f_out.shape[0] == 0:
             raise VerificationError(f"expected outputs of shape (B, C) with B > 0, got {tuple(f_out.shape)}")
         has_labels = labels is not None
@@ -147,9 +145,7 @@ class OutputComparison:
         )
 
 
-def compare_outputs(
-    f_out: torch.Tensor, g_out: torch.Tensor, labels: torch.Tensor | None = None
-) -> OutputMetrics:
+def compare_outputs(f_out: torch.Tensor, g_out: torch.Tensor, labels: torch.Tensor | None = None) -> OutputMetrics:
     """Metrics of one batch of outputs of f and g (see :class:`OutputMetrics`).
 
     Args:

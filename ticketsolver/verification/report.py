@@ -135,10 +135,7 @@ class Report:
         if self.worst_case:
             summary.add_row(
                 "worst case max |f-g| (PGD)",
-                *[
-                    _sci(self.worst_case[d].max_abs_error) if d in self.worst_case else "-"
-                    for d in self.dtypes
-                ],
+                *[_sci(self.worst_case[d].max_abs_error) if d in self.worst_case else "-" for d in self.dtypes],
             )
         if self.certified is not None:
             cells = ["-"] * len(self.dtypes)

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.utils import prune
 
 from ticketsolver.errors import VerificationError
 from ticketsolver.verification.certified import certify_bound
@@ -73,7 +74,8 @@ def verify_networks(
 
     Raises:
         VerificationError: the networks do not correspond, inputs have the wrong shape, labels are
-            malformed, a dtype is unknown, or there is neither a box nor data to derive one from.
+            malformed, a dtype or device is unknown or absent, there is neither a box nor data to derive
+            one from, or (with ``certify``) an O pair's input is not provably >= 0.
     """
     begin = time.perf_counter()
     seconds: dict[str, float] = {}
@@ -89,7 +91,7 @@ def verify_networks(
     validate_networks(target, pruned)
     data_x, data_y = _check_data(data, shape)
     lo, hi, box_info = _make_box(input_box, data_x, shape)
-    dev = torch.device(device) if device is not None else _default_device()
+    dev = _resolve_device(device)
 
     sections: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
     if data_x is not None:
@@ -118,6 +120,12 @@ def verify_networks(
         torch_version=torch.__version__,
     )
     with _ieee_float32(dev):
+        if certify:
+            # first: it is cheap, and a box it cannot certify (O on a signed input) fails before the long part
+            step_begin = time.perf_counter()
+            report.certified = certify_bound(target, pruned, (lo, hi), input_shape=shape, device=dev)
+            seconds["certified"] = time.perf_counter() - step_begin
+            tick("certified")
         for name in dtypes:
             dtype = _DTYPES[name]
             f = _copy_to(target, dev, dtype)
@@ -148,11 +156,6 @@ def verify_networks(
                 seconds[f"worst_case/{name}"] = time.perf_counter() - step_begin
                 tick(f"worst_case/{name}")
             del f, g, checker
-        if certify:
-            step_begin = time.perf_counter()
-            report.certified = certify_bound(target, pruned, (lo, hi), input_shape=shape, device=dev)
-            seconds["certified"] = time.perf_counter() - step_begin
-            tick("certified")
     seconds["total"] = time.perf_counter() - begin
     report.seconds = seconds
     return report
@@ -185,17 +188,13 @@ def _check_data(
     if not torch.isfinite(x).all():
         raise VerificationError("data inputs contain NaN or infinite values")
     if y is not None:
-        if (
-            not isinstance(y, torch.Tensor)
-            or y.is_floating_point()
-            or y.is_complex()
-            or y.dtype == torch.bool
-        ):
+        if not isinstance(y, torch.Tensor) or y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
             raise VerificationError("labels must be an integer tensor")
         if tuple(y.shape) != (x.shape[0],):
             raise VerificationError(f"labels must have shape ({x.shape[0]},), got {tuple(y.shape)}")
         y = y.detach().cpu().long()
-    return x.detach().cpu().to(torch.float64), y
+    # a copy of our own: nothing downstream may write into the caller's tensor
+    return x.detach().to("cpu", torch.float64, copy=True), y
 
 
 def _make_box(
@@ -229,8 +228,16 @@ def _make_box(
     return lo, hi, info
 
 
-def _default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def _resolve_device(device: torch.device | str | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise VerificationError(f"unknown device {device!r}") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise VerificationError(f"device {device!r} was asked for but no CUDA device is available")
+    return dev
 
 
 def _device_note(dev: torch.device) -> str:
@@ -258,10 +265,30 @@ def _ieee_float32(dev: torch.device) -> Iterator[None]:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
-def _copy_to(module: nn.Module, dev: torch.device, dtype: torch.dtype) -> nn.Module:
-    """A deep copy in ``dtype`` on ``dev``, in eval mode, without parameter gradients (never the caller's)."""
-    clone = copy.deepcopy(module).to(device=dev, dtype=dtype).eval()
+def _copy_to(module: nn.Sequential, dev: torch.device, dtype: torch.dtype) -> nn.Sequential:
+    """A deep copy in ``dtype`` on ``dev``, in eval mode, without parameter gradients (never the caller's).
+
+    A ticket materialised with ``torch.nn.utils.prune`` buffers holds ``weight = weight_orig * weight_mask`` as
+    a non-leaf tensor, which ``deepcopy`` refuses: the copy gets detached clones of those, and each mask is
+    then folded into a plain weight on the copy (same values; the effective layers read ``weight``).
+    """
+    memo: dict[int, Any] = {}
+    for sub in module.modules():
+        for hook in sub._forward_pre_hooks.values():
+            if isinstance(hook, prune.BasePruningMethod):
+                derived = getattr(sub, hook._tensor_name)
+                memo[id(derived)] = derived.detach().clone()
+    clone = copy.deepcopy(module, memo)
+    for sub in clone.modules():
+        for hook in list(sub._forward_pre_hooks.values()):
+            if isinstance(hook, prune.BasePruningMethod):
+                prune.remove(sub, hook._tensor_name)
+    clone = clone.to(device=dev, dtype=dtype).eval()
     clone.requires_grad_(False)
+    for sub in clone.modules():
+        if isinstance(sub, nn.ReLU):
+            # an in-place ReLU would write into the batch (or a leaf needing gradients in the ascent)
+            sub.inplace = False
     return clone
 
 

@@ -70,9 +70,7 @@ class WorstCase:
         }
 
 
-def random_starts(
-    lo: torch.Tensor, hi: torch.Tensor, n: int, input_shape: tuple[int, ...], seed: int
-) -> torch.Tensor:
+def random_starts(lo: torch.Tensor, hi: torch.Tensor, n: int, input_shape: tuple[int, ...], seed: int) -> torch.Tensor:
     """``n`` points uniform in the box ``[lo, hi]`` (float64, CPU), reproducible from ``seed``.
 
     Args:
@@ -120,9 +118,7 @@ def search_worst_case(
         VerificationError: no starts, labels of the wrong length, or bad steps/step size.
     """
     if starts.dim() < 2 or starts.shape[0] == 0:
-        raise VerificationError(
-            f"need at least one start of shape (S, *input_shape), got {tuple(starts.shape)}"
-        )
+        raise VerificationError(f"need at least one start of shape (S, *input_shape), got {tuple(starts.shape)}")
     if steps < 0 or not step_size > 0:
         raise VerificationError(f"steps must be >= 0 and step_size > 0, got {steps} and {step_size}")
     kinds = start_kinds if start_kinds is not None else [f"start:{i}" for i in range(starts.shape[0])]

@@ -1,0 +1,190 @@
+"""The layout of one pair's random tensors: shapes, how draws replace blocks, and materialisation.
+
+Everything here is a pure function of the manifest entry and the seed, so the builder (which chooses the
+masks) and :meth:`Ticket.load` (which regenerates them) share one definition. Tensors use a *dense view*:
+a target layer is a matrix W of shape (d_out, d_in) with d_in = c_in * kh * kw for a conv, and
+
+- output blocks (O): U (d_out·n, d_in), beta (d_out·n), V (d_out, d_out·n); hidden unit (l, t) = l·n + t;
+- input blocks (I): U (H, d_in), beta (H), V (d_out, H) with H = (d_in + has_bias)·n; hidden unit
+  (j, t) = j·n + t, and block j = d_in (when the target has a bias) is the bias block.
+
+A conv's U is that matrix reshaped to (hidden, c_in, kh, kw) and V to (d_out, hidden, 1, 1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from ticketsolver.construction.pair import Construction, PrunedPair
+from ticketsolver.errors import TicketFormatError
+from ticketsolver.source import RandomSource
+
+__all__ = ["ConvGeometry", "PairLayout"]
+
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    """The target conv's geometry, copied to the first random layer (the second is 1x1)."""
+
+    in_channels: int
+    kernel_size: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    dilation: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class PairLayout:
+    """Shapes, scales and construction of the two random layers that replace target layer ``pair``."""
+
+    pair: int  # ordinal of the target's linear/conv layer; part of every stream key
+    construction: Construction
+    kind: Literal["linear", "conv2d"]
+    d_out: int
+    d_in: int
+    n: int
+    has_bias: bool
+    scales: dict[str, float] = field(default_factory=dict)  # per random tensor: U, beta, V
+    conv: ConvGeometry | None = None
+
+    @property
+    def hidden(self) -> int:
+        if self.construction == "output_blocks":
+            return self.d_out * self.n
+        return (self.d_in + int(self.has_bias)) * self.n
+
+    @property
+    def draw_shape(self) -> tuple[int, int]:
+        """Shape of the per-unit draw index: one per weight, plus a column for the bias."""
+        return (self.d_out, self.d_in + int(self.has_bias))
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """Dense-view shapes of the random tensors (beta only where the target has a bias)."""
+        shapes: dict[str, tuple[int, ...]] = {"U": (self.hidden, self.d_in), "V": (self.d_out, self.hidden)}
+        if self.has_bias:
+            shapes["beta"] = (self.hidden,)
+        return shapes
+
+    def source_params(self) -> int:
+        return sum(int(np.prod(s)) for s in self.shapes().values())
+
+    # -- regeneration -------------------------------------------------------------------------------
+
+    def tensor(self, source: RandomSource, name: str, draw: int = 0) -> np.ndarray:
+        return source.tensor(self.pair, name, self.shapes()[name], self.scales[name], draw)
+
+    def source_tensors(self, source: RandomSource, draws: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """The random tensors as the network holds them: draw 0, with redrawn units' blocks replaced."""
+        tensors = {name: self.tensor(source, name) for name in self.shapes()}
+        if draws is None or not draws.any():
+            return tensors
+        if draws.shape != self.draw_shape:
+            raise TicketFormatError(f"pair {self.pair}: draws of shape {draws.shape}, expected {self.draw_shape}")
+        n, d_out, d_in = self.n, self.d_out, self.d_in
+        for d in np.unique(draws[draws > 0]).tolist():
+            hit = draws == d
+            if self.construction == "output_blocks":
+                # a weight's unit is its U column inside block l; a bias's is beta's block l
+                u = tensors["U"].reshape(d_out, n, d_in)
+                u_d = self.tensor(source, "U", d).reshape(d_out, n, d_in)
+                w_hit = np.broadcast_to(hit[:, None, :d_in], u.shape)
+                u[w_hit] = u_d[w_hit]
+                if self.has_bias:
+                    b = tensors["beta"].reshape(d_out, n)
+                    b_d = self.tensor(source, "beta", d).reshape(d_out, n)
+                    b_hit = np.broadcast_to(hit[:, d_in, None], b.shape)
+                    b[b_hit] = b_d[b_hit]
+            else:
+                # a weight's (and the bias's) unit is its n entries of V
+                v = tensors["V"].reshape(d_out, self.draw_shape[1], n)
+                v_d = self.tensor(source, "V", d).reshape(v.shape)
+                v_hit = np.broadcast_to(hit[:, :, None], v.shape)
+                v[v_hit] = v_d[v_hit]
+        return tensors
+
+    # -- materialisation ----------------------------------------------------------------------------
+
+    def to_module(
+        self, tensors: dict[str, np.ndarray], masks: dict[str, np.ndarray], prune_buffers: bool = False
+    ) -> PrunedPair:
+        """The pruned pair: weights = source * mask, as float32 torch layers.
+
+        Args:
+            tensors: the random tensors (see :meth:`source_tensors`).
+            masks: bool masks of the same shapes (True = kept).
+            prune_buffers: keep the full source as ``weight_orig`` and the mask as ``weight_mask`` buffers
+                (``torch.nn.utils.prune``), instead of plain pruned weights.
+        """
+        first: nn.Module
+        second: nn.Module
+        if self.kind == "linear":
+            first = nn.Linear(self.d_in, self.hidden, bias=self.has_bias)
+            second = nn.Linear(self.hidden, self.d_out, bias=False)
+        else:
+            g = self.conv
+            assert g is not None
+            first = nn.Conv2d(
+                g.in_channels, self.hidden, g.kernel_size, g.stride, g.padding, g.dilation, bias=self.has_bias
+            )
+            second = nn.Conv2d(self.hidden, self.d_out, 1, bias=False)
+        for layer, wname, bname in ((first, "U", "beta"), (second, "V", None)):
+            _set(layer, "weight", tensors[wname], masks[wname], prune_buffers)
+            if bname is not None and self.has_bias:
+                _set(layer, "bias", tensors[bname], masks[bname], prune_buffers)
+        return PrunedPair(first, second, self.construction).eval()
+
+    # -- manifest -----------------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PairLayout:
+        try:
+            conv = data.get("conv")
+            geometry = (
+                ConvGeometry(
+                    in_channels=int(conv["in_channels"]),
+                    **{k: tuple(int(v) for v in conv[k]) for k in ("kernel_size", "stride", "padding", "dilation")},
+                )
+                if conv
+                else None
+            )
+            layout = cls(
+                pair=int(data["pair"]),
+                construction=data["construction"],
+                kind=data["kind"],
+                d_out=int(data["d_out"]),
+                d_in=int(data["d_in"]),
+                n=int(data["n"]),
+                has_bias=bool(data["has_bias"]),
+                scales={k: float(v) for k, v in data["scales"].items()},
+                conv=geometry,
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise TicketFormatError(f"malformed pair entry in the manifest: {exc!r}") from exc
+        if layout.construction not in ("output_blocks", "input_blocks") or layout.kind not in ("linear", "conv2d"):
+            raise TicketFormatError(f"pair {layout.pair}: unknown construction or kind")
+        if min(layout.d_out, layout.d_in, layout.n) < 1 or (layout.kind == "conv2d") != (geometry is not None):
+            raise TicketFormatError(f"pair {layout.pair}: inconsistent shapes in the manifest")
+        return layout
+
+
+def _set(layer: nn.Module, name: str, source: np.ndarray, mask: np.ndarray, prune_buffers: bool) -> None:
+    param = getattr(layer, name)
+    src = torch.from_numpy(np.ascontiguousarray(source)).reshape(param.shape)
+    keep = torch.from_numpy(np.ascontiguousarray(mask)).reshape(param.shape)
+    with torch.no_grad():
+        param.copy_(src * keep)
+    param.requires_grad_(False)
+    if prune_buffers:
+        from torch.nn.utils import prune
+
+        with torch.no_grad():
+            param.copy_(src)
+        prune.custom_from_mask(layer, name, keep)

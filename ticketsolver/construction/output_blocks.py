@@ -1,0 +1,96 @@
+"""Construction O — output blocks (da Cunha et al. 2022), for layers whose input is >= 0.
+
+Hidden units d_out·n; block l = units (l, 1..n) feeds only output l (V pruned to its block diagonal).
+Weight w_lj is matched by the subset sum over c_t = V[l,(l,t)]·U[(l,t),j] for t with U > 0: every kept
+term is >= 0 on inputs x >= 0, so the ReLU is the identity and y_l = sum_j (sum_S c_t) x_j exactly. The
+bias b_l is matched over c_t = V[l,(l,t)]·beta_(l,t) for beta > 0. Each U entry (and each beta entry)
+belongs to one target entry, so every problem is independent and a redraw touches one unit only.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ticketsolver.construction.layout import PairLayout
+from ticketsolver.construction.rounds import RoundProgress, RoundsResult, solve_with_resampling
+from ticketsolver.construction.solution import PairSolution
+from ticketsolver.solvers import Solver
+from ticketsolver.source import RandomSource
+
+__all__ = ["solve_output_blocks"]
+
+
+def solve_output_blocks(
+    layout: PairLayout,
+    source: RandomSource,
+    weight: np.ndarray,
+    bias: np.ndarray | None,
+    solver: Solver,
+    resample: int,
+    tolerance: float,
+    progress: RoundProgress | None = None,
+) -> PairSolution:
+    """Choose the masks of an output-blocks pair for the dense-view target ``weight`` (d_out, d_in)."""
+    d_out, d_in, n = layout.d_out, layout.d_in, layout.n
+    rows = np.arange(d_out)
+    v = layout.tensor(source, "V").reshape(d_out, d_out, n)[rows, rows].astype(np.float64)  # (d_out, n)
+    draw_cache: dict[tuple[str, int], np.ndarray] = {}
+
+    def tensor(name: str, draw: int) -> np.ndarray:
+        if (name, draw) not in draw_cache:
+            for key in [key for key in draw_cache if key[1] > 0]:  # keep draw 0 and the current draw
+                del draw_cache[key]
+            draw_cache[(name, draw)] = layout.tensor(source, name, draw)
+        return draw_cache[(name, draw)]
+
+    def weight_problems(units: np.ndarray, draw: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        out, col = np.divmod(units, d_in)
+        u = tensor("U", draw).reshape(d_out, n, d_in)[out, :, col].astype(np.float64)  # (S, n)
+        return (v[out] * u)[:, None], (u > 0)[:, None], weight[out, col][:, None]
+
+    def bias_problems(units: np.ndarray, draw: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        beta = tensor("beta", draw).reshape(d_out, n)[units].astype(np.float64)
+        assert bias is not None
+        return (v[units] * beta)[:, None], (beta > 0)[:, None], bias[units][:, None]
+
+    w = solve_with_resampling(solver, d_out * d_in, weight_problems, resample, tolerance, progress)
+    u_mask = w.masks[:, 0].reshape(d_out, d_in, n).transpose(0, 2, 1)  # (d_out, n, d_in)
+    hidden_used = u_mask.any(axis=2)  # (d_out, n)
+    masks = {"U": np.ascontiguousarray(u_mask).reshape(d_out * n, d_in)}
+    draws = np.zeros(layout.draw_shape, dtype=np.uint8)
+    draws[:, :d_in] = w.draws.reshape(d_out, d_in)
+    b: RoundsResult | None = None
+    if bias is not None:
+        b = solve_with_resampling(solver, d_out, bias_problems, resample, tolerance, progress)
+        beta_mask = b.masks[:, 0]  # (d_out, n)
+        hidden_used |= beta_mask
+        masks["beta"] = beta_mask.reshape(d_out * n)
+        draws[:, d_in] = b.draws
+    v_mask = np.zeros((d_out, d_out, n), dtype=bool)
+    v_mask[rows, rows] = hidden_used  # a V entry is kept where its hidden unit carries anything
+    masks["V"] = v_mask.reshape(d_out, d_out * n)
+    return PairSolution(
+        masks=masks,
+        draws=draws,
+        weight_errors=w.errors.reshape(d_out, d_in),
+        bias_errors=None if b is None else b.errors,
+        usable=w.usable[:, 0].reshape(d_out, d_in),
+        stats=_stats(w, b),
+    )
+
+
+def _stats(*results: RoundsResult | None) -> dict[str, object]:
+    """Solver statistics summed over the weight and bias rounds."""
+    status: dict[str, int] = {}
+    backends: dict[str, int] = {}
+    problems, seconds = 0, 0.0
+    for r in results:
+        if r is None:
+            continue
+        problems += r.problems_solved
+        seconds += r.seconds
+        for k, c in r.status_counts.items():
+            status[k] = status.get(k, 0) + c
+        for k, c in r.backends.items():
+            backends[k] = backends.get(k, 0) + c
+    return {"problems_solved": problems, "solve_seconds": seconds, "status": status, "backends": backends}

@@ -1,0 +1,126 @@
+"""Solving one layer's subset sums with IteRand-style resampling rounds.
+
+A *unit* is what one draw index belongs to: a target weight (or bias entry) whose coefficient entries can
+be redrawn without touching any other unit. A unit has one or two problems (construction I solves one for
+x+ and one for x-); its error is the larger of theirs. Round 0 solves every unit on draw 0; round r
+redraws the units whose best error still exceeds the tolerance from stream r, and keeps a draw only where
+it is strictly better. The draw index per unit is recorded (uint8).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ticketsolver.solvers import Solver, SolveStatus
+
+__all__ = ["MAX_RESAMPLE", "ProblemMaker", "RoundsResult", "solve_with_resampling"]
+
+#: draw indices are stored as uint8; draw 0 is the first draw
+MAX_RESAMPLE = 255
+#: problems per solver call: bounds memory and gives progress on large layers
+CHUNK = 1 << 16
+
+#: (units, draw) -> coeffs (S, P, n), usable (S, P, n), targets (S, P)
+ProblemMaker = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray, np.ndarray]]
+#: (round, problems solved in this round, problems of this round)
+RoundProgress = Callable[[int, int, int], None]
+
+
+@dataclass
+class RoundsResult:
+    """Best masks, errors and draw of every unit after all rounds."""
+
+    masks: np.ndarray  # (U, P, n) bool
+    errors: np.ndarray  # (U,) float64: max over the unit's problems
+    draws: np.ndarray  # (U,) uint8
+    usable: np.ndarray  # (U, P) int: usable coefficients per problem, at the kept draw
+    problems_solved: int = 0
+    status_counts: dict[str, int] = field(default_factory=dict)
+    backends: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def _solve_chunked(
+    solver: Solver,
+    coeffs: np.ndarray,
+    usable: np.ndarray,
+    targets: np.ndarray,
+    result: RoundsResult,
+    tick: Callable[[int, int], None],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Solve flat problems in chunks; returns masks (B, n) and errors (B,)."""
+    masks = np.zeros(coeffs.shape, dtype=bool)
+    errors = np.zeros(coeffs.shape[0])
+    for start in range(0, coeffs.shape[0], CHUNK):
+        sl = slice(start, start + CHUNK)
+        sol = solver.solve(coeffs[sl], targets[sl], usable[sl])
+        masks[sl], errors[sl] = sol.masks, sol.errors
+        result.seconds += sol.seconds
+        result.problems_solved += len(sol)
+        for key, counter in ((sol.status, result.status_counts), (sol.backends, result.backends)):
+            names, counts = np.unique(key, return_counts=True)
+            for name, count in zip(names.tolist(), counts.tolist(), strict=True):
+                counter[name] = counter.get(name, 0) + count
+        tick(min(start + CHUNK, coeffs.shape[0]), coeffs.shape[0])
+    return masks, errors
+
+
+def solve_with_resampling(
+    solver: Solver,
+    n_units: int,
+    make_problems: ProblemMaker,
+    resample: int,
+    tolerance: float,
+    progress: RoundProgress | None = None,
+) -> RoundsResult:
+    """Solve every unit, then redraw those above ``tolerance`` for up to ``resample`` rounds.
+
+    Args:
+        solver: the subset-sum backend.
+        n_units: number of units.
+        make_problems: builds the problems of the given units at the given draw.
+        resample: number of extra rounds (0 = a single draw).
+        tolerance: units with error above it are redrawn.
+        progress: called after each chunk with (round, solved, total) of the current round.
+    """
+    report = progress or (lambda *_: None)
+    units = np.arange(n_units)
+    coeffs, usable, targets = make_problems(units, 0)
+    _, n_problems, n = coeffs.shape
+    result = RoundsResult(
+        masks=np.zeros((n_units, n_problems, n), dtype=bool),
+        errors=np.zeros(n_units),
+        draws=np.zeros(n_units, dtype=np.uint8),
+        usable=usable.sum(2),
+    )
+    flat_masks, flat_errors = _solve_chunked(
+        solver, coeffs.reshape(-1, n), usable.reshape(-1, n), targets.reshape(-1), result,
+        lambda done, total: report(0, done, total),
+    )
+    result.masks[:] = flat_masks.reshape(n_units, n_problems, n)
+    result.errors[:] = flat_errors.reshape(n_units, n_problems).max(1)
+    for draw in range(1, resample + 1):
+        redo = np.flatnonzero(result.errors > tolerance)
+        if redo.size == 0:
+            break
+        coeffs, usable, targets = make_problems(redo, draw)
+        flat_masks, flat_errors = _solve_chunked(
+            solver, coeffs.reshape(-1, n), usable.reshape(-1, n), targets.reshape(-1), result,
+            lambda done, total, draw=draw: report(draw, done, total),
+        )
+        errors = flat_errors.reshape(redo.size, n_problems).max(1)
+        better = errors < result.errors[redo]
+        won = redo[better]
+        result.errors[won] = errors[better]
+        result.masks[won] = flat_masks.reshape(redo.size, n_problems, n)[better]
+        result.draws[won] = draw
+        result.usable[won] = usable.sum(2)[better]
+    return result
+
+
+def status_ok(result: RoundsResult) -> bool:
+    """True when every problem was solved (no ``failed`` status)."""
+    return result.status_counts.get(SolveStatus.FAILED.value, 0) == 0

@@ -1,0 +1,61 @@
+"""The random source: every random tensor of a ticket, regenerated bit-identically on any machine.
+
+Values come from NumPy's counter-based Philox4x64-10 generator, keyed by (seed, pair, tensor, draw): no
+state is carried between tensors, so any tensor of any draw can be produced alone, in any order, on any
+machine. A tensor is uniform on [-scale, scale), drawn in float64 and rounded once to float32 — the
+float32 value is what the network holds, and what the solver sees (upcast to float64, exactly).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["RNG_LAYOUT", "TENSOR_IDS", "RandomSource"]
+
+#: tensor name -> id in the stream key
+TENSOR_IDS: dict[str, int] = {"U": 0, "beta": 1, "V": 2}
+
+#: recorded in every ticket so that anyone can regenerate the values without ticketsolver
+RNG_LAYOUT: dict[str, str] = {
+    "algorithm": "numpy.random.Philox (Philox4x64-10), counter starting at 0",
+    "key": "[seed, pair * 2**32 + tensor * 2**16 + draw] as two uint64 words; tensor ids U=0, beta=1, V=2",
+    "values": "float32(scale * (2 * Generator(Philox(key=key)).random(size, dtype=float64) - 1)), C order",
+}
+
+
+@dataclass(frozen=True)
+class RandomSource:
+    """Seeded source of the random tensors of one ticket.
+
+    Args:
+        seed: any integer in [0, 2^64).
+
+    Example:
+        >>> src = RandomSource(seed=0)
+        >>> bool((src.tensor(0, "U", (3, 2), scale=0.5) == src.tensor(0, "U", (3, 2), scale=0.5)).all())
+        True
+    """
+
+    seed: int
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.seed, int | np.integer) or not 0 <= int(self.seed) < 2**64:
+            raise ValueError(f"seed must be an integer in [0, 2**64), got {self.seed!r}")
+
+    def key(self, pair: int, tensor: str, draw: int = 0) -> np.ndarray:
+        if not 0 <= pair < 2**32 or not 0 <= draw < 2**16:
+            raise ValueError(f"pair must be < 2**32 and draw < 2**16, got pair={pair}, draw={draw}")
+        word = pair * 2**32 + TENSOR_IDS[tensor] * 2**16 + draw
+        return np.array([int(self.seed), word], dtype=np.uint64)
+
+    def tensor(
+        self, pair: int, tensor: str, shape: tuple[int, ...], scale: float, draw: int = 0
+    ) -> np.ndarray:
+        """The float32 tensor ``tensor`` of pair ``pair`` at draw ``draw``, uniform on [-scale, scale)."""
+        if not np.isfinite(scale) or scale <= 0:
+            raise ValueError(f"scale must be positive and finite, got {scale}")
+        gen = np.random.Generator(np.random.Philox(key=self.key(pair, tensor, draw)))
+        values = gen.random(int(np.prod(shape)), dtype=np.float64)
+        return (scale * (2.0 * values - 1.0)).astype(np.float32).reshape(shape)

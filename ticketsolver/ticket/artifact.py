@@ -1,0 +1,293 @@
+"""The ticket: a tiny, regenerable file that *is* the pruned random network.
+
+A ticket holds no weight values. It holds the seed and the stream layout (so every random value can be
+regenerated on any machine), each random layer's shape, scale and construction, its masks (bit-packed,
+compressed) and the draw indices where resampling kept a later draw, plus the build's statistics. It is
+stored as safetensors: one uint8 tensor per compressed mask, the manifest as JSON metadata. Loading
+regenerates the kept values and checks them against a stored SHA-256, so a ticket that does not rebuild
+exactly the network it was saved from is refused.
+
+Counting, as every report states it: *target params* = weights and biases of the target's linear/conv
+layers; *source params* = every entry of the random tensors (U, beta, V); *kept params* = source entries
+whose mask is True (the rest are pruned, i.e. zero in the network).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import lzma
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from ticketsolver.construction.layout import PairLayout
+from ticketsolver.construction.pair import PrunedPair
+from ticketsolver.errors import TicketFormatError
+from ticketsolver.source import RNG_LAYOUT, RandomSource
+
+__all__ = ["FORMAT", "FORMAT_VERSION", "Ticket"]
+
+FORMAT = "ticketsolver.ticket"
+FORMAT_VERSION = 1
+#: a ticket file larger than this is not a ticket (LeNet5's is ~100 KB)
+MAX_TICKET_BYTES = 256 * 1024 * 1024
+#: refuse manifests describing sources too large to regenerate
+MAX_SOURCE_PARAMS = 2_000_000_000
+
+
+def _package_version() -> str:
+    from ticketsolver import __version__
+
+    return __version__
+
+
+def _pack(values: np.ndarray) -> np.ndarray:
+    """bool -> LZMA-compressed packbits, as a uint8 tensor; uint8 -> LZMA-compressed bytes."""
+    raw = np.packbits(values.ravel()) if values.dtype == np.bool_ else values.ravel()
+    return np.frombuffer(lzma.compress(raw.tobytes(), preset=9 | lzma.PRESET_EXTREME), dtype=np.uint8)
+
+
+def _unpack(blob: np.ndarray, shape: tuple[int, ...], as_bool: bool, what: str) -> np.ndarray:
+    size = int(np.prod(shape))
+    try:
+        # bounded: never inflate more than the expected size (+1 to detect excess)
+        limit = (size + 7) // 8 if as_bool else size
+        raw = lzma.LZMADecompressor().decompress(blob.tobytes(), max_length=limit + 1)
+    except lzma.LZMAError as exc:
+        raise TicketFormatError(f"{what}: corrupt compressed data ({exc})") from exc
+    if len(raw) != limit:
+        raise TicketFormatError(f"{what}: {len(raw)} bytes after decompression, expected {limit}")
+    buf = np.frombuffer(raw, dtype=np.uint8)
+    out = np.unpackbits(buf, count=size).astype(bool) if as_bool else buf.copy()
+    return out.reshape(shape)
+
+
+class Ticket:
+    """A strong lottery ticket: seed + layouts + masks (+ draws) of a pruned random network.
+
+    Build one with :func:`ticketsolver.build_ticket`, or read one with :meth:`load`.
+
+    Attributes:
+        seed: the random source's seed.
+        input_shape: per-sample input shape of the network.
+        input_domain: the declared input box (lo, hi), or None.
+        steps: the network's sequence: ``{"op": "pair", "pair": k}`` or a kept module (relu, pools, flatten).
+        layouts: one :class:`PairLayout` per pair.
+        masks: per pair, ``{"U", "beta", "V"} -> bool`` arrays (True = kept).
+        draws: per pair, the (d_out, d_in + has_bias) uint8 draw index of each unit.
+        build: the build's configuration and statistics.
+    """
+
+    def __init__(
+        self,
+        *,
+        seed: int,
+        input_shape: tuple[int, ...],
+        input_domain: tuple[float, float] | None,
+        steps: list[dict[str, Any]],
+        layouts: list[PairLayout],
+        masks: list[dict[str, np.ndarray]],
+        draws: list[np.ndarray],
+        build: dict[str, Any],
+    ) -> None:
+        self.seed = int(seed)
+        self.input_shape = tuple(int(v) for v in input_shape)
+        self.input_domain = None if input_domain is None else (float(input_domain[0]), float(input_domain[1]))
+        self.steps = steps
+        self.layouts = layouts
+        self.masks = masks
+        self.draws = draws
+        self.build = build
+        self._kept_hash: str | None = None
+
+    @property
+    def source(self) -> RandomSource:
+        return RandomSource(self.seed)
+
+    # -- the network ------------------------------------------------------------------------------------
+
+    def source_tensors(self, pair: int) -> dict[str, np.ndarray]:
+        """The random tensors of ``pair`` as the network holds them (draws applied), before masking."""
+        return self.layouts[pair].source_tensors(self.source, self.draws[pair])
+
+    def pairs(self, prune_buffers: bool = False) -> Iterator[PrunedPair]:
+        for k, layout in enumerate(self.layouts):
+            yield layout.to_module(self.source_tensors(k), self.masks[k], prune_buffers)
+
+    def to_module(self, prune_buffers: bool = False) -> nn.Sequential:
+        """The pruned random network as a plain ``nn.Sequential`` (float32, eval mode).
+
+        Args:
+            prune_buffers: keep each random tensor whole as ``weight_orig`` with its ``weight_mask``
+                (``torch.nn.utils.prune``) instead of plain pruned weights.
+        """
+        pairs = list(self.pairs(prune_buffers))
+        modules: list[nn.Module] = []
+        for step in self.steps:
+            op = step["op"]
+            if op == "pair":
+                modules.append(pairs[int(step["pair"])])
+            elif op == "relu":
+                modules.append(nn.ReLU())
+            elif op == "maxpool2d":
+                modules.append(
+                    nn.MaxPool2d(step["kernel_size"], step["stride"], step["padding"], step["dilation"],
+                                 ceil_mode=step["ceil_mode"])
+                )
+            elif op == "avgpool2d":
+                modules.append(
+                    nn.AvgPool2d(step["kernel_size"], step["stride"], step["padding"], ceil_mode=step["ceil_mode"],
+                                 count_include_pad=step["count_include_pad"])
+                )
+            elif op == "flatten":
+                modules.append(nn.Flatten(step["start_dim"], step["end_dim"]))
+            else:
+                raise TicketFormatError(f"unknown step {op!r} in the ticket")
+        return nn.Sequential(*modules).eval()
+
+    # -- sizes --------------------------------------------------------------------------------------------
+
+    def sizes(self) -> dict[str, int]:
+        """Parameter counts: target, random source, kept (mask True) and pruned."""
+        source = sum(layout.source_params() for layout in self.layouts)
+        kept = sum(int(m.sum()) for masks in self.masks for m in masks.values())
+        return {
+            "target_params": int(self.build.get("target_params", 0)),
+            "source_params": source,
+            "kept_params": kept,
+            "pruned_params": source - kept,
+        }
+
+    def kept_hash(self) -> str:
+        """SHA-256 of every kept value (float32, C order), pair by pair, tensors U, beta, V."""
+        if self._kept_hash is None:
+            digest = hashlib.sha256()
+            for k in range(len(self.layouts)):
+                tensors = self.source_tensors(k)
+                for name in ("U", "beta", "V"):
+                    if name in tensors:
+                        digest.update(name.encode())
+                        digest.update(np.where(self.masks[k][name], tensors[name], np.float32(0)).tobytes())
+            self._kept_hash = digest.hexdigest()
+        return self._kept_hash
+
+    # -- file format -----------------------------------------------------------------------------------
+
+    def manifest(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "package_version": _package_version(),
+            "numpy_version": np.__version__,
+            "seed": self.seed,
+            "rng": RNG_LAYOUT,
+            "input_shape": list(self.input_shape),
+            "input_domain": None if self.input_domain is None else list(self.input_domain),
+            "steps": self.steps,
+            "pairs": [layout.to_dict() for layout in self.layouts],
+            "resampled": [bool(d.any()) for d in self.draws],
+            "mask_encoding": "numpy.packbits of the bool mask in C order (dense-view shape), LZMA-compressed",
+            "counting": "kept = mask True; pruned = mask False (zero in the network); source = all entries",
+            "sizes": self.sizes(),
+            "build": self.build,
+            "kept_values_sha256": self.kept_hash(),
+        }
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the ticket (safetensors) atomically; returns the path."""
+        from safetensors.numpy import save_file
+
+        tensors: dict[str, np.ndarray] = {}
+        for k, masks in enumerate(self.masks):
+            for name, mask in masks.items():
+                tensors[f"pair{k}.{name}.mask"] = _pack(mask)
+            if self.draws[k].any():
+                tensors[f"pair{k}.draws"] = _pack(self.draws[k])
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        save_file(tensors, str(tmp), metadata={"manifest": json.dumps(self.manifest())})
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], verify_hash: bool = True) -> Ticket:
+        """Read a ticket, regenerate its network's kept values and check their hash.
+
+        Raises:
+            TicketFormatError: not a ticket, unknown format version, malformed entries, or a hash mismatch.
+        """
+        from safetensors import SafetensorError
+        from safetensors.numpy import load
+
+        path = Path(path)
+        try:
+            size = path.stat().st_size
+        except OSError as exc:
+            raise TicketFormatError(f"cannot read ticket {path}: {exc.strerror}") from exc
+        if size > MAX_TICKET_BYTES:
+            raise TicketFormatError(f"{path} is {size:,} bytes; a ticket is at most {MAX_TICKET_BYTES:,}")
+        data = path.read_bytes()
+        try:
+            tensors = load(data)
+            header_len = int.from_bytes(data[:8], "little")
+            header = json.loads(data[8 : 8 + header_len])
+            manifest = json.loads(header["__metadata__"]["manifest"])
+        except (SafetensorError, ValueError, KeyError, TypeError) as exc:
+            raise TicketFormatError(f"{path} is not a ticketsolver ticket ({exc})") from exc
+        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+            raise TicketFormatError(f"{path} is not a ticketsolver ticket")
+        if manifest.get("format_version") != FORMAT_VERSION:
+            raise TicketFormatError(
+                f"{path} has format version {manifest.get('format_version')}; this ticketsolver reads {FORMAT_VERSION}"
+            )
+        try:
+            layouts = [PairLayout.from_dict(p) for p in manifest["pairs"]]
+            if sum(layout.source_params() for layout in layouts) > MAX_SOURCE_PARAMS:
+                raise TicketFormatError(f"{path} describes a random source beyond {MAX_SOURCE_PARAMS:,} parameters")
+            masks, draws = [], []
+            for k, layout in enumerate(layouts):
+                masks.append(
+                    {
+                        name: _unpack(tensors[f"pair{k}.{name}.mask"], shape, True, f"pair {k} mask {name}")
+                        for name, shape in layout.shapes().items()
+                    }
+                )
+                key = f"pair{k}.draws"
+                draws.append(
+                    _unpack(tensors[key], layout.draw_shape, False, f"pair {k} draws")
+                    if key in tensors
+                    else np.zeros(layout.draw_shape, dtype=np.uint8)
+                )
+            domain = manifest["input_domain"]
+            ticket = cls(
+                seed=int(manifest["seed"]),
+                input_shape=tuple(manifest["input_shape"]),
+                input_domain=None if domain is None else (float(domain[0]), float(domain[1])),
+                steps=list(manifest["steps"]),
+                layouts=layouts,
+                masks=masks,
+                draws=draws,
+                build=dict(manifest.get("build", {})),
+            )
+        except KeyError as exc:
+            raise TicketFormatError(f"{path}: missing entry {exc} in the ticket") from exc
+        except (TypeError, ValueError) as exc:
+            raise TicketFormatError(f"{path}: malformed ticket ({exc})") from exc
+        if verify_hash and ticket.kept_hash() != manifest.get("kept_values_sha256"):
+            raise TicketFormatError(
+                f"{path}: the regenerated network does not match the stored hash "
+                "(corrupted masks, or a different random generator)"
+            )
+        return ticket
+
+    def __repr__(self) -> str:
+        s = self.sizes()
+        return (
+            f"Ticket(pairs={len(self.layouts)}, n={[layout.n for layout in self.layouts]}, seed={self.seed}, "
+            f"kept={s['kept_params']:,}/{s['source_params']:,})"
+        )

@@ -1,0 +1,107 @@
+"""Export a ticket as a standalone network, loadable without ticketsolver.
+
+- ONNX: the pruned 2ℓ-layer network, input ``input``, output ``output``, dynamic batch dimension.
+- safetensors: for every random layer, the pruned weight, the whole random source tensor and its mask::
+
+      {step}.first.weight            pruned U (= source * mask), the shape of the torch layer
+      {step}.first.weight.source     the random U as drawn (after resampling draws)
+      {step}.first.weight.mask       bool, True = kept
+      {step}.first.bias[.source|.mask]   beta, where the target layer has a bias
+      {step}.second.weight[.source|.mask] V
+
+  ``{step}`` is the module's index in the network, so the pruned names are exactly the keys of
+  ``ticket.to_module().state_dict()``; anyone can check ``weight == source * mask``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ticketsolver.errors import TicketFormatError
+from ticketsolver.ticket.artifact import Ticket
+
+__all__ = ["EXPORT_FORMATS", "export_onnx", "export_safetensors", "export_ticket"]
+
+EXPORT_FORMATS = ("onnx", "safetensors")
+
+
+def export_safetensors(ticket: Ticket, path: str | os.PathLike[str]) -> Path:
+    """Write the pruned weights, source tensors and masks (names in the module docstring)."""
+    from safetensors.torch import save_file
+
+    tensors: dict[str, torch.Tensor] = {}
+    pair_steps = [i for i, step in enumerate(ticket.steps) if step["op"] == "pair"]
+    for k, (step, layout) in enumerate(zip(pair_steps, ticket.layouts, strict=True)):
+        source = ticket.source_tensors(k)
+        module = layout.to_module(source, ticket.masks[k])
+        for layer, wname, bname in (("first", "U", "beta"), ("second", "V", None)):
+            for attr, name in (("weight", wname), ("bias", bname)):
+                if name is None or name not in source:
+                    continue
+                shape = getattr(getattr(module, layer), attr).shape
+                key = f"{step}.{layer}.{attr}"
+                tensors[key] = getattr(getattr(module, layer), attr).detach().clone()
+                tensors[f"{key}.source"] = torch.from_numpy(source[name]).reshape(shape).clone()
+                tensors[f"{key}.mask"] = torch.from_numpy(ticket.masks[k][name]).reshape(shape).clone()
+    metadata = {
+        "format": "ticketsolver.pruned-network",
+        "naming": "{step}.{first|second}.{weight|bias}[.source|.mask]; pruned = source * mask",
+        "steps": json.dumps(ticket.steps),
+        "input_shape": json.dumps(list(ticket.input_shape)),
+        "kept_values_sha256": ticket.kept_hash(),
+    }
+    path = Path(path)
+    save_file(tensors, str(path), metadata=metadata)
+    return path
+
+
+def export_onnx(ticket: Ticket, path: str | os.PathLike[str], opset: int = 18) -> Path:
+    """Write the pruned network as ONNX (input ``input``, output ``output``, dynamic batch)."""
+    module = ticket.to_module()
+    example = torch.zeros(2, *ticket.input_shape)
+    batch = torch.export.Dim("batch", min=1)
+    path = Path(path)
+    # the exporter narrates every stage on stdout; a CLI's output is ours to keep clean
+    with contextlib.redirect_stdout(io.StringIO()):
+        program = torch.onnx.export(
+            module,
+            (example,),
+            input_names=["input"],
+            output_names=["output"],
+            dynamic_shapes=({0: batch},),
+            opset_version=opset,
+            dynamo=True,
+            verbose=False,
+        )
+    if program is None:
+        raise TicketFormatError("the ONNX exporter produced no program")
+    program.save(str(path))
+    return path
+
+
+def export_ticket(ticket: Ticket, path: str | os.PathLike[str], fmt: str) -> Path:
+    """Export in ``fmt`` (one of :data:`EXPORT_FORMATS`)."""
+    if fmt == "onnx":
+        return export_onnx(ticket, path)
+    if fmt == "safetensors":
+        return export_safetensors(ticket, path)
+    raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}")
+
+
+def check_pruned_equals_source_times_mask(path: str | os.PathLike[str]) -> bool:
+    """True when every pruned tensor of an exported safetensors file equals its source times its mask."""
+    from safetensors.numpy import load_file
+
+    tensors = load_file(str(path))
+    return all(
+        np.array_equal(tensors[key], tensors[f"{key}.source"] * tensors[f"{key}.mask"])
+        for key in tensors
+        if not key.endswith((".source", ".mask"))
+    )
