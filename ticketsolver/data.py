@@ -56,9 +56,7 @@ def _sklearn_datasets():  # noqa: ANN202 - module object
     try:
         from sklearn import datasets, model_selection
     except ImportError as error:  # the bundled data live in scikit-learn
-        raise ImportError(
-            "the bundled datasets need scikit-learn: pip install 'ticketsolver[data]'"
-        ) from error
+        raise ImportError("the bundled datasets need scikit-learn: pip install 'ticketsolver[data]'") from error
     return datasets, model_selection
 
 
@@ -154,6 +152,4 @@ def load_wine_standardized(test_fraction: float = 0.3, seed: int = 0) -> Dataset
     def scale(x: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(((x - mean) / std).astype(np.float32))
 
-    return Dataset(
-        scale(x_train), torch.from_numpy(y_train), scale(x_test), torch.from_numpy(y_test), None, "wine"
-    )
+    return Dataset(scale(x_train), torch.from_numpy(y_train), scale(x_test), torch.from_numpy(y_test), None, "wine")

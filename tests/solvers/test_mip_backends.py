@@ -133,9 +133,7 @@ def test_mip_backend_matches_bruteforce_on_random_problems(backend: Solver, brut
 
 
 @pytest.mark.parametrize("case", AWKWARD)
-def test_mip_backend_matches_bruteforce_on_awkward_problems(
-    backend: Solver, bruteforce: Solver, case: str
-) -> None:
+def test_mip_backend_matches_bruteforce_on_awkward_problems(backend: Solver, bruteforce: Solver, case: str) -> None:
     coeffs, targets, usable, exact = awkward_case(case)
     sol = backend.solve(coeffs, targets, usable)
     assert_honest(sol, coeffs, targets, usable)
@@ -212,9 +210,7 @@ def test_constructors_reject_bad_arguments_by_name(name: str, options: dict[str,
         get_solver(name, **options)
 
 
-@pytest.mark.parametrize(
-    ("name", "options"), [("cpsat", {}), ("cbc", {}), ("gurobi", {"fallback": False})]
-)
+@pytest.mark.parametrize(("name", "options"), [("cpsat", {}), ("cbc", {}), ("gurobi", {"fallback": False})])
 def test_missing_package_raises_an_error_naming_the_extra(
     monkeypatch: pytest.MonkeyPatch, name: str, options: dict[str, object]
 ) -> None:

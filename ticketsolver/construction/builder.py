@@ -10,9 +10,11 @@ ticket needs to regenerate the pruned network.
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -21,13 +23,15 @@ from torch import nn
 from ticketsolver.construction.input_blocks import solve_input_blocks
 from ticketsolver.construction.layout import ConvGeometry, PairLayout
 from ticketsolver.construction.output_blocks import solve_output_blocks
+from ticketsolver.construction.resume import fingerprint, load_pair, save_pair
 from ticketsolver.construction.rounds import MAX_RESAMPLE
 from ticketsolver.construction.solution import PairSolution
+from ticketsolver.construction.steps import _pair, describe_step
 from ticketsolver.errors import ConstructionError
-from ticketsolver.solvers import get_solver
+from ticketsolver.solvers import Solver, get_solver
 from ticketsolver.source import RandomSource
 
-__all__ = ["BuildConfig", "LayerProgress", "build_ticket", "choose_scales", "describe_step"]
+__all__ = ["BuildConfig", "LayerProgress", "build_ticket", "choose_scales"]
 
 #: (pair, layer fraction done in [0, 1], message) — called as solving advances
 LayerProgress = Callable[[int, float, str], None]
@@ -87,37 +91,6 @@ def choose_scales(weight: np.ndarray, bias: np.ndarray | None, n: int, margin: f
     return scales
 
 
-def describe_step(module: nn.Module) -> dict[str, Any]:
-    """The manifest entry of a module of the normal form that is kept in place (not replaced)."""
-    if isinstance(module, nn.ReLU):
-        return {"op": "relu"}
-    if isinstance(module, nn.MaxPool2d):
-        return {
-            "op": "maxpool2d",
-            "kernel_size": _pair(module.kernel_size),
-            "stride": _pair(module.stride),
-            "padding": _pair(module.padding),
-            "dilation": _pair(module.dilation),
-            "ceil_mode": bool(module.ceil_mode),
-        }
-    if isinstance(module, nn.AvgPool2d):
-        return {
-            "op": "avgpool2d",
-            "kernel_size": _pair(module.kernel_size),
-            "stride": _pair(module.stride),
-            "padding": _pair(module.padding),
-            "ceil_mode": bool(module.ceil_mode),
-            "count_include_pad": bool(module.count_include_pad),
-        }
-    if isinstance(module, nn.Flatten):
-        return {"op": "flatten", "start_dim": int(module.start_dim), "end_dim": int(module.end_dim)}
-    raise ConstructionError(f"module {type(module).__name__} is not part of the normal form")
-
-
-def _pair(value: int | Sequence[int]) -> list[int]:
-    return [int(value), int(value)] if isinstance(value, int) else [int(v) for v in value]
-
-
 def _layout_for(
     pair: int, module: nn.Module, construction: str, n: int, margin: float
 ) -> tuple[PairLayout, np.ndarray, np.ndarray | None]:
@@ -168,6 +141,8 @@ def build_ticket(
     *,
     input_shape: Sequence[int] | None = None,
     progress: LayerProgress | None = None,
+    solve_with: Solver | None = None,
+    resume_dir: str | os.PathLike[str] | None = None,
     **options: Any,
 ) -> Any:
     """Build the strong lottery ticket of a trained network.
@@ -177,7 +152,13 @@ def build_ticket(
             (then ``input_shape`` is required).
         n: random hidden units per block (candidate coefficients per weight).
         input_shape: per-sample input shape when ``model`` is a plain module.
-        progress: called with (pair, fraction of that layer done, message).
+        progress: called with (pair, fraction of that layer done, message) after every solved chunk; an
+            exception it raises aborts the build (how a service cancels one).
+        solve_with: the solver instance to use instead of ``get_solver(solver)`` (e.g. one that spreads
+            chunks over a cluster); the manifest still records ``solver``. Exact solvers give identical
+            tickets whatever executes them.
+        resume_dir: store each finished layer there, and reuse the layers already stored for this very
+            target and configuration (an interrupted build resumes where it stopped).
         **options: the other fields of :class:`BuildConfig` (seed, solver, input_domain, resample, ...).
 
     Returns:
@@ -204,11 +185,14 @@ def build_ticket(
         if input_shape is None:
             raise ConstructionError("input_shape is required when building from a plain nn.Module")
         model = Target.from_module(model, input_shape)
-    solver = get_solver(config.solver)
+    solver = solve_with if solve_with is not None else get_solver(config.solver)
+    config_record = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()}
+    resume = None if resume_dir is None else Path(resume_dir)
     source = RandomSource(config.seed)
     report = progress or (lambda *_: None)
     start = time.perf_counter()
 
+    rounds = config.resample + 1
     nonnegative = config.input_domain is not None and config.input_domain[0] >= 0
     steps: list[dict[str, Any]] = []
     layouts: list[PairLayout] = []
@@ -228,15 +212,19 @@ def build_ticket(
         layout, weight, bias = _layout_for(pair, module, construction, config.n, config.scale_margin)
         target_params += weight.size + (0 if bias is None else bias.size)
         solve = solve_output_blocks if construction == "output_blocks" else solve_input_blocks
-        rounds = config.resample + 1
 
         def on_round(round_: int, done: int, total: int, pair: int = pair) -> None:
             report(pair, min((round_ + done / max(total, 1)) / rounds, 1.0), f"round {round_}")
 
-        t0 = time.perf_counter()
-        solution = solve(layout, source, weight, bias, solver, config.resample, config.tolerance, on_round)
-        solution.stats["seconds"] = time.perf_counter() - t0
-        solution.stats["module_index"] = index
+        stamp = fingerprint(config_record, layout, weight, bias) if resume is not None else ""
+        solution = load_pair(resume, pair, stamp) if resume is not None else None
+        if solution is None:
+            t0 = time.perf_counter()
+            solution = solve(layout, source, weight, bias, solver, config.resample, config.tolerance, on_round)
+            solution.stats["seconds"] = time.perf_counter() - t0
+            solution.stats["module_index"] = index
+            if resume is not None:
+                save_pair(resume, pair, solution, stamp)
         report(pair, 1.0, "done")
         steps.append({"op": "pair", "pair": pair})
         layouts.append(layout)
@@ -253,7 +241,7 @@ def build_ticket(
         masks=[s.masks for s in solutions],
         draws=[s.draws for s in solutions],
         build={
-            "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()},
+            "config": config_record,
             "solver": solver.name,
             "arch": model.arch,
             "source": model.source,

@@ -29,6 +29,10 @@ class EffectiveLayer(nn.Module):
     Linear when ``kind == "linear"``; else a conv with the target's stride, padding and dilation.
     """
 
+    weight_pos: torch.Tensor
+    weight_neg: torch.Tensor | None
+    bias: torch.Tensor | None
+
     def __init__(
         self,
         weight_pos: torch.Tensor,
@@ -78,6 +82,10 @@ class PrunedPair(nn.Module):
             raise ConstructionError(f"unknown construction {construction!r}; expected one of {list(CONSTRUCTIONS)}")
         if not isinstance(first, nn.Linear | nn.Conv2d) or not isinstance(second, nn.Linear | nn.Conv2d):
             raise ConstructionError("a pruned pair is made of nn.Linear or nn.Conv2d layers")
+        if second.bias is not None:
+            raise ConstructionError("the second layer of a pruned pair (V) has no bias")
+        if isinstance(first, nn.Conv2d) and isinstance(first.padding, str):
+            raise ConstructionError(f"the first conv needs numeric padding, got {first.padding!r}")
         self.first = first
         self.second = second
         self.construction: Construction = construction

@@ -95,8 +95,8 @@ def load_target(path: str | os.PathLike[str], arch: str | None = None, *, max_by
                 f"mismatched --arch {arch}: {file.name} is a torch.export program, which carries its own "
                 f"architecture; leave --arch out"
             )
-        module, input_shape = _load_exported(data, file.name, max_bytes)
-        return Target(module, "export", input_shape, file.name)
+        normal, input_shape = _load_exported(data, file.name, max_bytes)
+        return Target(normal, "export", input_shape, file.name)
     if kind == "safetensors":
         state_dict = _load_safetensors(data, file.name)
     else:

@@ -230,20 +230,18 @@ def _fold(previous: Leaf | None, name: str, bn: nn.Module) -> nn.Module:
         )
     layer64 = copy.deepcopy(layer).double().eval()
     bn64 = copy.deepcopy(bn).double().eval()
-    fuse = fuse_conv_bn_eval if wanted is nn.Conv2d else fuse_linear_bn_eval
     try:
-        fused = fuse(layer64, bn64)  # type: ignore[arg-type]
+        if isinstance(layer64, nn.Conv2d):
+            fused: nn.Module = fuse_conv_bn_eval(layer64, bn64)  # type: ignore[arg-type]
+        else:
+            fused = fuse_linear_bn_eval(layer64, bn64)  # type: ignore[arg-type]
     except (AssertionError, RuntimeError) as error:
         raise UnsupportedModuleError(f"{_label(name, bn)} cannot be folded: {error}") from error
     return fused.float()
 
 
-def _copy_parameters(source: nn.Module, target: nn.Module) -> nn.Module:
-    with torch.no_grad():
-        target.weight.copy_(source.weight.detach().to(torch.float32))
-        if source.bias is not None:
-            target.bias.copy_(source.bias.detach().to(torch.float32))
-    return target
+def _copy_parameters(source: nn.Linear | nn.Conv2d, target: nn.Linear | nn.Conv2d) -> nn.Module:
+    return _load(target, source.weight.detach(), source.bias.detach() if source.bias is not None else None)
 
 
 def _convert_linear(name: str, leaf: nn.Linear) -> nn.Module:
@@ -371,11 +369,11 @@ def _check_equivalent(
     if not isinstance(expected, torch.Tensor) or expected.shape != got.shape:
         shape = getattr(expected, "shape", type(expected).__name__)
         raise ConstructionError(f"normal form output shape {tuple(got.shape)} differs from {what}'s {shape}")
-    error = (got - expected).abs().max().item()
+    deviation = (got - expected).abs().max().item()
     scale = max(1.0, expected.abs().max().item())
-    if not error <= rtol * scale:
+    if not deviation <= rtol * scale:
         raise ConstructionError(
-            f"the normal form differs from {what} by {error:.3g} (allowed {rtol * scale:.3g}); "
+            f"the normal form differs from {what} by {deviation:.3g} (allowed {rtol * scale:.3g}); "
             f"a fold or translation is wrong"
         )
 
@@ -504,7 +502,11 @@ class _GraphWalk:
     def _weight_op(self, node: torch.fx.Node) -> None:
         """Evaluate an op on weights only (e.g. transposing a Linear weight for addmm)."""
         if node.target not in _WEIGHT_OPS:
-            raise UnsupportedModuleError(f"{self.describe(node)} on weights is not supported")
+            hint = ""
+            if _op_name(node.target).split(".")[1].endswith("_"):  # in-place: BatchNorm's step counter
+                hint = "; it updates a buffer in place, so the model was exported in training mode: call "
+                hint += "model.eval() before torch.export.export"
+            raise UnsupportedModuleError(f"{self.describe(node)} on weights is not supported{hint}")
         args = torch.fx.node.map_arg(node.args, lambda n: self.values[n])
         kwargs = torch.fx.node.map_arg(node.kwargs, lambda n: self.values[n])
         self.values[node] = node.target(*args, **kwargs)
@@ -531,6 +533,12 @@ class _GraphWalk:
             raise UnsupportedModuleError(f"expected a weight tensor, found {value!r}")
         return self.values[value]
 
+    def weight(self, value: Any) -> torch.Tensor:
+        tensor = self.tensor(value)
+        if tensor is None:
+            raise UnsupportedModuleError(f"expected a weight tensor, found {value!r}")
+        return tensor
+
     def rank(self, node: torch.fx.Node) -> int:
         return self.current.meta["val"].dim()
 
@@ -540,18 +548,18 @@ def _is_sym_size(node: torch.fx.Node) -> bool:
 
 
 def _conv(walk: _GraphWalk, node: torch.fx.Node) -> nn.Module:
-    weight = walk.tensor(_arg(node, 1, "weight"))
+    weight = walk.weight(_arg(node, 1, "weight"))
     bias = walk.tensor(_arg(node, 2, "bias"))
     if node.target is _aten.convolution.default and _arg(node, 6, "transposed", False):
         raise UnsupportedModuleError(f"{walk.describe(node)}: transposed convolution is not supported")
-    if weight is None or weight.dim() != 4:
+    if weight.dim() != 4:
         raise UnsupportedModuleError(f"{walk.describe(node)}: only 2-d convolutions are supported")
     padding = _arg(node, 4, "padding", 0)
     groups = int(_arg(node, 8 if node.target is _aten.convolution.default else 6, "groups", 1))
     conv = nn.Conv2d(
         weight.shape[1] * groups,
         weight.shape[0],
-        tuple(weight.shape[2:]),
+        (int(weight.shape[2]), int(weight.shape[3])),
         stride=_pair(_arg(node, 3, "stride"), 1),
         padding=padding if isinstance(padding, str) else _pair(padding, 0),
         dilation=_pair(_arg(node, 5, "dilation"), 1),
@@ -561,11 +569,12 @@ def _conv(walk: _GraphWalk, node: torch.fx.Node) -> nn.Module:
     return _load(conv, weight, bias)
 
 
-def _load(module: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Module:
+def _load(module: nn.Linear | nn.Conv2d, weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Module:
+    """Copy weight (and bias, if the module has one) into a fresh layer, as float32."""
     with torch.no_grad():
-        module.weight.copy_(weight)
-        if bias is not None:
-            module.bias.copy_(bias)
+        module.weight.copy_(weight.to(torch.float32))
+        if bias is not None and module.bias is not None:
+            module.bias.copy_(bias.to(torch.float32))
     return module
 
 
@@ -575,42 +584,40 @@ def _linear_module(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Module
 
 
 def _linear(walk: _GraphWalk, node: torch.fx.Node) -> nn.Module:
-    return _linear_module(walk.tensor(_arg(node, 1, "weight")), walk.tensor(_arg(node, 2, "bias")))
+    return _linear_module(walk.weight(_arg(node, 1, "weight")), walk.tensor(_arg(node, 2, "bias")))
 
 
 def _addmm(walk: _GraphWalk, node: torch.fx.Node) -> nn.Module:
     if node.args[1] is not walk.current or _arg(node, 3, "beta", 1) != 1 or _arg(node, 4, "alpha", 1) != 1:
         raise UnsupportedModuleError(f"{walk.describe(node)}: only addmm(bias, x, W.T) is a Linear layer")
-    return _linear_module(walk.tensor(node.args[2]).t(), walk.tensor(node.args[0]))
+    return _linear_module(walk.weight(node.args[2]).t(), walk.tensor(node.args[0]))
 
 
 def _mm(walk: _GraphWalk, node: torch.fx.Node) -> nn.Module:
-    if node.args[0] is not walk.current:
+    # matmul(x, W.T) on a batch of vectors is mm; other ranks are not a Linear layer.
+    matrix_input = walk.rank(node) == 2 and walk.weight(node.args[1]).dim() == 2
+    if node.args[0] is not walk.current or not matrix_input:
         raise UnsupportedModuleError(f"{walk.describe(node)}: only mm(x, W.T) is a Linear layer")
-    return _linear_module(walk.tensor(node.args[1]).t(), None)
+    return _linear_module(walk.weight(node.args[1]).t(), None)
 
 
 def _add_bias(walk: _GraphWalk, node: torch.fx.Node) -> None:
     """``add(layer_output, b)`` right after a bias-free Linear/Conv2d is that layer's bias."""
-    other = walk.tensor(_arg(node, 1, "other"))
+    other = walk.weight(_arg(node, 1, "other"))
     layer = walk.layers[-1][1] if walk.layers and walk.last_layer_node is walk.current else None
-    out = getattr(layer, "out_features", getattr(layer, "out_channels", None))
-    shapes = {nn.Linear: (out,), nn.Conv2d: (out, 1, 1)}
-    fits = layer is not None and layer.bias is None and tuple(other.shape) == shapes.get(type(layer))
+    if isinstance(layer, nn.Linear):
+        wanted: tuple[int, ...] = (layer.out_features,)
+    elif isinstance(layer, nn.Conv2d):
+        wanted = (layer.out_channels, 1, 1)
+    else:
+        wanted = ()
+    fits = bool(wanted) and getattr(layer, "bias", 0) is None and tuple(other.shape) == wanted
     if node.args[0] is not walk.current or not fits or _arg(node, 2, "alpha", 1) != 1:
         raise UnsupportedModuleError(f"{walk.describe(node)}: only a bias added right after a layer is supported")
     name, _ = walk.layers.pop()
-    bias = other.reshape(-1)
-    replacement = nn.Linear(layer.in_features, out) if isinstance(layer, nn.Linear) else _with_bias(layer)
-    walk.layers.append((name, _load(replacement, layer.weight.detach(), bias)))
-    return None
-
-
-def _with_bias(conv: nn.Conv2d) -> nn.Conv2d:
-    """The same convolution with a bias parameter (to receive a bias added after it)."""
-    new = copy.deepcopy(conv)
-    new.bias = nn.Parameter(torch.zeros(conv.out_channels))
-    return new
+    with_bias = copy.deepcopy(layer)
+    with_bias.bias = nn.Parameter(other.reshape(-1).to(torch.float32).clone())  # type: ignore[union-attr]
+    walk.layers.append((name, with_bias))  # type: ignore[arg-type]
 
 
 def _batch_norm(walk: _GraphWalk, node: torch.fx.Node) -> nn.Module:
@@ -628,9 +635,9 @@ def _batch_norm(walk: _GraphWalk, node: torch.fx.Node) -> nn.Module:
         raise UnsupportedModuleError(f"{walk.describe(node)}: needs running statistics on 2-d or 4-d inputs")
     kind = nn.BatchNorm2d if rank == 4 else nn.BatchNorm1d
     bn = kind(mean.shape[0], eps=eps, affine=weight is not None).eval()
+    bn.running_mean = mean.detach().to(torch.float32).clone()  # assigning a registered buffer replaces it
+    bn.running_var = var.detach().to(torch.float32).clone()
     with torch.no_grad():
-        bn.running_mean.copy_(mean)
-        bn.running_var.copy_(var)
         if weight is not None:
             bn.weight.copy_(weight)
             bn.bias.copy_(bias if bias is not None else torch.zeros_like(weight))
@@ -706,6 +713,7 @@ _CHAIN_OPS: dict[Any, Callable[[_GraphWalk, torch.fx.Node], nn.Module | None]] =
     _aten.linear.default: _linear,
     _aten.addmm.default: _addmm,
     _aten.mm.default: _mm,
+    _aten.matmul.default: _mm,
     _aten.add.Tensor: _add_bias,
     _aten.relu.default: lambda walk, node: nn.ReLU(),
     _aten.relu_.default: lambda walk, node: nn.ReLU(),

@@ -37,6 +37,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from ticketsolver.errors import CheckpointError
 
@@ -375,15 +376,14 @@ def _describe_layers(layers: Sequence[LayerTensors]) -> str:
     return " ".join(layer.describe() for layer in layers) or "no tensors"
 
 
-def _weight_slots(module: nn.Module) -> list[tuple[nn.Module, nn.Module | None]]:
+def _weight_slots(module: nn.Module) -> list[tuple[nn.Conv2d | nn.Linear, _BatchNorm | None]]:
     """(conv/linear, following BatchNorm or None) for each weight layer of a zoo module."""
     children = list(module.children())
-    slots: list[tuple[nn.Module, nn.Module | None]] = []
+    slots: list[tuple[nn.Conv2d | nn.Linear, _BatchNorm | None]] = []
     for i, child in enumerate(children):
         if isinstance(child, nn.Conv2d | nn.Linear):
             nxt = children[i + 1] if i + 1 < len(children) else None
-            is_bn = isinstance(nxt, nn.BatchNorm1d | nn.BatchNorm2d)
-            slots.append((child, nxt if is_bn else None))
+            slots.append((child, nxt if isinstance(nxt, _BatchNorm) else None))
     return slots
 
 
@@ -392,13 +392,14 @@ def _copy_layers(module: nn.Module, layers: Sequence[LayerTensors]) -> None:
     """Copy each layer's tensors (as float32) into the matching slot of a freshly built module."""
     for (layer, bn), tensors in zip(_weight_slots(module), layers, strict=True):
         layer.weight.copy_(tensors.weight.to(torch.float32))
-        if tensors.bias is not None:
+        if tensors.bias is not None and layer.bias is not None:
             layer.bias.copy_(tensors.bias.to(torch.float32))
         if tensors.batch_norm is not None and bn is not None:
-            for target, source in zip(
-                (bn.weight, bn.bias, bn.running_mean, bn.running_var), tensors.batch_norm, strict=True
-            ):
-                target.copy_(source.to(torch.float32))
+            weight, bias, mean, var = (t.to(torch.float32) for t in tensors.batch_norm)
+            bn.weight.copy_(weight)
+            bn.bias.copy_(bias)
+            bn.running_mean = mean.clone()  # assigning a registered buffer replaces it
+            bn.running_var = var.clone()
 
 
 def _check_state_dict(state_dict: Mapping[str, Any]) -> None:

@@ -14,7 +14,7 @@ import numpy as np
 
 from ticketsolver.errors import SolverError, SolverUnavailableError
 from ticketsolver.solvers._mip import check_positive, check_threads, import_optional, max_magnitude, solve_each
-from ticketsolver.solvers.base import RawSolution, SolveStatus, Solver
+from ticketsolver.solvers.base import RawSolution, Solver, SolveStatus
 
 __all__ = ["CbcSolver"]
 
@@ -107,7 +107,7 @@ class CbcSolver(Solver):
         new_var = getattr(model, "add_variable", pulp.LpVariable)
         x = [new_var(f"x{i}", 0, 1, pulp.LpBinary) for i in range(len(c))]  # x[i] = 1: keep c_i
         e = new_var("e", 0)  # the error |w - c.x|
-        subset_sum = pulp.lpSum(float(ci) * xi for ci, xi in zip(c, x))
+        subset_sum = pulp.lpSum(float(ci) * xi for ci, xi in zip(c, x, strict=True))
 
         # objective
         model += e

@@ -14,7 +14,7 @@ import numpy as np
 
 from ticketsolver.errors import ProblemTooLargeError
 from ticketsolver.solvers._mip import check_positive, check_threads, import_optional, max_magnitude, solve_each
-from ticketsolver.solvers.base import RawSolution, SolveStatus, Solver
+from ticketsolver.solvers.base import RawSolution, Solver, SolveStatus
 
 __all__ = ["CpSatSolver"]
 
@@ -68,9 +68,7 @@ class CpSatSolver(Solver):
             )
         k_max = int(usable.sum(1).max())
         self.tolerance = (k_max + 1) / self.scale + 4 * np.finfo(np.float64).eps * magnitude
-        masks, status = solve_each(
-            coeffs, targets, usable, lambda b, c, w: self._solve_one(cp_model, c, w)
-        )
+        masks, status = solve_each(coeffs, targets, usable, lambda b, c, w: self._solve_one(cp_model, c, w))
         return RawSolution(masks=masks, status=status, info={"scale": self.scale})
 
     def _solve_one(self, cp_model: ModuleType, c: np.ndarray, w: float) -> tuple[np.ndarray, str]:

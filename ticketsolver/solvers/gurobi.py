@@ -24,7 +24,7 @@ from ticketsolver.solvers._mip import (
     max_magnitude,
     solve_each,
 )
-from ticketsolver.solvers.base import RawSolution, SolveStatus, Solver
+from ticketsolver.solvers.base import RawSolution, Solver, SolveStatus
 from ticketsolver.solvers.cpsat import CpSatSolver
 
 __all__ = ["GurobiSolver"]
@@ -54,6 +54,8 @@ class GurobiSolver(Solver):
 
     Raises:
         ValueError: a non-positive time limit, threads < 1.
+        SolverUnavailableError: (at solve) gurobipy missing or unlicensed with ``fallback=False``, or
+            a fallback needed while OR-Tools is missing.
 
     Example:
         >>> import numpy as np
@@ -79,7 +81,8 @@ class GurobiSolver(Solver):
             raise TypeError(f"fallback must be a bool, got {fallback!r}")
         self.fallback = fallback
         self.fallback_time_limit = (
-            self.time_limit if fallback_time_limit is None
+            self.time_limit
+            if fallback_time_limit is None
             else check_positive("fallback_time_limit", fallback_time_limit)
         )
         self.tolerance = 2 * self.GUROBI_TOL  # M = 0 bound; recomputed for every batch
@@ -116,7 +119,7 @@ class GurobiSolver(Solver):
         masks, status = solve_each(coeffs, targets, usable, solve_one)
         if self.fallback and reasons:
             return self._with_fallback(coeffs, targets, usable, reasons, masks, status)
-        # fallback=False: problems without a solution stay failed, and say why
+        # without a fallback, problems Gurobi could not solve stay failed, and say why
         info = {"fallbacks": [], "failed": [{"problem": b, "reason": r} for b, r in reasons.items()]}
         return RawSolution(masks=masks, status=status, backends=np.full(len(targets), self.name), info=info)
 

@@ -27,6 +27,7 @@ from torch import nn
 
 from ticketsolver.construction.layout import PairLayout
 from ticketsolver.construction.pair import PrunedPair
+from ticketsolver.construction.steps import module_from_step
 from ticketsolver.errors import TicketFormatError
 from ticketsolver.source import RNG_LAYOUT, RandomSource
 
@@ -129,25 +130,7 @@ class Ticket:
         pairs = list(self.pairs(prune_buffers))
         modules: list[nn.Module] = []
         for step in self.steps:
-            op = step["op"]
-            if op == "pair":
-                modules.append(pairs[int(step["pair"])])
-            elif op == "relu":
-                modules.append(nn.ReLU())
-            elif op == "maxpool2d":
-                modules.append(
-                    nn.MaxPool2d(step["kernel_size"], step["stride"], step["padding"], step["dilation"],
-                                 ceil_mode=step["ceil_mode"])
-                )
-            elif op == "avgpool2d":
-                modules.append(
-                    nn.AvgPool2d(step["kernel_size"], step["stride"], step["padding"], ceil_mode=step["ceil_mode"],
-                                 count_include_pad=step["count_include_pad"])
-                )
-            elif op == "flatten":
-                modules.append(nn.Flatten(step["start_dim"], step["end_dim"]))
-            else:
-                raise TicketFormatError(f"unknown step {op!r} in the ticket")
+            modules.append(pairs[int(step["pair"])] if step["op"] == "pair" else module_from_step(step))
         return nn.Sequential(*modules).eval()
 
     # -- sizes --------------------------------------------------------------------------------------------

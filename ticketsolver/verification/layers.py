@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ticketsolver.construction.pair import EffectiveLayer, PrunedPair
+from ticketsolver.construction.steps import describe_step
 from ticketsolver.errors import ConstructionError, VerificationError
 
 __all__ = [
@@ -155,7 +156,7 @@ def validate_networks(target: nn.Sequential, pruned: nn.Sequential) -> list[int]
             raise VerificationError(
                 f"layer {i}: the pruned network holds a PrunedPair where the target has {type(layer).__name__}"
             )
-        if type(other) is not type(layer) or other.extra_repr() != layer.extra_repr():
+        if type(other) is not type(layer) or describe_step(other) != describe_step(layer):
             raise VerificationError(
                 f"layer {i}: target has {layer!r} but the pruned network has {other!r}; modules between "
                 "pairs must be the target's own"

@@ -48,7 +48,8 @@ class Report:
         device_note: a sentence about the device ("ran on CPU: no GPU present" when so).
         dtypes: the dtypes of the forward passes, e.g. ``["float32", "float64"]``.
         input_shape: per-sample input shape.
-        input_box: where the box came from (``"given"`` or ``"data"``) and its extreme bounds.
+        input_box: ``source`` (``"given"`` or ``"data (per-feature min/max)"``) and the extreme bounds
+            ``lo_min``, ``lo_max``, ``hi_min``, ``hi_max``.
         sections: input set (``"data"``, ``"random"``) -> dtype -> :class:`OutputMetrics`.
         layers: dtype -> one :class:`LayerCheck` per pruned pair.
         worst_case: dtype -> :class:`WorstCase` (empty when the search was not run).
@@ -110,6 +111,11 @@ class Report:
 
         console = console if console is not None else Console()
         console.print(f"[bold]verification[/bold] on {self.device}: {self.device_note}")
+        box = {k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in self.input_box.items()}
+        console.print(
+            f"input box ({box.get('source', '?')}): lo in [{box.get('lo_min')}, {box.get('lo_max')}], "
+            f"hi in [{box.get('hi_min')}, {box.get('hi_max')}]; input shape {tuple(self.input_shape)}"
+        )
 
         summary = Table(title="f vs g", show_lines=False)
         summary.add_column("metric")

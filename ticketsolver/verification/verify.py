@@ -1,11 +1,11 @@
 """verify_networks: run every check of DESIGN.md section 5 on a target f and its pruned network g.
 
 Verification stage entry point, called by ``ticketsolver verify``, the service and the build's final
-report. It validates that g corresponds to f module by module, then, in each dtype (float32 and float64 by
-default) on deep copies of both networks on the device (GPU when present): compares outputs on the given
-data and on random inputs of the box, checks every pruned pair against its target layer and its
-effective layer, searches for a worst case by projected gradient ascent, and finally computes the
-certified bound in float64. The caller's modules are never changed.
+report. It validates that g corresponds to f module by module and computes the certified bound in float64
+(cheap, so first), then, in each dtype (float32 and float64 by default) on deep copies of both networks on
+the device (GPU when present): compares outputs on the given data and on random inputs of the box, checks
+every pruned pair against its target layer and its effective layer, and searches for a worst case by
+projected gradient ascent. The caller's modules and tensors are never changed.
 """
 
 from __future__ import annotations
@@ -193,8 +193,8 @@ def _check_data(
         if tuple(y.shape) != (x.shape[0],):
             raise VerificationError(f"labels must have shape ({x.shape[0]},), got {tuple(y.shape)}")
         y = y.detach().cpu().long()
-    # a copy of our own: nothing downstream may write into the caller's tensor
-    return x.detach().to("cpu", torch.float64, copy=True), y
+    # a copy of our own (in its own float dtype: upcasting is exact) that nothing can write into the caller's
+    return x.detach().to("cpu", copy=True), y
 
 
 def _make_box(
@@ -206,7 +206,7 @@ def _make_box(
                 "no input box: pass input_box=(lo, hi) (e.g. (0.0, 1.0) for images) or data to derive a "
                 "per-feature box from"
             )
-        lo, hi = data_x.amin(0), data_x.amax(0)
+        lo, hi = data_x.amin(0).double(), data_x.amax(0).double()
         source = "data (per-feature min/max)"
     else:
         try:
@@ -321,7 +321,7 @@ def _choose_starts(
         if take <= 0:
             continue
         top = torch.topk(per_input[section], take).indices
-        chosen.append(sections[section][0][top])
+        chosen.append(sections[section][0][top].double())
         kinds += [f"{section}:{int(i)}" for i in top]
     fresh = n_starts - len(kinds)
     if fresh > 0:

@@ -1,0 +1,5 @@
+"""``python -m ticketsolver`` is the CLI."""
+
+from ticketsolver.cli import main
+
+main()

@@ -1,0 +1,94 @@
+"""What ``ticketsolver inspect`` shows: sizes and, per layer, construction, shapes, kept counts, errors."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ticketsolver.construction.pair import CONSTRUCTIONS
+from ticketsolver.ticket.artifact import Ticket
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+__all__ = ["render_ticket", "ticket_summary"]
+
+
+def ticket_summary(ticket: Ticket, file_bytes: int | None = None) -> dict[str, Any]:
+    """JSON-ready summary: sizes (target / source / kept / pruned), per-layer facts, solver statistics."""
+    pairs = ticket.build.get("pairs", [])
+    layers = []
+    for k, layout in enumerate(ticket.layouts):
+        stats = pairs[k] if k < len(pairs) else {}
+        layers.append(
+            {
+                "pair": k,
+                "kind": layout.kind,
+                "construction": layout.construction,
+                "n": layout.n,
+                "target_shape": [layout.d_out, layout.d_in],
+                "hidden": layout.hidden,
+                "source_params": layout.source_params(),
+                "kept_params": int(sum(m.sum() for m in ticket.masks[k].values())),
+                "scales": layout.scales,
+                **{
+                    key: stats.get(key)
+                    for key in ("weight_error_max", "weight_error_mean", "usable_mean", "redrawn_units")
+                },
+            }
+        )
+    return {
+        "seed": ticket.seed,
+        "input_shape": list(ticket.input_shape),
+        "input_domain": ticket.input_domain,
+        "sizes": ticket.sizes(),
+        "file_bytes": file_bytes,
+        "solver": ticket.build.get("solver"),
+        "build_seconds": ticket.build.get("seconds"),
+        "config": ticket.build.get("config"),
+        "layers": layers,
+    }
+
+
+def render_ticket(ticket: Ticket, console: Console | None = None, file_bytes: int | None = None) -> None:
+    """Print the sizes and a per-layer table."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    s = ticket.sizes()
+    extra = f", file {file_bytes / 1024:.1f} KiB" if file_bytes is not None else ""
+    console.print(
+        f"[bold]ticket[/bold]: seed {ticket.seed}, {len(ticket.layouts)} target layers -> "
+        f"{2 * len(ticket.layouts)} random layers{extra}\n"
+        f"params: target {s['target_params']:,} | random source {s['source_params']:,} | "
+        f"kept {s['kept_params']:,} ({s['kept_params'] / max(s['source_params'], 1):.2%} of the source; "
+        f"the rest is pruned to 0)"
+    )
+    table = Table(title="layers (O = output blocks, I = input blocks; w' = subset-sum value)")
+    for col in ("pair", "", "n", "target", "kept/source", "usable", "max|w-w'|", "mean|w-w'|", "redrawn"):
+        table.add_column(col, justify="right")
+    for row in ticket_summary(ticket)["layers"]:
+        table.add_row(
+            str(row["pair"]),
+            CONSTRUCTIONS[row["construction"]],
+            str(row["n"]),
+            "x".join(map(str, row["target_shape"])),
+            f"{_si(row['kept_params'])}/{_si(row['source_params'])}",
+            _fmt(row["usable_mean"], ".1f"),
+            _fmt(row["weight_error_max"], ".1e"),
+            _fmt(row["weight_error_mean"], ".1e"),
+            _si(row["redrawn_units"]) if row["redrawn_units"] is not None else "-",
+        )
+    console.print(table)
+
+
+def _si(value: int) -> str:
+    """1234 -> 1.2k, 1250000 -> 1.25M: counts that fit a narrow column."""
+    for unit, size in (("M", 1e6), ("k", 1e3)):
+        if value >= size:
+            return f"{value / size:.3g}{unit}"
+    return str(value)
+
+
+def _fmt(value: Any, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
