@@ -3,7 +3,7 @@
 The saved file is a target for ticketsolver: ``ticketsolver build examples/lenet5.pt --n 20``.
 Inputs lie in [0, 1], so every layer can use the output-block construction.
 
-    python examples/train_lenet5.py [--out examples/lenet5.pt] [--epochs 8] [--seed 0]
+    python examples/train_lenet5.py [--out examples/lenet5.pt] [--epochs 10] [--seed 0]
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     """Train, save, reload the checkpoint as a ticketsolver target, and print the metrics."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("lenet5.pt"))
-    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from ticketsolver.data import load_wine_standardized
+from ticketsolver.data import load_digits_28, load_wine_standardized
 from ticketsolver.errors import CheckpointError
 from ticketsolver.models import (
     ARCHITECTURES,
@@ -159,3 +159,11 @@ def test_evaluate_accuracy_restores_training_mode() -> None:
     x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
     assert evaluate_accuracy(model, x, torch.tensor([0, 1, 1])) == pytest.approx(2 / 3)
     assert model.training
+
+
+@pytest.mark.slow
+def test_lenet5_reaches_95_percent_on_digits_28() -> None:
+    torch.manual_seed(0)
+    model = LeNet5()
+    metrics = train_classifier(model, load_digits_28(), epochs=10, lr=3e-3, batch_size=64)
+    assert metrics["test_accuracy"] >= 0.95

@@ -56,9 +56,9 @@ import torch
 
 from ticketsolver.errors import CheckpointError, TicketSolverError, UnsupportedModuleError
 from ticketsolver.models.normalize import SUPPORTED_EXPORT_OPS, Target, normalize, normalize_exported_program
-from ticketsolver.models.zoo import ARCHITECTURES, build_from_state_dict, infer_architecture
+from ticketsolver.models.zoo import build_from_state_dict, infer_architecture
 
-__all__ = ["DEFAULT_MAX_BYTES", "STATE_DICT_SUFFIXES", "describe_formats", "load_target"]
+__all__ = ["DEFAULT_MAX_BYTES", "STATE_DICT_SUFFIXES", "load_target"]
 
 #: Largest checkpoint read by default (2 GiB); larger files are refused before reading.
 DEFAULT_MAX_BYTES = 2 * 1024**3
@@ -400,11 +400,3 @@ def _safe_expression(text: Any) -> bool:
             return False
         position = match.end()
     return True
-
-
-def describe_formats() -> str:
-    """One line listing the accepted checkpoint formats and built-in architectures (for CLI help)."""
-    return (
-        f"state_dict ({', '.join(STATE_DICT_SUFFIXES)}, .safetensors) of {', '.join(ARCHITECTURES)}; "
-        f"or a torch.export program (.pt2)"
-    )

@@ -29,7 +29,6 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
-from torch.nn.modules.dropout import _DropoutNd
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
 from ticketsolver.errors import ConstructionError, UnsupportedModuleError
@@ -122,7 +121,8 @@ def normalize(module: nn.Module, input_shape: Sequence[int]) -> nn.Sequential:
     shape = _check_input_shape(input_shape)
     leaves = list(_chain_leaves(module, ""))
     normal = _normal_form(leaves)
-    reference = copy.deepcopy(module).double().eval()
+    # The reference is a float64 CPU copy: the check must not depend on where or how the module lives.
+    reference = copy.deepcopy(module).to("cpu", torch.float64).eval()
     _check_equivalent(reference, normal, shape, "the original module")
     return normal
 
@@ -333,8 +333,6 @@ def _convert_leaf(name: str, leaf: nn.Module) -> nn.Module | None:
     for base, convert in _CONVERTERS.items():
         if isinstance(leaf, base):
             return convert(name, leaf)
-    if isinstance(leaf, _DropoutNd):
-        return None
     raise UnsupportedModuleError(_unsupported_reason(name, leaf))
 
 
@@ -355,7 +353,7 @@ def _check_equivalent(
     """
     try:
         normal(torch.zeros(1, *input_shape))
-    except RuntimeError as error:
+    except Exception as error:  # noqa: BLE001 - shape errors surface as RuntimeError or ValueError
         raise ConstructionError(
             f"the normal form does not run on inputs of per-sample shape {input_shape}: {error}"
         ) from error
@@ -363,7 +361,7 @@ def _check_equivalent(
     x = torch.rand((batch, *input_shape), generator=generator, dtype=torch.float64) * 2 - 1
     try:
         expected = reference(x.to(dtype))
-    except RuntimeError as error:
+    except Exception as error:  # noqa: BLE001 - the user's module may raise anything on a wrong shape
         raise ConstructionError(f"{what} does not run on per-sample shape {input_shape}: {error}") from error
     got = copy.deepcopy(normal).to(dtype)(x.to(dtype))
     if not isinstance(expected, torch.Tensor) or expected.shape != got.shape:

@@ -30,6 +30,11 @@ class SolveStatus(str, Enum):
     TIME_LIMIT = "time_limit"  # the time limit ended the search; the best solution found is returned
     FAILED = "failed"  # no solution; the mask is all False
 
+    def __str__(self) -> str:
+        # the value, as StrEnum does: NumPy converts operands with str(), so that
+        # ``status_array == SolveStatus.OPTIMAL`` compares elementwise
+        return self.value
+
 
 @dataclass(frozen=True)
 class RawSolution:
@@ -72,7 +77,7 @@ class Solutions:
 
     @property
     def n_optimal(self) -> int:
-        return int(np.count_nonzero(self.status == SolveStatus.OPTIMAL.value))
+        return int(np.count_nonzero(self.status == SolveStatus.OPTIMAL))
 
     @property
     def max_error(self) -> float:
