@@ -177,7 +177,7 @@ def build(
     solver: Annotated[str, typer.Option(help="subset-sum backend: auto, mitm, gurobi, cpsat, cbc")] = "auto",
     input_domain: Annotated[str | None, typer.Option(help="box of the model input, LO,HI (e.g. 0,1); LO >= 0 lets the first layer use construction O")] = None,
     resample: Annotated[int, typer.Option(help="extra draws for weights above --tolerance (IteRand)")] = 16,
-    tolerance: Annotated[float, typer.Option(help="weights with a larger error are redrawn")] = 1e-6,
+    tolerance: Annotated[float, typer.Option(help="weights with a larger error are redrawn")] = 1e-7,
     arch: Annotated[str | None, typer.Option(help="built-in architecture of a state_dict (lenet5, mlp); inferred by default")] = None,
     out: Annotated[Path | None, typer.Option("-o", "--out", help="ticket file (default MODEL.nN.ticket)")] = None,
     data: Annotated[str | None, typer.Option(help=DATA_HELP)] = None,
@@ -293,7 +293,7 @@ def demo(
             torch.save(model.state_dict(), checkpoint)
         else:
             console.print(f"reusing {checkpoint} (--retrain to train again)")
-        _build_and_verify(checkpoint, n, 0, "auto", (0.0, 1.0), resample, 1e-6, None,
+        _build_and_verify(checkpoint, n, 0, "auto", (0.0, 1.0), resample, 1e-7, None,
                           workdir / f"lenet5.n{n}.ticket", "digits", True, None)
 
     _run(run)

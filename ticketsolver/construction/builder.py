@@ -51,7 +51,7 @@ class BuildConfig:
     solver: str = "auto"  # subset-sum backend (see ticketsolver.solvers)
     input_domain: tuple[float, float] | None = None  # box of the model's inputs; lo >= 0 allows O first
     resample: int = 16  # extra draws for units whose error exceeds `tolerance` (IteRand); 0 = one draw
-    tolerance: float = 1e-6  # a unit is redrawn while its error exceeds this
+    tolerance: float = 1e-7  # a unit is redrawn while its error exceeds this
     scale_margin: float = 2.0  # expected reach of a block's subset sums, in units of the layer's max |w|
     construction: Literal["auto", "output_blocks", "input_blocks"] = "auto"  # force one where valid
 

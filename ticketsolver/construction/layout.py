@@ -107,6 +107,34 @@ class PairLayout:
                 v[v_hit] = v_d[v_hit]
         return tensors
 
+    def candidates(self, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Where the construction allows a kept entry; a mask is True only inside these positions.
+
+        O: U > 0, beta > 0, V on its block diagonal. I: U on its block diagonal, beta > 0 on the bias
+        block, V anywhere. The ticket stores mask bits at these positions only.
+        """
+        n, d_out, d_in = self.n, self.d_out, self.d_in
+        out: dict[str, np.ndarray] = {}
+        if self.construction == "output_blocks":
+            out["U"] = tensors["U"] > 0
+            v = np.zeros((d_out, d_out, n), dtype=bool)
+            v[np.arange(d_out), np.arange(d_out)] = True
+            out["V"] = v.reshape(d_out, d_out * n)
+            if self.has_bias:
+                out["beta"] = tensors["beta"] > 0
+        else:
+            blocks = self.draw_shape[1]
+            u = np.zeros((blocks, n, d_in), dtype=bool)
+            cols = np.arange(d_in)
+            u[cols, :, cols] = True
+            out["U"] = u.reshape(blocks * n, d_in)
+            out["V"] = np.ones((d_out, blocks * n), dtype=bool)
+            if self.has_bias:
+                beta = np.zeros((blocks, n), dtype=bool)
+                beta[d_in] = True
+                out["beta"] = beta.reshape(-1) & (tensors["beta"] > 0)
+        return out
+
     # -- materialisation ----------------------------------------------------------------------------
 
     def to_module(

@@ -105,6 +105,7 @@ class Ticket:
         self.draws = draws
         self.build = build
         self._kept_hash: str | None = None
+        self._sources: dict[int, dict[str, np.ndarray]] = {}  # regenerated random tensors, per pair
 
     @property
     def source(self) -> RandomSource:
@@ -114,7 +115,9 @@ class Ticket:
 
     def source_tensors(self, pair: int) -> dict[str, np.ndarray]:
         """The random tensors of ``pair`` as the network holds them (draws applied), before masking."""
-        return self.layouts[pair].source_tensors(self.source, self.draws[pair])
+        if pair not in self._sources:
+            self._sources[pair] = self.layouts[pair].source_tensors(self.source, self.draws[pair])
+        return self._sources[pair]
 
     def pairs(self, prune_buffers: bool = False) -> Iterator[PrunedPair]:
         for k, layout in enumerate(self.layouts):
@@ -174,7 +177,11 @@ class Ticket:
             "steps": self.steps,
             "pairs": [layout.to_dict() for layout in self.layouts],
             "resampled": [bool(d.any()) for d in self.draws],
-            "mask_encoding": "numpy.packbits of the bool mask in C order (dense-view shape), LZMA-compressed",
+            "mask_encoding": (
+                "bits of the bool mask (dense-view shape, C order) at the construction's candidate positions only "
+                "(O: U > 0, beta > 0, V block diagonal; I: U block diagonal, beta > 0 on the bias block, V all), "
+                "numpy.packbits, LZMA-compressed"
+            ),
             "counting": "kept = mask True; pruned = mask False (zero in the network); source = all entries",
             "sizes": self.sizes(),
             "build": self.build,
@@ -187,8 +194,11 @@ class Ticket:
 
         tensors: dict[str, np.ndarray] = {}
         for k, masks in enumerate(self.masks):
+            allowed = self.layouts[k].candidates(self.source_tensors(k))
             for name, mask in masks.items():
-                tensors[f"pair{k}.{name}.mask"] = _pack(mask)
+                if (mask & ~allowed[name]).any():
+                    raise TicketFormatError(f"pair {k}: mask {name} keeps an entry its construction forbids")
+                tensors[f"pair{k}.{name}.mask"] = _pack(mask[allowed[name]])
             if self.draws[k].any():
                 tensors[f"pair{k}.draws"] = _pack(self.draws[k])
         path = Path(path)
@@ -232,20 +242,25 @@ class Ticket:
             layouts = [PairLayout.from_dict(p) for p in manifest["pairs"]]
             if sum(layout.source_params() for layout in layouts) > MAX_SOURCE_PARAMS:
                 raise TicketFormatError(f"{path} describes a random source beyond {MAX_SOURCE_PARAMS:,} parameters")
-            masks, draws = [], []
+            masks, draws, sources = [], [], []
+            source = RandomSource(int(manifest["seed"]))
             for k, layout in enumerate(layouts):
-                masks.append(
-                    {
-                        name: _unpack(tensors[f"pair{k}.{name}.mask"], shape, True, f"pair {k} mask {name}")
-                        for name, shape in layout.shapes().items()
-                    }
-                )
                 key = f"pair{k}.draws"
                 draws.append(
                     _unpack(tensors[key], layout.draw_shape, False, f"pair {k} draws")
                     if key in tensors
                     else np.zeros(layout.draw_shape, dtype=np.uint8)
                 )
+                sources.append(layout.source_tensors(source, draws[k]))
+                allowed = layout.candidates(sources[k])
+                pair_masks = {}
+                for name in layout.shapes():
+                    bits = _unpack(tensors[f"pair{k}.{name}.mask"], (int(allowed[name].sum()),), True,
+                                   f"pair {k} mask {name}")
+                    mask = np.zeros(allowed[name].shape, dtype=bool)
+                    mask[allowed[name]] = bits
+                    pair_masks[name] = mask
+                masks.append(pair_masks)
             domain = manifest["input_domain"]
             ticket = cls(
                 seed=int(manifest["seed"]),
@@ -257,6 +272,7 @@ class Ticket:
                 draws=draws,
                 build=dict(manifest.get("build", {})),
             )
+            ticket._sources = dict(enumerate(sources))
         except KeyError as exc:
             raise TicketFormatError(f"{path}: missing entry {exc} in the ticket") from exc
         except (TypeError, ValueError) as exc:

@@ -1,0 +1,144 @@
+"""Trusted reference computations for the construction tests, written from DESIGN.md section 2 alone.
+
+Nothing here calls the construction code: random tensors come from ``RandomSource`` keys (or are passed in),
+effective weights are the block sums of the design text, and subset-sum optima are found by enumeration.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+from ticketsolver.construction.layout import PairLayout
+from ticketsolver.source import RandomSource
+
+
+def kept(tensors: dict[str, np.ndarray], masks: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """source * mask in float64."""
+    return {name: np.where(masks[name], tensors[name].astype(np.float64), 0.0) for name in tensors}
+
+
+def effective_weights(
+    layout: PairLayout, tensors: dict[str, np.ndarray], masks: dict[str, np.ndarray]
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """(W+, W-, b') of a pair from its block sums (dense view; W- is None for construction O).
+
+    O: W'[l, j] = sum_t V[l, (l, t)] U[(l, t), j] and b'[l] = sum_t V[l, (l, t)] beta[(l, t)].
+    I: W'+[i, j] = sum_t V[i, (j, t)] relu(U[(j, t), j]), W'- with relu(-U), b'[i] = sum_t V[i, (bias, t)] beta.
+    Only block-diagonal entries enter: the structure tests check that nothing else is kept.
+    """
+    k = kept(tensors, masks)
+    d_out, d_in, n = layout.d_out, layout.d_in, layout.n
+    if layout.construction == "output_blocks":
+        u = k["U"].reshape(d_out, n, d_in)
+        v_diag = k["V"].reshape(d_out, d_out, n)[np.arange(d_out), np.arange(d_out)]  # (d_out, n)
+        w = np.einsum("lt,ltj->lj", v_diag, u)
+        b = np.einsum("lt,lt->l", v_diag, k["beta"].reshape(d_out, n)) if layout.has_bias else None
+        return w, None, b
+    blocks = d_in + int(layout.has_bias)
+    cols = np.arange(d_in)
+    u_diag = k["U"].reshape(blocks, n, d_in)[cols, :, cols]  # (d_in, n)
+    v = k["V"].reshape(d_out, blocks, n)
+    w_pos = np.einsum("ijt,jt->ij", v[:, :d_in], np.maximum(u_diag, 0))
+    w_neg = np.einsum("ijt,jt->ij", v[:, :d_in], np.maximum(-u_diag, 0))
+    b = v[:, d_in] @ np.maximum(k["beta"].reshape(blocks, n)[d_in], 0) if layout.has_bias else None
+    return w_pos, w_neg, b
+
+
+def realised_errors(
+    layout: PairLayout,
+    tensors: dict[str, np.ndarray],
+    masks: dict[str, np.ndarray],
+    weight: np.ndarray,
+    bias: np.ndarray | None,
+) -> np.ndarray:
+    """Per unit |target - subset sum| as the masks realise it: (d_out, d_in [+ 1 bias column]).
+
+    For I a weight's error is the larger of its x+ problem (W'+ ~ W) and its x- problem (W'- ~ -W).
+    """
+    w_pos, w_neg, b = effective_weights(layout, tensors, masks)
+    errors = np.abs(w_pos - weight)
+    if w_neg is not None:
+        errors = np.maximum(errors, np.abs(w_neg + weight))
+    if bias is not None:
+        assert b is not None
+        errors = np.concatenate([errors, np.abs(b - bias)[:, None]], axis=1)
+    return errors
+
+
+def closest_subset_sum(coefficients: np.ndarray, target: float) -> float:
+    """min over subsets S of |target - sum_S c|, by enumeration (a few dozen coefficients at most)."""
+    c = np.asarray(coefficients, dtype=np.float64)
+    if c.size == 0:
+        return abs(target)
+    bits = np.array(list(itertools.product((0.0, 1.0), repeat=c.size)))
+    return float(np.abs(target - bits @ c).min())
+
+
+def optimal_errors(
+    layout: PairLayout, tensors: dict[str, np.ndarray], weight: np.ndarray, bias: np.ndarray | None
+) -> np.ndarray:
+    """Per unit the best error any mask could reach on these random tensors (same layout as realised_errors).
+
+    O: weight (l, j) over c_t = V[l, (l, t)] U[(l, t), j] for U > 0; bias over V beta for beta > 0.
+    I: weight (i, j) over c_t = V[i, (j, t)] |U[(j, t), j]|, t with U > 0 for w and t with U < 0 for -w.
+    """
+    t64 = {name: value.astype(np.float64) for name, value in tensors.items()}
+    d_out, d_in, n = layout.d_out, layout.d_in, layout.n
+    out = np.zeros((d_out, d_in + int(layout.has_bias)))
+    if layout.construction == "output_blocks":
+        u = t64["U"].reshape(d_out, n, d_in)
+        v = t64["V"].reshape(d_out, d_out, n)
+        for l, j in np.ndindex(d_out, d_in):
+            c = v[l, l] * u[l, :, j]
+            out[l, j] = closest_subset_sum(c[u[l, :, j] > 0], weight[l, j])
+        if layout.has_bias:
+            beta = t64["beta"].reshape(d_out, n)
+            for l in range(d_out):
+                out[l, d_in] = closest_subset_sum((v[l, l] * beta[l])[beta[l] > 0], bias[l])  # type: ignore[index]
+        return out
+    blocks = d_in + int(layout.has_bias)
+    u = t64["U"].reshape(blocks, n, d_in)
+    v = t64["V"].reshape(d_out, blocks, n)
+    for i, j in np.ndindex(d_out, d_in):
+        uj = u[j, :, j]
+        c = v[i, j] * np.abs(uj)
+        out[i, j] = max(closest_subset_sum(c[uj > 0], weight[i, j]), closest_subset_sum(c[uj < 0], -weight[i, j]))
+    if layout.has_bias:
+        beta = t64["beta"].reshape(blocks, n)[d_in]
+        for i in range(d_out):
+            out[i, d_in] = closest_subset_sum((v[i, d_in] * beta)[beta > 0], bias[i])  # type: ignore[index]
+    return out
+
+
+def draw_tensors(layout: PairLayout, seed: int, draw: int) -> dict[str, np.ndarray]:
+    """Every random tensor of the pair at one draw, straight from the stream keys."""
+    source = RandomSource(seed)
+    return {
+        name: source.tensor(layout.pair, name, shape, layout.scales[name], draw)
+        for name, shape in layout.shapes().items()
+    }
+
+
+def tensors_with_draws(layout: PairLayout, seed: int, draws: np.ndarray) -> dict[str, np.ndarray]:
+    """The tensors the network holds: draw 0, with each redrawn unit's own entries taken from its draw.
+
+    A unit's own entries (DESIGN.md, resampling): O weight (l, j) -> U[(l, t), j] for all t; O bias l ->
+    beta[(l, t)]; I weight (i, j) -> V[i, (j, t)]; I bias i -> V[i, (bias, t)].
+    """
+    tensors = draw_tensors(layout, seed, 0)
+    d_out, d_in, n = layout.d_out, layout.d_in, layout.n
+    for (row, col), draw in np.ndenumerate(draws):
+        if draw == 0:
+            continue
+        redrawn = draw_tensors(layout, seed, int(draw))
+        if layout.construction == "output_blocks":
+            if col < d_in:
+                tensors["U"].reshape(d_out, n, d_in)[row, :, col] = redrawn["U"].reshape(d_out, n, d_in)[row, :, col]
+            else:
+                tensors["beta"].reshape(d_out, n)[row] = redrawn["beta"].reshape(d_out, n)[row]
+        else:
+            blocks = d_in + int(layout.has_bias)
+            tensors["V"].reshape(d_out, blocks, n)[row, col] = redrawn["V"].reshape(d_out, blocks, n)[row, col]
+    return tensors
