@@ -91,7 +91,7 @@ def test_report_renders_summary_and_layer_tables(lenet_report: Report) -> None:
     out = io.StringIO()
     lenet_report.render(Console(file=out, width=200))
     text = out.getvalue()
-    for needle in ("f vs g", "float32", "float64", "per layer", "certified", "Linear(400->120)", "top-1"):
+    for needle in ("f vs g", "float32", "float64", "per layer", "certified", "Linear 400->120", "top-1"):
         assert needle in text
 
 

@@ -140,7 +140,9 @@ class RayExecutor(LocalExecutor):
 Executor = LocalExecutor
 
 
-def make_executor(kind: str, workers: int = 1, ray_address: str | None = None, ray_chunk: int | None = None) -> LocalExecutor:
+def make_executor(
+    kind: str, workers: int = 1, ray_address: str | None = None, ray_chunk: int | None = None
+) -> LocalExecutor:
     """The executor named ``kind`` (``"local"`` or ``"ray"``)."""
     if kind == "local":
         return LocalExecutor(workers)

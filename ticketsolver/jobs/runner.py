@@ -78,8 +78,12 @@ class JobSpec:
             lo, hi = self.verify_box
             if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
                 raise JobError(f"verify_box must be finite with lo < hi, got {list(self.verify_box)}")
-        for name, value, top in (("n_random", self.n_random, 100_000), ("worst_case_starts", self.worst_case_starts, 64),
-                                 ("worst_case_steps", self.worst_case_steps, 1_000)):
+        counts = (
+            ("n_random", self.n_random, 100_000),
+            ("worst_case_starts", self.worst_case_starts, 64),
+            ("worst_case_steps", self.worst_case_steps, 1_000),
+        )
+        for name, value, top in counts:
             if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= top:
                 raise JobError(f"{name} must be an integer in [0, {top}], got {value!r}")
         if not self.dtypes or any(d not in _DTYPES for d in self.dtypes):
@@ -205,10 +209,14 @@ def accept_job(
             checkpoint_id = new_id()
             path = store.upload_path(checkpoint_id)
             written.append(path)
+            shown = display_name(name)
             size, sha256 = _store_upload(stream, path, limits.max_checkpoint_bytes)
-            target = load_target(path, arch=spec.arch, max_bytes=limits.max_checkpoint_bytes)
+            try:
+                target = load_target(path, arch=spec.arch, max_bytes=limits.max_checkpoint_bytes)
+            except TicketSolverError as exc:  # name the client's file, not the server's id
+                raise type(exc)(str(exc).replace(checkpoint_id, shown)) from exc
             checkpoints.append({
-                "id": checkpoint_id, "name": display_name(name), "size": size, "sha256": sha256,
+                "id": checkpoint_id, "name": shown, "size": size, "sha256": sha256,
                 "arch": target.arch, "target_params": target_params(target),
             })
         check_limits(spec, [c["target_params"] for c in checkpoints], limits)

@@ -494,7 +494,9 @@ class JobStore:
         with self._session.begin() as session:
             active = session.scalars(select(JobRow).where(JobRow.state.in_(ACTIVE_STATES))).all()
             for job in active:
-                items = session.scalars(select(ItemRow).where(ItemRow.job_id == job.id).order_by(ItemRow.position)).all()
+                items = session.scalars(
+                    select(ItemRow).where(ItemRow.job_id == job.id).order_by(ItemRow.position)
+                ).all()
                 if any(i.state not in TERMINAL_STATES for i in items):
                     continue
                 failed = [i for i in items if i.state == "failed"]

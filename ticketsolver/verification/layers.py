@@ -273,6 +273,11 @@ class LayerChecker:
         self._n += int(x.shape[0])
         return h
 
+    @property
+    def n_inputs(self) -> int:
+        """Inputs checked so far."""
+        return self._n
+
     def result(self) -> list[LayerCheck]:
         """One :class:`LayerCheck` per pair over every batch added so far."""
         dtype = str(self.dtype).removeprefix("torch.") if self.dtype is not None else "unknown"

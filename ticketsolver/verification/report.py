@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -170,22 +171,23 @@ class Report:
             table.add_column(f"|g_l-f_l| {short[dtype]}", justify="right")
         for dtype in dtypes:
             table.add_column(f"|g_l-eff| rel {short[dtype]}", justify="right")
-        certified_layers = {c.index: c for c in self.certified.layers} if self.certified is not None else {}
-        if certified_layers:
-            table.add_column("cert. local", justify="right")
-            table.add_column("cert. after", justify="right")
+        # the certified bound's per-layer terms are in to_dict(); the printed table stays within 80 columns
         by_dtype = {d: {c.index: c for c in self.layers[d]} for d in dtypes}
         for check in self.layers[dtypes[-1]] if dtypes else []:
             i = check.index
             letter = CONSTRUCTIONS.get(check.construction, "?")
-            row = [str(i), check.module, letter, _sci(check.max_abs_target)]
+            row = [str(i), _short_module(check.module), letter, _sci(check.max_abs_target)]
             row += [_sci(by_dtype[d][i].pair_vs_target) for d in dtypes]
             row += [_sci(by_dtype[d][i].pair_vs_effective_relative) for d in dtypes]
-            if certified_layers:
-                cert = certified_layers.get(i)
-                row += [_sci(cert.local_error_max), _sci(cert.propagated_error_max)] if cert else ["-", "-"]
             table.add_row(*row)
         return table
+
+
+def _short_module(text: str) -> str:
+    """``Conv2d(6->16, k5x5, s1, p0, d1)`` -> ``Conv2d 6->16 k5``: defaults and repeats dropped."""
+    text = re.sub(r"k(\d+)x\1", r"k\1", text)
+    text = re.sub(r", (s1|p0|d1)(?=[,)])", "", text)
+    return text.replace("(", " ").replace(")", "").replace(",", "")
 
 
 def _sci(value: float | None) -> str:

@@ -45,6 +45,7 @@ def verify_networks(
     worst_case_starts: int = 8,
     worst_case_steps: int = 50,
     certify: bool = True,
+    layer_check_inputs: int = 256,
     device: torch.device | str | None = None,
     seed: int = 0,
     progress: Callable[[str, float], None] | None = None,
@@ -65,6 +66,8 @@ def verify_networks(
             fresh uniform points.
         worst_case_steps: gradient steps per start.
         certify: compute the certified bound (float64, exact-arithmetic guarantee).
+        layer_check_inputs: how many inputs (per dtype, data first) also run through the per-layer check
+            of each pair against its target layer and its effective-weights layer.
         device: the torch device; cuda when available if None.
         seed: seed of the random inputs and starts (the same on every device).
         progress: called as ``progress(step name, fraction done in [0, 1])``.
@@ -139,7 +142,7 @@ def verify_networks(
                     for start in range(0, x_all.shape[0], batch_size):
                         xb = x_all[start : start + batch_size].to(dev, dtype)
                         yb = y_all[start : start + batch_size].to(dev) if y_all is not None else None
-                        f_out, g_out = _forward(checker, g, xb, shape)
+                        f_out, g_out = _forward(checker, f, g, xb, shape, layer_check_inputs)
                         comparison.update(f_out, g_out, yb)
                         tick(f"{section}/{name}")
                 report.sections.setdefault(section, {})[name] = comparison.result()
@@ -293,10 +296,17 @@ def _copy_to(module: nn.Sequential, dev: torch.device, dtype: torch.dtype) -> nn
 
 
 def _forward(
-    checker: LayerChecker, g: nn.Module, x: torch.Tensor, shape: tuple[int, ...]
+    checker: LayerChecker, f: nn.Module, g: nn.Module, x: torch.Tensor, shape: tuple[int, ...], check_budget: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """f(x) and g(x); the first ``check_budget`` inputs of a dtype also go through the per-layer check."""
     try:
-        return checker.update(x), g(x)
+        take = max(0, min(check_budget - checker.n_inputs, x.shape[0]))
+        if take == 0:
+            return f(x), g(x)
+        f_out = checker.update(x[:take])
+        if take < x.shape[0]:
+            f_out = torch.cat([f_out, f(x[take:])])
+        return f_out, g(x)
     except RuntimeError as exc:
         raise VerificationError(f"the networks do not accept inputs of shape {shape}: {exc}") from exc
 

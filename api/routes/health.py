@@ -1,0 +1,78 @@
+"""Liveness and Prometheus metrics: jobs and items by state, problems solved, request latency."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Iterator
+
+from fastapi import APIRouter, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from api.deps import Authorized, RunnerDep, SettingsDep, StoreDep
+from ticketsolver import __version__
+from ticketsolver.jobs import JobStore
+
+router = APIRouter(tags=["health"])
+
+
+class StoreCollector(Collector):
+    """Reads the numbers from the store at scrape time, so they survive restarts and count the work of
+    every worker process."""
+
+    def __init__(self, store: JobStore) -> None:
+        self.store = store
+
+    def collect(self) -> Iterator[Metric]:
+        counts = self.store.counts()
+        jobs = GaugeMetricFamily("ticketsolver_jobs", "Jobs by state", labels=["state"])
+        for state, count in counts["jobs"].items():
+            jobs.add_metric([state], count)
+        items = GaugeMetricFamily("ticketsolver_items", "Items (checkpoint, n) by state", labels=["state"])
+        for state, count in counts["items"].items():
+            items.add_metric([state], count)
+        yield jobs
+        yield items
+        yield CounterMetricFamily(
+            "ticketsolver_items_completed", "Items that produced a ticket", value=counts["items"]["succeeded"]
+        )
+        yield CounterMetricFamily(
+            "ticketsolver_problems_solved", "Subset-sum problems solved by finished items",
+            value=counts["problems_solved"],
+        )
+
+
+class Metrics:
+    """The app's own registry (one per app, so that several apps in one process do not collide)."""
+
+    def __init__(self, store: JobStore) -> None:
+        self.registry = CollectorRegistry()
+        self.registry.register(StoreCollector(store))
+        self.latency = Histogram(
+            "ticketsolver_request_seconds", "HTTP request latency", ["method", "route", "status"],
+            registry=self.registry, buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )
+
+    async def observe(self, request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        """HTTP middleware: time every request, labelled by its route template (bounded cardinality)."""
+        start = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        self.latency.labels(request.method, getattr(route, "path", "unmatched"), str(response.status_code)).observe(
+            time.perf_counter() - start
+        )
+        return response
+
+
+@router.get("/healthz")
+def healthz(settings: SettingsDep, store: StoreDep, runner: RunnerDep) -> dict[str, object]:
+    """Liveness: the store answers. Open without a token (for load balancers and healthchecks)."""
+    return {"status": "ok" if store.ping() else "degraded", "version": __version__,
+            "executor": settings.executor, "busy_workers": runner.busy}
+
+
+@router.get("/metrics", dependencies=[Authorized], response_class=Response)
+def metrics(request: Request) -> Response:
+    """Prometheus text format."""
+    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

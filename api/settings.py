@@ -1,0 +1,54 @@
+"""Service settings, read from the environment (prefix ``TICKETSOLVER_``) or given to :func:`api.main.create_app`.
+
+``TICKETSOLVER_TOKEN=secret`` requires ``Authorization: Bearer secret``; ``TICKETSOLVER_CORS_ORIGINS``
+takes a JSON list or comma-separated origins; every other field maps to ``TICKETSOLVER_<NAME>``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from ticketsolver.construction.builder import MAX_N
+from ticketsolver.jobs import Limits
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TICKETSOLVER_", extra="ignore")
+
+    data_dir: Path = Path("ticketsolver-data")  # store, uploads, tickets, resume files
+    database_url: str | None = None  # any SQLAlchemy URL; default: SQLite file in data_dir
+    token: SecretStr | None = None  # bearer token required on every route but /healthz and /docs
+    max_upload_bytes: int = Field(64 * 1024**2, ge=1)  # whole request body (413 beyond)
+    max_n: int = Field(MAX_N, ge=1, le=MAX_N)  # largest n per item
+    max_weights_per_job: int = Field(20_000_000, ge=1)  # target weights summed over a job's items
+    max_batch_items: int = Field(32, ge=1)  # checkpoints x n values per job
+    executor: Literal["local", "ray"] = "local"  # where solving runs
+    ray_address: str | None = None  # e.g. ray://ray-head:10001; None starts a local cluster per worker
+    ray_chunk: int | None = Field(None, ge=1)  # problems per Ray task; None: ~2 tasks per cluster CPU
+    workers: int = Field(1, ge=1, le=64)  # worker processes = items solved at the same time
+    poll_interval: float = Field(0.5, gt=0, le=10)  # dispatcher's look at the queue when nothing wakes it
+    cors_origins: Annotated[list[str], NoDecode] = []  # browser origins allowed; empty: CORS closed
+    log_level: str = "info"
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                import json
+
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(
+            max_n=self.max_n, max_batch_items=self.max_batch_items, max_weights_per_job=self.max_weights_per_job,
+            max_checkpoint_bytes=self.max_upload_bytes,
+        )

@@ -1,0 +1,157 @@
+"""Resampling (IteRand): units above the tolerance are redrawn from later streams; the best draw is kept.
+
+The reference replays the rounds unit by unit from DESIGN.md alone: a unit's own entries come from the stream
+of its draw, its best error at each draw is found by enumeration, and rounds stop once it is within tolerance.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from ticketsolver import Ticket, build_ticket
+
+from .reference import optimal_errors, realised_errors, tensors_with_draws
+
+N = 10
+SEED = 3
+ROUNDS = 6
+
+LAYERS = {
+    "linear": (lambda: nn.Linear(6, 4), (6,)),
+    "conv-stride2-pad1": (lambda: nn.Conv2d(2, 2, 3, stride=2, padding=1), (2, 6, 6)),
+}
+CASES = [
+    pytest.param(kind, construction, id=f"{construction[0].upper()}-{kind}")
+    for construction in ("output_blocks", "input_blocks")
+    for kind in LAYERS
+]
+
+
+def _build(kind: str, construction: str, resample: int, tolerance: float) -> Ticket:
+    factory, shape = LAYERS[kind]
+    torch.manual_seed(17)
+    domain = (0.0, 1.0) if construction == "output_blocks" else None
+    return build_ticket(
+        nn.Sequential(factory()), N, input_shape=shape, input_domain=domain, construction=construction,
+        resample=resample, tolerance=tolerance, solver="mitm", seed=SEED,
+    )
+
+
+def _target(kind: str) -> tuple[np.ndarray, np.ndarray]:
+    torch.manual_seed(17)
+    layer = LAYERS[kind][0]()
+    weight = layer.weight.detach().double().numpy()
+    return weight.reshape(weight.shape[0], -1), layer.bias.detach().double().numpy()
+
+
+@lru_cache(maxsize=None)
+def single_and_resampled(kind: str, construction: str) -> tuple[Ticket, Ticket, float]:
+    """The one-draw ticket, the ticket with up to ROUNDS redraws, and the tolerance (the median unit error)."""
+    single = _build(kind, construction, 0, 1e-6)
+    weight, bias = _target(kind)
+    layout = single.layouts[0]
+    errors = realised_errors(layout, tensors_with_draws(layout, SEED, single.draws[0]), single.masks[0], weight, bias)
+    tolerance = float(np.median(errors))
+    return single, _build(kind, construction, ROUNDS, tolerance), tolerance
+
+
+def unit_errors(ticket: Ticket, kind: str) -> np.ndarray:
+    weight, bias = _target(kind)
+    layout = ticket.layouts[0]
+    tensors = tensors_with_draws(layout, SEED, ticket.draws[0])
+    return realised_errors(layout, tensors, ticket.masks[0], weight, bias)
+
+
+@pytest.mark.parametrize(("kind", "construction"), CASES)
+def test_resampling_never_makes_a_unit_worse(kind: str, construction: str) -> None:
+    single, resampled, _ = single_and_resampled(kind, construction)
+    before, after = unit_errors(single, kind), unit_errors(resampled, kind)
+    assert (after <= before + 1e-15).all()
+    assert after.max() < before.max()  # and the tail does shrink
+    report = resampled.build["pairs"][0]
+    assert after[:, :-1].max() == pytest.approx(report["weight_error_max"], abs=1e-12)
+    assert after[:, -1].max() == pytest.approx(report["bias_error_max"], abs=1e-12)
+
+
+@pytest.mark.parametrize(("kind", "construction"), CASES)
+def test_draws_are_recorded_per_unit_within_the_rounds(kind: str, construction: str) -> None:
+    single, resampled, _ = single_and_resampled(kind, construction)
+    layout = resampled.layouts[0]
+    draws = resampled.draws[0]
+    assert draws.dtype == np.uint8 and draws.shape == (layout.d_out, layout.d_in + 1)
+    assert draws.min() >= 0 and draws.max() <= ROUNDS
+    assert draws.any()
+    assert not single.draws[0].any()
+    assert resampled.build["pairs"][0]["redrawn_units"] == np.count_nonzero(draws)
+
+
+@pytest.mark.parametrize(("kind", "construction"), CASES)
+def test_units_within_tolerance_after_round_zero_are_never_redrawn(kind: str, construction: str) -> None:
+    single, resampled, tolerance = single_and_resampled(kind, construction)
+    before, after = unit_errors(single, kind), unit_errors(resampled, kind)
+    settled = before <= tolerance
+    assert settled.any() and (~settled).any()
+    assert (resampled.draws[0][settled] == 0).all()
+    assert np.array_equal(after[settled], before[settled])
+
+
+@pytest.mark.parametrize(("kind", "construction"), CASES)
+def test_each_unit_keeps_the_first_best_draw_of_the_rounds_it_took_part_in(kind: str, construction: str) -> None:
+    """Replays IteRand per unit: redraw while above tolerance, keep a draw only where strictly better."""
+    _, resampled, tolerance = single_and_resampled(kind, construction)
+    layout = resampled.layouts[0]
+    weight, bias = _target(kind)
+    optimum_at = [
+        optimal_errors(layout, tensors_with_draws(layout, SEED, np.full(layout.draw_shape, d, np.uint8)), weight, bias)
+        for d in range(ROUNDS + 1)
+    ]
+    expected_draws = np.zeros(layout.draw_shape, dtype=np.uint8)
+    expected_errors = optimum_at[0].copy()
+    for unit in np.ndindex(*layout.draw_shape):
+        for d in range(1, ROUNDS + 1):
+            if expected_errors[unit] <= tolerance:
+                break
+            if optimum_at[d][unit] < expected_errors[unit]:
+                expected_errors[unit], expected_draws[unit] = optimum_at[d][unit], d
+    assert np.array_equal(resampled.draws[0], expected_draws)
+    assert np.allclose(unit_errors(resampled, kind), expected_errors, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize(("kind", "construction"), CASES)
+def test_resampled_ticket_holds_the_redrawn_values(kind: str, construction: str) -> None:
+    _, resampled, _ = single_and_resampled(kind, construction)
+    layout = resampled.layouts[0]
+    expected = tensors_with_draws(layout, SEED, resampled.draws[0])
+    got = resampled.source_tensors(0)
+    assert set(got) == set(expected)
+    for name in expected:
+        assert np.array_equal(got[name], expected[name]), name
+
+
+@pytest.mark.parametrize(("kind", "construction"), CASES)
+def test_resampled_ticket_regenerates_the_same_network_after_save_and_load(
+    kind: str, construction: str, tmp_path: Path
+) -> None:
+    _, resampled, _ = single_and_resampled(kind, construction)
+    loaded = Ticket.load(resampled.save(tmp_path / "resampled.ticket"))
+    assert np.array_equal(loaded.draws[0], resampled.draws[0]) and loaded.draws[0].dtype == np.uint8
+    assert loaded.kept_hash() == resampled.kept_hash()
+    before, after = resampled.to_module().state_dict(), loaded.to_module().state_dict()
+    assert before.keys() == after.keys()
+    for key in before:
+        assert torch.equal(before[key], after[key]), key
+
+
+def test_zero_tolerance_redraws_every_inexact_unit_for_all_rounds() -> None:
+    single = _build("linear", "input_blocks", 0, 0.0)
+    resampled = _build("linear", "input_blocks", 2, 0.0)
+    before, after = unit_errors(single, "linear"), unit_errors(resampled, "linear")
+    assert (after <= before + 1e-15).all()
+    improved = after < before
+    assert np.array_equal(resampled.draws[0] > 0, improved)
