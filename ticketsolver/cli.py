@@ -288,7 +288,7 @@ def demo(
             torch.manual_seed(0)
             model = LeNet5()
             with _stage("trained LeNet5 on scikit-learn digits (28x28)"):
-                metrics = train_classifier(model, dataset, seed=0)
+                metrics = train_classifier(model, dataset, epochs=10, lr=3e-3, seed=0)
             console.print(f"target test accuracy {metrics['test_accuracy']:.2%}")
             torch.save(model.state_dict(), checkpoint)
         else:

@@ -51,6 +51,7 @@ def ticket_summary(ticket: Ticket, file_bytes: int | None = None) -> dict[str, A
 
 def render_ticket(ticket: Ticket, console: Console | None = None, file_bytes: int | None = None) -> None:
     """Print the sizes and a per-layer table."""
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
@@ -64,9 +65,12 @@ def render_ticket(ticket: Ticket, console: Console | None = None, file_bytes: in
         f"kept {s['kept_params']:,} ({s['kept_params'] / max(s['source_params'], 1):.2%} of the source; "
         f"the rest is pruned to 0)"
     )
-    table = Table(title="layers (O = output blocks, I = input blocks; w' = subset-sum value)")
-    for col in ("pair", "", "n", "target", "kept/source", "usable", "max|w-w'|", "mean|w-w'|", "redrawn"):
-        table.add_column(col, justify="right")
+    table = Table(
+        title="layers: O/I = output/input blocks; err = |w - subset sum| per weight; redrawn = weights resampled",
+        box=box.SIMPLE_HEAD,
+    )
+    for col in ("#", "", "n", "target", "kept/source", "usable", "max err", "mean err", "redrawn"):
+        table.add_column(col, justify="right", no_wrap=True)
     for row in ticket_summary(ticket)["layers"]:
         table.add_row(
             str(row["pair"]),

@@ -160,25 +160,29 @@ class Report:
     def _layer_table(self, table_cls: Any) -> Any:
         from rich import box
 
-        table = table_cls(title="per layer, on the target's own activations", box=box.SIMPLE_HEAD)
+        table = table_cls(
+            title="per layer, on the target's activations: g-f = max|pair - target layer|, "
+            "g~eff = max|pair - effective layer| / max|f|",
+            box=box.SIMPLE_HEAD,
+        )
         table.add_column("#", justify="right")
         table.add_column("target layer", no_wrap=True)
         table.add_column("", justify="center")  # construction letter, O or I
-        table.add_column("max|f_l|", justify="right")
+        table.add_column("max|f|", justify="right", no_wrap=True)
         dtypes = [d for d in self.dtypes if d in self.layers]
         short = {d: d.replace("float", "f") for d in dtypes}
         for dtype in dtypes:
-            table.add_column(f"|g_l-f_l| {short[dtype]}", justify="right")
+            table.add_column(f"g-f {short[dtype]}", justify="right", no_wrap=True)
         for dtype in dtypes:
-            table.add_column(f"|g_l-eff| rel {short[dtype]}", justify="right")
+            table.add_column(f"g~eff {short[dtype]}", justify="right", no_wrap=True)
         # the certified bound's per-layer terms are in to_dict(); the printed table stays within 80 columns
         by_dtype = {d: {c.index: c for c in self.layers[d]} for d in dtypes}
         for check in self.layers[dtypes[-1]] if dtypes else []:
             i = check.index
             letter = CONSTRUCTIONS.get(check.construction, "?")
-            row = [str(i), _short_module(check.module), letter, _sci(check.max_abs_target)]
-            row += [_sci(by_dtype[d][i].pair_vs_target) for d in dtypes]
-            row += [_sci(by_dtype[d][i].pair_vs_effective_relative) for d in dtypes]
+            row = [str(i), _short_module(check.module), letter, _sci2(check.max_abs_target)]
+            row += [_sci2(by_dtype[d][i].pair_vs_target) for d in dtypes]
+            row += [_sci2(by_dtype[d][i].pair_vs_effective_relative) for d in dtypes]
             table.add_row(*row)
         return table
 
@@ -188,6 +192,11 @@ def _short_module(text: str) -> str:
     text = re.sub(r"k(\d+)x\1", r"k\1", text)
     text = re.sub(r", (s1|p0|d1)(?=[,)])", "", text)
     return text.replace("(", " ").replace(")", "").replace(",", "")
+
+
+def _sci2(value: float | None) -> str:
+    """Two significant digits, for narrow columns."""
+    return "-" if value is None else f"{value:.1e}"
 
 
 def _sci(value: float | None) -> str:

@@ -153,15 +153,31 @@ def verify_networks(
             if worst_case_starts:
                 step_begin = time.perf_counter()
                 starts, kinds = _choose_starts(sections, per_input, worst_case_starts, lo, hi, shape, seed)
-                report.worst_case[name] = search_worst_case(
-                    f, g, starts, (lo, hi), steps=worst_case_steps, start_kinds=kinds
-                )
+                with _single_thread_on_cpu(dev):
+                    report.worst_case[name] = search_worst_case(
+                        f, g, starts, (lo, hi), steps=worst_case_steps, start_kinds=kinds
+                    )
                 seconds[f"worst_case/{name}"] = time.perf_counter() - step_begin
                 tick(f"worst_case/{name}")
             del f, g, checker
     seconds["total"] = time.perf_counter() - begin
     report.seconds = seconds
     return report
+
+
+@contextlib.contextmanager
+def _single_thread_on_cpu(device: torch.device) -> Iterator[None]:
+    """Run a block on one CPU thread: the ascent's steps are tiny batches, where thread handoffs cost
+    more than they save, and on a busy machine a second spinning thread makes them many times slower."""
+    if device.type != "cpu":
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _check_shape(input_shape: Any) -> tuple[int, ...]:

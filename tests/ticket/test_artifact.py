@@ -1,0 +1,464 @@
+"""The ticket file: save -> load regenerates the identical network; corrupt or hostile files are refused.
+
+References: the ticket that was saved (tensors compared with ``torch.equal``), the file format as the manifest
+documents it (decoded here with ``lzma`` and ``numpy.unpackbits`` alone), and hand-made corruptions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import lzma
+import math
+import tracemalloc
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.numpy import load_file, save_file
+from torch import nn
+
+from ticketsolver import TicketFormatError, build_ticket
+from ticketsolver.construction.layout import PairLayout
+from ticketsolver.construction.pair import PrunedPair
+from ticketsolver.source import RNG_LAYOUT
+from ticketsolver.ticket import FORMAT, FORMAT_VERSION, Ticket
+from ticketsolver.ticket import artifact
+
+TICKETS = ["mlp_ticket", "cnn_ticket"]
+
+
+@pytest.fixture(params=TICKETS)
+def ticket(request: pytest.FixtureRequest) -> Ticket:
+    return request.getfixturevalue(request.param)
+
+
+@pytest.fixture
+def saved(mlp_ticket: Ticket, tmp_path: Path) -> Path:
+    return mlp_ticket.save(tmp_path / "mlp.ticket")
+
+
+def rewrite(path: Path, out: Path, manifest: Callable[[dict[str, Any]], None] | None = None,
+            tensors: Callable[[dict[str, np.ndarray]], None] | None = None) -> Path:
+    """A copy of a ticket file with its manifest and/or tensors edited (still a valid safetensors file)."""
+    arrays = load_file(str(path))
+    with safe_open(str(path), "np") as f:
+        meta = json.loads(f.metadata()["manifest"])
+    if manifest is not None:
+        manifest(meta)
+    if tensors is not None:
+        tensors(arrays)
+    save_file(arrays, str(out), metadata={"manifest": json.dumps(meta)})
+    return out
+
+
+def blob_span(path: Path, name: str) -> tuple[int, int]:
+    """Absolute byte range of one tensor's data in a safetensors file."""
+    data = path.read_bytes()
+    header_len = int.from_bytes(data[:8], "little")
+    start, end = json.loads(data[8 : 8 + header_len])[name]["data_offsets"]
+    return 8 + header_len + start, 8 + header_len + end
+
+
+# -- round trip ----------------------------------------------------------------------------------------------------
+
+
+def test_save_then_load_gives_identical_masks_draws_and_layouts(ticket: Ticket, tmp_path: Path) -> None:
+    loaded = Ticket.load(ticket.save(tmp_path / "t.ticket"))
+    assert (loaded.seed, loaded.input_shape, loaded.input_domain) == (ticket.seed, ticket.input_shape, ticket.input_domain)
+    assert loaded.steps == ticket.steps
+    assert loaded.layouts == ticket.layouts
+    for before, after in zip(ticket.masks, loaded.masks, strict=True):
+        assert before.keys() == after.keys()
+        for name in before:
+            assert after[name].dtype == np.bool_ and np.array_equal(before[name], after[name])
+    for before, after in zip(ticket.draws, loaded.draws, strict=True):
+        assert after.dtype == np.uint8 and np.array_equal(before, after)
+    assert any(d.any() for d in ticket.draws)  # the round trip covered stored draw indices
+    assert loaded.build == json.loads(json.dumps(ticket.build))
+    assert loaded.kept_hash() == ticket.kept_hash()
+
+
+def test_save_then_load_regenerates_identical_network_tensors(ticket: Ticket, tmp_path: Path) -> None:
+    before = ticket.to_module().state_dict()
+    after = Ticket.load(ticket.save(tmp_path / "t.ticket")).to_module().state_dict()
+    assert before.keys() == after.keys()
+    for key in before:
+        assert before[key].dtype == torch.float32 and torch.equal(before[key], after[key]), key
+
+
+def test_declared_input_domain_survives_the_round_trip(tmp_path: Path) -> None:
+    net = nn.Sequential(nn.Linear(3, 2))
+    ticket = build_ticket(net, 6, input_shape=(3,), input_domain=(0, 1), solver="mitm", resample=0)
+    loaded = Ticket.load(ticket.save(tmp_path / "t.ticket"))
+    assert loaded.input_domain == (0.0, 1.0) and not any(d.any() for d in loaded.draws)
+
+
+def test_file_holds_only_compressed_masks_and_draws_and_the_manifest(saved: Path, mlp_ticket: Ticket) -> None:
+    arrays = load_file(str(saved))
+    expected = {f"pair{k}.{name}.mask" for k, masks in enumerate(mlp_ticket.masks) for name in masks}
+    expected |= {f"pair{k}.draws" for k, draws in enumerate(mlp_ticket.draws) if draws.any()}
+    assert set(arrays) == expected
+    assert all(a.dtype == np.uint8 and a.ndim == 1 for a in arrays.values())  # no weight values
+    with safe_open(str(saved), "np") as f:
+        manifest = json.loads(f.metadata()["manifest"])
+    assert manifest["format"] == FORMAT and manifest["format_version"] == FORMAT_VERSION
+    assert manifest["rng"] == RNG_LAYOUT and manifest["seed"] == mlp_ticket.seed
+    assert manifest["sizes"] == mlp_ticket.sizes()
+    assert manifest["kept_values_sha256"] == mlp_ticket.kept_hash()
+    assert [PairLayout.from_dict(p) for p in manifest["pairs"]] == mlp_ticket.layouts
+
+
+def candidate_positions(layout: PairLayout, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Where a mask may be True, as the manifest's mask_encoding states it.
+
+    O: U > 0, beta > 0, V block diagonal; I: U block diagonal, beta > 0 on the bias block, V all.
+    """
+    d_out, d_in, n = layout.d_out, layout.d_in, layout.n
+    if layout.construction == "output_blocks":
+        v = np.zeros((d_out, d_out, n), dtype=bool)
+        v[np.arange(d_out), np.arange(d_out)] = True
+        out = {"U": tensors["U"] > 0, "V": v.reshape(d_out, -1)}
+        if layout.has_bias:
+            out["beta"] = tensors["beta"] > 0
+        return out
+    blocks = d_in + int(layout.has_bias)
+    u = np.zeros((blocks, n, d_in), dtype=bool)
+    u[np.arange(d_in), :, np.arange(d_in)] = True
+    out = {"U": u.reshape(-1, d_in), "V": np.ones((d_out, blocks * n), dtype=bool)}
+    if layout.has_bias:
+        beta = np.zeros((blocks, n), dtype=bool)
+        beta[d_in] = tensors["beta"].reshape(blocks, n)[d_in] > 0
+        out["beta"] = beta.reshape(-1)
+    return out
+
+
+def test_masks_and_draws_decode_as_the_manifest_documents(ticket: Ticket, tmp_path: Path) -> None:
+    """Mask bits at the candidate positions only, numpy.packbits, LZMA; draws: LZMA-compressed uint8."""
+    path = ticket.save(tmp_path / "t.ticket")
+    arrays = load_file(str(path))
+    with safe_open(str(path), "np") as f:
+        encoding = json.loads(f.metadata()["manifest"])["mask_encoding"]
+    assert "candidate positions" in encoding and "packbits" in encoding and "LZMA" in encoding
+    for k, layout in enumerate(ticket.layouts):
+        candidates = candidate_positions(layout, ticket.source_tensors(k))
+        for name, shape in layout.shapes().items():
+            raw = np.frombuffer(lzma.decompress(arrays[f"pair{k}.{name}.mask"].tobytes()), dtype=np.uint8)
+            mask = np.zeros(shape, dtype=bool)
+            mask[candidates[name]] = np.unpackbits(raw, count=int(candidates[name].sum())).astype(bool)
+            assert np.array_equal(mask, ticket.masks[k][name])
+        if ticket.draws[k].any():
+            raw = np.frombuffer(lzma.decompress(arrays[f"pair{k}.draws"].tobytes()), dtype=np.uint8)
+            assert np.array_equal(raw.reshape(layout.draw_shape), ticket.draws[k])
+
+
+def test_a_mask_outside_its_construction_cannot_be_saved(mlp_ticket: Ticket, tmp_path: Path) -> None:
+    masks = [{name: m.copy() for name, m in pair.items()} for pair in mlp_ticket.masks]
+    masks[1]["V"][0, -1] = True  # V of an O pair off its block diagonal
+    forged = Ticket(seed=mlp_ticket.seed, input_shape=mlp_ticket.input_shape, input_domain=None,
+                    steps=mlp_ticket.steps, layouts=mlp_ticket.layouts, masks=masks, draws=mlp_ticket.draws,
+                    build=mlp_ticket.build)
+    with pytest.raises(TicketFormatError, match="forbids"):
+        forged.save(tmp_path / "forged.ticket")
+    assert not (tmp_path / "forged.ticket").exists()
+
+
+def test_kept_hash_covers_exactly_the_kept_values(mlp_ticket: Ticket) -> None:
+    digest = hashlib.sha256()
+    for k in range(len(mlp_ticket.layouts)):
+        tensors = mlp_ticket.source_tensors(k)
+        for name in ("U", "beta", "V"):
+            digest.update(name.encode())
+            digest.update(np.where(mlp_ticket.masks[k][name], tensors[name], np.float32(0)).tobytes())
+    assert mlp_ticket.kept_hash() == digest.hexdigest()
+
+
+# -- size ----------------------------------------------------------------------------------------------------------
+
+
+def test_ticket_file_is_tiny(saved: Path, mlp_ticket: Ticket) -> None:
+    assert saved.stat().st_size < 16 * 1024
+    assert saved.stat().st_size < 4 * mlp_ticket.sizes()["source_params"] / 2  # float32 network: 19.6 KB
+
+
+def test_masks_are_stored_compressed(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(48, 32), nn.ReLU(), nn.Linear(32, 10))
+    ticket = build_ticket(net, 16, input_shape=(48,), solver="mitm", resample=0)
+    path = ticket.save(tmp_path / "t.ticket")
+    source = ticket.sizes()["source_params"]
+    stored = sum(a.nbytes for a in load_file(str(path)).values())
+    assert stored < source / 8 / 2  # under half of one bit per random entry
+    assert path.stat().st_size < 4 * source / 20  # and the file under 5 % of the float32 network
+
+
+# -- counting --------------------------------------------------------------------------------------------------------
+
+
+def test_sizes_count_kept_and_pruned_entries_of_the_source(ticket: Ticket) -> None:
+    sizes = ticket.sizes()
+    network = ticket.to_module()
+    source = sum(
+        (layout.hidden * layout.d_in + layout.d_out * layout.hidden + layout.hidden * int(layout.has_bias))
+        for layout in ticket.layouts
+    )
+    assert sizes["source_params"] == source
+    assert sizes["kept_params"] + sizes["pruned_params"] == sizes["source_params"]
+    assert all((ticket.source_tensors(k)[name] != 0).all() for k in range(len(ticket.layouts)) for name in ("U", "V"))
+    assert sizes["kept_params"] == sum(int(torch.count_nonzero(p)) for p in network.parameters())
+    assert sizes["kept_params"] == sum(int(m.sum()) for masks in ticket.masks for m in masks.values())
+
+
+def test_target_params_count_the_target_layers(cnn: Any, cnn_ticket: Ticket) -> None:
+    layers = [m for m in cnn.module if isinstance(m, nn.Linear | nn.Conv2d)]
+    assert cnn_ticket.sizes()["target_params"] == sum(m.weight.numel() + m.bias.numel() for m in layers)
+
+
+# -- prune buffers ---------------------------------------------------------------------------------------------------
+
+
+def test_prune_buffers_hold_the_source_and_mask_whose_product_is_the_pruned_weight(ticket: Ticket) -> None:
+    plain = [m for m in ticket.to_module() if isinstance(m, PrunedPair)]
+    buffered = ticket.to_module(prune_buffers=True)
+    pairs = [m for m in buffered if isinstance(m, PrunedPair)]
+    for k, (p, b) in enumerate(zip(plain, pairs, strict=True)):
+        tensors = ticket.source_tensors(k)
+        for layer, attr, name in (("first", "weight", "U"), ("first", "bias", "beta"), ("second", "weight", "V")):
+            if getattr(getattr(p, layer), attr) is None:
+                continue
+            module = getattr(b, layer)
+            orig, mask = getattr(module, f"{attr}_orig"), getattr(module, f"{attr}_mask")
+            assert dict(module.named_buffers())[f"{attr}_mask"] is mask
+            assert np.array_equal(orig.detach().numpy().reshape(tensors[name].shape), tensors[name])
+            assert torch.equal(orig * mask, getattr(getattr(p, layer), attr))
+            assert torch.equal(getattr(module, attr), getattr(getattr(p, layer), attr))
+    x = torch.randn(3, *ticket.input_shape)
+    assert torch.equal(buffered(x), ticket.to_module()(x))
+
+
+# -- refused files ---------------------------------------------------------------------------------------------------
+
+
+def test_missing_file_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(TicketFormatError, match="cannot read ticket"):
+        Ticket.load(tmp_path / "absent.ticket")
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"\x00" * 7, np.random.default_rng(0).bytes(4096), b"PK\x03\x04" + b"\x00" * 100],
+    ids=["empty", "seven-zero-bytes", "random-bytes", "zip-header"],
+)
+def test_files_that_are_not_safetensors_are_refused(content: bytes, tmp_path: Path) -> None:
+    path = tmp_path / "bad.ticket"
+    path.write_bytes(content)
+    with pytest.raises(TicketFormatError, match="not a ticketsolver ticket"):
+        Ticket.load(path)
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.99, 10])
+def test_truncated_files_are_refused(saved: Path, tmp_path: Path, keep: float) -> None:
+    data = saved.read_bytes()
+    cut = tmp_path / "cut.ticket"
+    cut.write_bytes(data[: int(len(data) * keep)] if keep < 1 else data[:keep])
+    with pytest.raises(TicketFormatError):
+        Ticket.load(cut)
+
+
+def test_safetensors_file_without_a_manifest_is_refused(tmp_path: Path) -> None:
+    plain = tmp_path / "plain.safetensors"
+    save_file({"w": np.zeros(3, np.float32)}, str(plain))
+    with pytest.raises(TicketFormatError, match="not a ticketsolver ticket"):
+        Ticket.load(plain)
+    other = tmp_path / "other.safetensors"
+    save_file({"w": np.zeros(3, np.float32)}, str(other), metadata={"format": "pt"})
+    with pytest.raises(TicketFormatError, match="not a ticketsolver ticket"):
+        Ticket.load(other)
+    not_json = tmp_path / "not-json.safetensors"
+    save_file({"w": np.zeros(3, np.float32)}, str(not_json), metadata={"manifest": "{oops"})
+    with pytest.raises(TicketFormatError, match="not a ticketsolver ticket"):
+        Ticket.load(not_json)
+
+
+@pytest.mark.parametrize("edit", [{"format": "something.else"}, {"format": None}], ids=["other", "none"])
+def test_manifest_of_another_format_is_refused(saved: Path, tmp_path: Path, edit: dict[str, Any]) -> None:
+    bad = rewrite(saved, tmp_path / "bad.ticket", manifest=lambda m: m.update(edit))
+    with pytest.raises(TicketFormatError, match="not a ticketsolver ticket"):
+        Ticket.load(bad)
+
+
+@pytest.mark.parametrize("version", [0, 2, "1", None])
+def test_manifest_with_another_format_version_is_refused(saved: Path, tmp_path: Path, version: Any) -> None:
+    bad = rewrite(saved, tmp_path / "bad.ticket", manifest=lambda m: m.update(format_version=version))
+    with pytest.raises(TicketFormatError, match="format version"):
+        Ticket.load(bad)
+
+
+@pytest.mark.parametrize("position", [0.3, 0.5, 0.7])
+def test_flipped_bit_in_a_mask_is_refused(saved: Path, tmp_path: Path, position: float) -> None:
+    start, end = blob_span(saved, "pair0.V.mask")
+    data = bytearray(saved.read_bytes())
+    data[start + int((end - start) * position)] ^= 0x10
+    flipped = tmp_path / "flipped.ticket"
+    flipped.write_bytes(bytes(data))
+    with pytest.raises(TicketFormatError, match="corrupt compressed data|after decompression|stored hash"):
+        Ticket.load(flipped)
+
+
+def test_a_mask_of_another_pattern_fails_the_hash(saved: Path, tmp_path: Path) -> None:
+    """A well-formed but different mask decodes fine and is caught by the hash of the kept values."""
+
+    def swap(arrays: dict[str, np.ndarray]) -> None:
+        mask = np.unpackbits(np.frombuffer(lzma.decompress(arrays["pair1.V.mask"].tobytes()), np.uint8))
+        mask[np.flatnonzero(mask)[0]] = 0
+        arrays["pair1.V.mask"] = np.frombuffer(lzma.compress(np.packbits(mask).tobytes()), np.uint8)
+
+    bad = rewrite(saved, tmp_path / "bad.ticket", tensors=swap)
+    with pytest.raises(TicketFormatError, match="does not match the stored hash"):
+        Ticket.load(bad)
+    assert Ticket.load(bad, verify_hash=False).masks[1]["V"].sum() == Ticket.load(saved).masks[1]["V"].sum() - 1
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda m: m.update(seed=m["seed"] + 1),
+        lambda m: m["pairs"][0]["scales"].update(U=m["pairs"][0]["scales"]["U"] * 1.001),
+        lambda m: m["pairs"][1].update(pair=2),
+    ],
+    ids=["other-seed", "other-scale", "other-stream"],
+)
+def test_manifest_that_regenerates_other_values_is_refused(
+    saved: Path, tmp_path: Path, edit: Callable[[dict[str, Any]], None]
+) -> None:
+    """Other random values move the candidate positions (mask length) or, failing that, the kept-value hash."""
+    bad = rewrite(saved, tmp_path / "bad.ticket", manifest=edit)
+    with pytest.raises(TicketFormatError, match="does not match the stored hash|after decompression"):
+        Ticket.load(bad)
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda m: m.pop("pairs"),
+        lambda m: m.pop("seed"),
+        lambda m: m["pairs"][0].pop("d_out"),
+        lambda m: m["pairs"][0].update(construction="middle_blocks"),
+        lambda m: m["pairs"][0].update(n=0),
+        lambda m: m["pairs"][0].update(conv={"in_channels": 1}),
+        lambda m: m["pairs"].append(dict(m["pairs"][0], pair=3)),
+        lambda m: m.update(input_shape=["x"]),
+    ],
+    ids=["no-pairs", "no-seed", "no-d_out", "unknown-construction", "n-zero", "conv-on-linear", "extra-pair",
+         "bad-input-shape"],
+)
+def test_malformed_manifest_is_refused(saved: Path, tmp_path: Path, edit: Callable[[dict[str, Any]], None]) -> None:
+    bad = rewrite(saved, tmp_path / "bad.ticket", manifest=edit)
+    with pytest.raises(TicketFormatError):
+        Ticket.load(bad)
+
+
+def test_missing_mask_tensor_is_refused(saved: Path, tmp_path: Path) -> None:
+    bad = rewrite(saved, tmp_path / "bad.ticket", tensors=lambda arrays: arrays.pop("pair2.U.mask"))
+    with pytest.raises(TicketFormatError, match="pair2.U.mask"):
+        Ticket.load(bad)
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [{"d_in": 10**9}, {"d_in": 10**12}, {"d_out": 2**62, "n": 4}],
+    ids=["d_in-1e9", "d_in-1e12", "d_out-2^62"],
+)
+def test_absurd_shapes_are_refused_without_allocating_them(
+    saved: Path, tmp_path: Path, shape: dict[str, int]
+) -> None:
+    bad = rewrite(saved, tmp_path / "bad.ticket", manifest=lambda m: m["pairs"][0].update(shape))
+    tracemalloc.start()
+    try:
+        with pytest.raises(TicketFormatError):
+            Ticket.load(bad)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 100 * 2**20  # the LZMA decoder's 64 MiB dictionary (preset 9) is the fixed cost
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: Ticket.load regenerates every pair's random source (layout.source_tensors) before it checks "
+    "the mask blobs' sizes, so a 6 KB file claiming a large n makes it allocate memory in proportion to the "
+    "claim (here ~140 MB for 8.4e6 entries; up to MAX_SOURCE_PARAMS = 2e9, i.e. tens of GB) before refusing",
+)
+def test_a_large_claimed_source_is_refused_before_it_is_regenerated(saved: Path, tmp_path: Path) -> None:
+    bad = rewrite(saved, tmp_path / "bad.ticket", manifest=lambda m: m["pairs"][0].update(n=10**5))
+    tracemalloc.start()
+    try:
+        with pytest.raises(TicketFormatError):
+            Ticket.load(bad)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 100 * 2**20
+
+
+def test_oversized_file_is_refused_before_reading(saved: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(artifact, "MAX_TICKET_BYTES", saved.stat().st_size - 1)
+    with pytest.raises(TicketFormatError, match="a ticket is at most"):
+        Ticket.load(saved)
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda m: m.update(seed=-1),
+        lambda m: m.update(seed=2**64),
+        lambda m: m["pairs"][0].update(pair=-1),
+        lambda m: m["pairs"][0]["scales"].update(U=-1.0),
+        lambda m: m["pairs"][0]["scales"].update(V=math.nan),
+        lambda m: m["pairs"][0]["scales"].pop("beta"),
+    ],
+    ids=["negative-seed", "huge-seed", "negative-pair", "negative-scale", "nan-scale", "missing-scale"],
+)
+def test_invalid_manifest_values_are_refused_as_format_errors(
+    saved: Path, tmp_path: Path, edit: Callable[[dict[str, Any]], None]
+) -> None:
+    bad = rewrite(saved, tmp_path / "bad.ticket", manifest=edit)
+    with pytest.raises(TicketFormatError):
+        Ticket.load(bad)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: PairLayout.from_dict catches KeyError/TypeError/ValueError but a pair entry that is not a JSON "
+    "object raises AttributeError ('str' object has no attribute 'get'), which escapes Ticket.load",
+)
+def test_a_pair_entry_that_is_not_an_object_is_refused_as_a_format_error(saved: Path, tmp_path: Path) -> None:
+    bad = rewrite(saved, tmp_path / "bad.ticket", manifest=lambda m: m.update(pairs=["not an object"]))
+    with pytest.raises(TicketFormatError):
+        Ticket.load(bad)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: Ticket.load reads the path with read_bytes() outside any handler: a directory raises "
+    "IsADirectoryError instead of TicketFormatError",
+)
+def test_a_directory_is_refused_as_a_format_error(tmp_path: Path) -> None:
+    with pytest.raises(TicketFormatError):
+        Ticket.load(tmp_path)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: PairLayout.source_params() sums np.prod over int64, which wraps around for absurd shapes "
+    "(here to a negative count), so the MAX_SOURCE_PARAMS guard of Ticket.load (and the builder) is bypassed",
+)
+def test_source_params_counts_absurd_layouts_exactly() -> None:
+    layout = PairLayout(pair=0, construction="input_blocks", kind="linear", d_out=1, d_in=10**9, n=12,
+                        has_bias=True, scales={"U": 1.0, "V": 1.0, "beta": 1.0})
+    hidden = (10**9 + 1) * 12
+    assert layout.source_params() == hidden * 10**9 + hidden + hidden
