@@ -176,7 +176,7 @@ def build(
     seed: Annotated[int, typer.Option(help="seed of the random source")] = 0,
     solver: Annotated[str, typer.Option(help="subset-sum backend: auto, mitm, gurobi, cpsat, cbc")] = "auto",
     input_domain: Annotated[str | None, typer.Option(help="box of the model input, LO,HI (e.g. 0,1); LO >= 0 lets the first layer use construction O")] = None,
-    resample: Annotated[int, typer.Option(help="extra draws for weights above --tolerance (IteRand)")] = 16,
+    resample: Annotated[int, typer.Option(help="extra draws for weights above --tolerance (IteRand)")] = 32,
     tolerance: Annotated[float, typer.Option(help="weights with a larger error are redrawn")] = 1e-7,
     arch: Annotated[str | None, typer.Option(help="built-in architecture of a state_dict (lenet5, mlp); inferred by default")] = None,
     out: Annotated[Path | None, typer.Option("-o", "--out", help="ticket file (default MODEL.nN.ticket)")] = None,
@@ -271,7 +271,7 @@ def demo(
     n: Annotated[int, typer.Option(help="random hidden units per block")] = 20,
     workdir: Annotated[Path, typer.Option(help="where lenet5.pt, the ticket and the report go")] = Path("runs/demo"),
     retrain: Annotated[bool, typer.Option(help="train LeNet5 again even if workdir/lenet5.pt exists")] = False,
-    resample: Annotated[int, typer.Option(help="extra draws for weights above the tolerance")] = 16,
+    resample: Annotated[int, typer.Option(help="extra draws for weights above the tolerance")] = 32,
 ) -> None:
     """Train LeNet5 on the bundled digits (or reuse it), build its ticket at n, verify, print the report."""
 

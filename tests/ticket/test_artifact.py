@@ -32,14 +32,34 @@ from ticketsolver.ticket import artifact
 TICKETS = ["mlp_ticket", "cnn_ticket"]
 
 
+@pytest.fixture(scope="module")
+def _files() -> dict[str, Path]:
+    return {}
+
+
+def _saved_once(name: str, request: pytest.FixtureRequest, files: dict[str, Path]) -> Path:
+    # saving costs ~0.1 s per mask blob (LZMA preset 9), so each session ticket is written once per module
+    if name not in files:
+        ticket = request.getfixturevalue(name)
+        files[name] = ticket.save(request.getfixturevalue("tmp_path_factory").mktemp(name) / "t.ticket")
+    return files[name]
+
+
 @pytest.fixture(params=TICKETS)
 def ticket(request: pytest.FixtureRequest) -> Ticket:
     return request.getfixturevalue(request.param)
 
 
 @pytest.fixture
-def saved(mlp_ticket: Ticket, tmp_path: Path) -> Path:
-    return mlp_ticket.save(tmp_path / "mlp.ticket")
+def ticket_file(ticket: Ticket, request: pytest.FixtureRequest, _files: dict[str, Path]) -> Path:
+    """The file of `ticket` (read-only: tests write edited copies elsewhere)."""
+    return _saved_once(request.node.callspec.params["ticket"], request, _files)
+
+
+@pytest.fixture
+def saved(request: pytest.FixtureRequest, _files: dict[str, Path]) -> Path:
+    """The MLP's ticket file (read-only: tests write edited copies elsewhere)."""
+    return _saved_once("mlp_ticket", request, _files)
 
 
 def rewrite(path: Path, out: Path, manifest: Callable[[dict[str, Any]], None] | None = None,
@@ -67,8 +87,8 @@ def blob_span(path: Path, name: str) -> tuple[int, int]:
 # -- round trip ----------------------------------------------------------------------------------------------------
 
 
-def test_save_then_load_gives_identical_masks_draws_and_layouts(ticket: Ticket, tmp_path: Path) -> None:
-    loaded = Ticket.load(ticket.save(tmp_path / "t.ticket"))
+def test_save_then_load_gives_identical_masks_draws_and_layouts(ticket: Ticket, ticket_file: Path) -> None:
+    loaded = Ticket.load(ticket_file)
     assert (loaded.seed, loaded.input_shape, loaded.input_domain) == (ticket.seed, ticket.input_shape, ticket.input_domain)
     assert loaded.steps == ticket.steps
     assert loaded.layouts == ticket.layouts
@@ -83,9 +103,9 @@ def test_save_then_load_gives_identical_masks_draws_and_layouts(ticket: Ticket, 
     assert loaded.kept_hash() == ticket.kept_hash()
 
 
-def test_save_then_load_regenerates_identical_network_tensors(ticket: Ticket, tmp_path: Path) -> None:
+def test_save_then_load_regenerates_identical_network_tensors(ticket: Ticket, ticket_file: Path) -> None:
     before = ticket.to_module().state_dict()
-    after = Ticket.load(ticket.save(tmp_path / "t.ticket")).to_module().state_dict()
+    after = Ticket.load(ticket_file).to_module().state_dict()
     assert before.keys() == after.keys()
     for key in before:
         assert before[key].dtype == torch.float32 and torch.equal(before[key], after[key]), key
@@ -137,9 +157,9 @@ def candidate_positions(layout: PairLayout, tensors: dict[str, np.ndarray]) -> d
     return out
 
 
-def test_masks_and_draws_decode_as_the_manifest_documents(ticket: Ticket, tmp_path: Path) -> None:
+def test_masks_and_draws_decode_as_the_manifest_documents(ticket: Ticket, ticket_file: Path) -> None:
     """Mask bits at the candidate positions only, numpy.packbits, LZMA; draws: LZMA-compressed uint8."""
-    path = ticket.save(tmp_path / "t.ticket")
+    path = ticket_file
     arrays = load_file(str(path))
     with safe_open(str(path), "np") as f:
         encoding = json.loads(f.metadata()["manifest"])["mask_encoding"]

@@ -50,9 +50,9 @@ class BuildConfig:
     seed: int = 0  # keys every random tensor (with pair, tensor and draw)
     solver: str = "auto"  # subset-sum backend (see ticketsolver.solvers)
     input_domain: tuple[float, float] | None = None  # box of the model's inputs; lo >= 0 allows O first
-    resample: int = 16  # extra draws for units whose error exceeds `tolerance` (IteRand); 0 = one draw
+    resample: int = 32  # extra draws for units whose error exceeds `tolerance` (IteRand); 0 = one draw
     tolerance: float = 1e-7  # a unit is redrawn while its error exceeds this
-    scale_margin: float = 2.0  # expected reach of a block's subset sums, in units of the layer's max |w|
+    scale_margin: float = 1.5  # expected reach of a block's subset sums, in units of the layer's max |w|
     construction: Literal["auto", "output_blocks", "input_blocks"] = "auto"  # force one where valid
 
     def __post_init__(self) -> None:

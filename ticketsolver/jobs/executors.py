@@ -22,6 +22,7 @@ import math
 import multiprocessing
 import os
 import tempfile
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
@@ -93,20 +94,23 @@ class LocalExecutor:
         """Drop a broken pool (a worker died); the next submit starts a fresh one."""
         self.shutdown()
 
-    def shutdown(self) -> None:
-        """Stop now: queued items are dropped and running workers terminated (the store still says
-        running; the next start re-queues those items, which resume from their finished layers)."""
+    def shutdown(self, grace: float = 2.0) -> None:
+        """Stop within ``grace`` seconds: queued items are dropped, idle workers exit, busy ones are
+        terminated (the store still says running; the next start re-queues those items, which resume from
+        their finished layers)."""
         pool, self._pool = self._pool, None
         if pool is None:
             return
         # Python >= 3.14 has terminate_workers(); before that the processes are only reachable here.
         processes = list(getattr(pool, "_processes", {}).values())
-        pool.shutdown(wait=False, cancel_futures=True)
+        pool.shutdown(wait=False, cancel_futures=True)  # idle workers exit by themselves
+        deadline = time.monotonic() + grace
         for process in processes:
-            if process.is_alive():
+            process.join(timeout=max(0.0, deadline - time.monotonic()))
+        for process in processes:
+            if process.is_alive():  # busy with an item: it resumes after the next start
                 process.terminate()
-        for process in processes:
-            process.join(timeout=5)
+                process.join(timeout=5)
 
 
 class RayExecutor(LocalExecutor):
