@@ -1,8 +1,8 @@
 """Solver benchmark: every backend on the same seeded problems, then the paper workloads.
 
-    python benchmarks/solvers.py                 # full run (MIP backends take minutes at n >= 21)
-    python benchmarks/solvers.py --quick         # smoke run
-    python benchmarks/solvers.py --backends mitm,cpsat --json out.json
+python benchmarks/solvers.py                 # full run (MIP backends take minutes at n >= 21)
+python benchmarks/solvers.py --quick         # smoke run
+python benchmarks/solvers.py --backends mitm,cpsat --json out.json
 """
 
 from __future__ import annotations

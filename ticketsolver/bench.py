@@ -52,7 +52,9 @@ class Row:
     note: str = ""
 
 
-def _time_mip(name: str, coeffs: np.ndarray, targets: np.ndarray, time_limit: float) -> tuple[list[float], np.ndarray, str]:
+def _time_mip(
+    name: str, coeffs: np.ndarray, targets: np.ndarray, time_limit: float
+) -> tuple[list[float], np.ndarray, str]:
     options: dict[str, Any] = {"time_limit": time_limit}
     if name == "gurobi":
         options["fallback"] = False  # time Gurobi itself
@@ -84,7 +86,7 @@ def run_solver_benchmark(
     from rich.console import Console
     from rich.table import Table
 
-    console = console or Console()
+    console = console or Console(width=170)
     if quick:
         sizes, mip_problems, exact_problems, mip_time_limit = (16,), 2, 2_000, 10.0
     exact = get_solver("mitm")
@@ -103,24 +105,42 @@ def run_solver_benchmark(
                 try:
                     secs, errors, note = _time_mip(name, coeffs[:mip_problems], targets[:mip_problems], mip_time_limit)
                 except Exception as exc:  # a backend that cannot run is reported, not fatal
-                    rows.append(Row(family, n, name, 0, float("nan"), float("nan"), float("nan"), float("nan"), str(exc)[:60]))
+                    rows.append(
+                        Row(family, n, name, 0, float("nan"), float("nan"), float("nan"), float("nan"), str(exc)[:60])
+                    )
                     continue
                 at_opt = float(np.mean(errors <= ref.errors[:mip_problems] + 1e-12))
                 med = float(np.median(secs))
                 rows.append(Row(family, n, name, len(secs), med, 1 / med, at_opt, float(errors.max()), note))
             console.print(f"[dim]done: {family}, n={n}[/dim]")
     table = Table(title="subset-sum backends on the same seeded problems (1 thread per MIP; mitm on all cores)")
-    for col in ("family", "n", "backend", "problems", "median s/problem", "problems/s", "x faster than gurobi",
-                "at optimum", "max error", "note"):
+    for col in (
+        "family",
+        "n",
+        "backend",
+        "problems",
+        "median s/problem",
+        "problems/s",
+        "x faster than gurobi",
+        "at optimum",
+        "max error",
+        "note",
+    ):
         table.add_column(col, justify="right")
     gurobi = {(r.family, r.n): r.median_s for r in rows if r.backend == "gurobi" and r.problems}
     for r in rows:
         ratio = gurobi.get((r.family, r.n))
         table.add_row(
-            r.family, str(r.n), r.backend, str(r.problems), f"{r.median_s:.3g}", f"{r.per_s:,.0f}",
+            r.family,
+            str(r.n),
+            r.backend,
+            str(r.problems),
+            f"{r.median_s:.3g}",
+            f"{r.per_s:,.0f}",
             f"{ratio / r.median_s:,.0f}" if ratio and r.median_s == r.median_s else "-",
             f"{r.optimal_share:.0%}" if r.optimal_share == r.optimal_share else "-",
-            f"{r.max_error:.2e}" if r.max_error == r.max_error else "-", r.note,
+            f"{r.max_error:.2e}" if r.max_error == r.max_error else "-",
+            r.note,
         )
     console.print(table)
     result: dict[str, Any] = {"rows": [r.__dict__ for r in rows]}
@@ -146,15 +166,32 @@ def run_paper_workloads(console: Any, seed: int = 0) -> list[dict[str, Any]]:
         sample = rng.choice(batch, size=min(batch, 500), replace=False)
         other = check.solve(coeffs[sample], targets[sample])
         agree = bool(np.array_equal(other.errors, sol.errors[sample]))
-        out.append({"workload": name, "problems": batch, "n": n, "seconds": seconds, "per_s": batch / seconds,
-                    "max_error": sol.max_error, "mean_error": float(sol.errors.mean()),
-                    "sample_checked": int(sample.size), "sample_agrees": agree})
+        out.append(
+            {
+                "workload": name,
+                "problems": batch,
+                "n": n,
+                "seconds": seconds,
+                "per_s": batch / seconds,
+                "max_error": sol.max_error,
+                "mean_error": float(sol.errors.mean()),
+                "sample_checked": int(sample.size),
+                "sample_agrees": agree,
+            }
+        )
     table = Table(title="paper workloads, exact engine (numba, all cores)")
     for col in ("workload", "problems", "n", "seconds", "problems/s", "max error", "mean error", "cross-check"):
         table.add_column(col, justify="right")
     for r in out:
-        table.add_row(r["workload"], f"{r['problems']:,}", str(r["n"]), f"{r['seconds']:.2f}", f"{r['per_s']:,.0f}",
-                      f"{r['max_error']:.2e}", f"{r['mean_error']:.2e}",
-                      f"{r['sample_checked']} vs torch engine: {'equal' if r['sample_agrees'] else 'DIFFER'}")
+        table.add_row(
+            r["workload"],
+            f"{r['problems']:,}",
+            str(r["n"]),
+            f"{r['seconds']:.2f}",
+            f"{r['per_s']:,.0f}",
+            f"{r['max_error']:.2e}",
+            f"{r['mean_error']:.2e}",
+            f"{r['sample_checked']} vs torch engine: {'equal' if r['sample_agrees'] else 'DIFFER'}",
+        )
     console.print(table)
     return out

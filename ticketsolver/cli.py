@@ -29,7 +29,9 @@ app = typer.Typer(
 console = Console()
 err_console = Console(stderr=True)
 
-DATA_HELP = "evaluation data: 'digits' (28x28, in [0,1]), 'digits-flat', 'wine', or an .npz/.safetensors file with x (and y)"
+DATA_HELP = (
+    "evaluation data: 'digits' (28x28, in [0,1]), 'digits-flat', 'wine', or an .npz/.safetensors file with x (and y)"
+)
 
 
 def _parse_domain(text: str | None) -> tuple[float, float] | None:
@@ -65,7 +67,9 @@ def _load_data(spec: str | None) -> Any:
 
         arrays = load_file(str(path))
         x, y = arrays["x"], arrays.get("y")
-    return torch.from_numpy(np.asarray(x, dtype=np.float32)), None if y is None else torch.from_numpy(np.asarray(y)).long()
+    return torch.from_numpy(np.asarray(x, dtype=np.float32)), None if y is None else torch.from_numpy(
+        np.asarray(y)
+    ).long()
 
 
 @contextmanager
@@ -146,8 +150,14 @@ def _build_and_verify(
     t0 = time.perf_counter()
     with _layer_progress(_layer_names(target)) as progress:
         ticket = build_ticket(
-            target, n, seed=seed, solver=solver, input_domain=input_domain, resample=resample,
-            tolerance=tolerance, progress=progress,
+            target,
+            n,
+            seed=seed,
+            solver=solver,
+            input_domain=input_domain,
+            resample=resample,
+            tolerance=tolerance,
+            progress=progress,
         )
     build_seconds = time.perf_counter() - t0
     out = out or model.with_suffix(f".n{n}.ticket")
@@ -171,22 +181,32 @@ def _build_and_verify(
 
 @app.command()
 def build(
-    model: Annotated[Path, typer.Argument(help="checkpoint: state_dict (.pt/.pth/.safetensors) or torch.export program (.pt2)")],
+    model: Annotated[
+        Path, typer.Argument(help="checkpoint: state_dict (.pt/.pth/.safetensors) or torch.export program (.pt2)")
+    ],
     n: Annotated[int, typer.Option(help="random hidden units per block (candidate coefficients per weight)")] = 20,
     seed: Annotated[int, typer.Option(help="seed of the random source")] = 0,
     solver: Annotated[str, typer.Option(help="subset-sum backend: auto, mitm, gurobi, cpsat, cbc")] = "auto",
-    input_domain: Annotated[str | None, typer.Option(help="box of the model input, LO,HI (e.g. 0,1); LO >= 0 lets the first layer use construction O")] = None,
+    input_domain: Annotated[
+        str | None,
+        typer.Option(help="box of the model input, LO,HI (e.g. 0,1); LO >= 0 lets the first layer use construction O"),
+    ] = None,
     resample: Annotated[int, typer.Option(help="extra draws for weights above --tolerance (IteRand)")] = 32,
     tolerance: Annotated[float, typer.Option(help="weights with a larger error are redrawn")] = 1e-7,
-    arch: Annotated[str | None, typer.Option(help="built-in architecture of a state_dict (lenet5, mlp); inferred by default")] = None,
+    arch: Annotated[
+        str | None, typer.Option(help="built-in architecture of a state_dict (lenet5, mlp); inferred by default")
+    ] = None,
     out: Annotated[Path | None, typer.Option("-o", "--out", help="ticket file (default MODEL.nN.ticket)")] = None,
     data: Annotated[str | None, typer.Option(help=DATA_HELP)] = None,
     verify: Annotated[bool, typer.Option("--verify/--no-verify", help="verify the ticket after building")] = True,
     report: Annotated[Path | None, typer.Option(help="JSON report path (default TICKET.report.json)")] = None,
 ) -> None:
     """Build the ticket of a trained network, save it, verify it and print the report."""
-    _run(lambda: _build_and_verify(model, n, seed, solver, _parse_domain(input_domain), resample, tolerance,
-                                   arch, out, data, verify, report))
+    _run(
+        lambda: _build_and_verify(
+            model, n, seed, solver, _parse_domain(input_domain), resample, tolerance, arch, out, data, verify, report
+        )
+    )
 
 
 @app.command("verify")
@@ -267,6 +287,26 @@ def bench(
 
 
 @app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="interface to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port")] = 8000,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="job store, uploads and tickets (default from TICKETSOLVER_DATA_DIR)")
+    ] = None,
+    executor: Annotated[str | None, typer.Option(help="local (process pool) or ray (TICKETSOLVER_RAY_ADDRESS)")] = None,
+) -> None:
+    """Run the batch-job service: POST /approximate, job status, ticket and report downloads (FastAPI)."""
+    try:
+        from api.server import run
+    except ImportError as exc:
+        err_console.print(f"[red]error:[/red] the service needs the api extra: pip install 'ticketsolver[api]' ({exc})")
+        raise typer.Exit(1) from None
+    if executor is not None and executor not in ("local", "ray"):
+        raise typer.BadParameter("--executor must be local or ray")
+    _run(lambda: run(host=host, port=port, data_dir=data_dir, executor=executor))
+
+
+@app.command()
 def demo(
     n: Annotated[int, typer.Option(help="random hidden units per block")] = 20,
     workdir: Annotated[Path, typer.Option(help="where lenet5.pt, the ticket and the report go")] = Path("runs/demo"),
@@ -293,8 +333,20 @@ def demo(
             torch.save(model.state_dict(), checkpoint)
         else:
             console.print(f"reusing {checkpoint} (--retrain to train again)")
-        _build_and_verify(checkpoint, n, 0, "auto", (0.0, 1.0), resample, 1e-7, None,
-                          workdir / f"lenet5.n{n}.ticket", "digits", True, None)
+        _build_and_verify(
+            checkpoint,
+            n,
+            0,
+            "auto",
+            (0.0, 1.0),
+            resample,
+            1e-7,
+            None,
+            workdir / f"lenet5.n{n}.ticket",
+            "digits",
+            True,
+            None,
+        )
 
     _run(run)
 

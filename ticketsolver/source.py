@@ -50,9 +50,7 @@ class RandomSource:
         word = pair * 2**32 + TENSOR_IDS[tensor] * 2**16 + draw
         return np.array([int(self.seed), word], dtype=np.uint64)
 
-    def tensor(
-        self, pair: int, tensor: str, shape: tuple[int, ...], scale: float, draw: int = 0
-    ) -> np.ndarray:
+    def tensor(self, pair: int, tensor: str, shape: tuple[int, ...], scale: float, draw: int = 0) -> np.ndarray:
         """The float32 tensor ``tensor`` of pair ``pair`` at draw ``draw``, uniform on [-scale, scale)."""
         if not np.isfinite(scale) or scale <= 0:
             raise ValueError(f"scale must be positive and finite, got {scale}")

@@ -38,9 +38,7 @@ def solve_input_blocks(
     u_full = layout.tensor(source, "U")
     cols = np.arange(d_in)
     u_diag = u_full.reshape(d_in + int(layout.has_bias), n, d_in)[cols, :, cols].astype(np.float64)  # (d_in, n)
-    beta_bias = (
-        layout.tensor(source, "beta").reshape(blocks, n)[d_in].astype(np.float64) if layout.has_bias else None
-    )
+    beta_bias = layout.tensor(source, "beta").reshape(blocks, n)[d_in].astype(np.float64) if layout.has_bias else None
     draw_cache: dict[int, np.ndarray] = {}
 
     def v_blocks(draw: int) -> np.ndarray:

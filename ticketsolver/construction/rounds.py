@@ -97,7 +97,11 @@ def solve_with_resampling(
         usable=usable.sum(2),
     )
     flat_masks, flat_errors = _solve_chunked(
-        solver, coeffs.reshape(-1, n), usable.reshape(-1, n), targets.reshape(-1), result,
+        solver,
+        coeffs.reshape(-1, n),
+        usable.reshape(-1, n),
+        targets.reshape(-1),
+        result,
         lambda done, total: report(0, done, total),
     )
     result.masks[:] = flat_masks.reshape(n_units, n_problems, n)
@@ -108,7 +112,11 @@ def solve_with_resampling(
             break
         coeffs, usable, targets = make_problems(redo, draw)
         flat_masks, flat_errors = _solve_chunked(
-            solver, coeffs.reshape(-1, n), usable.reshape(-1, n), targets.reshape(-1), result,
+            solver,
+            coeffs.reshape(-1, n),
+            usable.reshape(-1, n),
+            targets.reshape(-1),
+            result,
             lambda done, total, draw=draw: report(draw, done, total),
         )
         errors = flat_errors.reshape(redo.size, n_problems).max(1)

@@ -64,13 +64,19 @@ def module_from_step(step: dict[str, Any]) -> nn.Module:
             return nn.ReLU()
         if op == "maxpool2d":
             return nn.MaxPool2d(
-                tuple(step["kernel_size"]), tuple(step["stride"]), tuple(step["padding"]), tuple(step["dilation"]),
+                tuple(step["kernel_size"]),
+                tuple(step["stride"]),
+                tuple(step["padding"]),
+                tuple(step["dilation"]),
                 ceil_mode=bool(step["ceil_mode"]),
             )
         if op == "avgpool2d":
             return nn.AvgPool2d(
-                tuple(step["kernel_size"]), tuple(step["stride"]), tuple(step["padding"]),
-                ceil_mode=bool(step["ceil_mode"]), count_include_pad=bool(step["count_include_pad"]),
+                tuple(step["kernel_size"]),
+                tuple(step["stride"]),
+                tuple(step["padding"]),
+                ceil_mode=bool(step["ceil_mode"]),
+                count_include_pad=bool(step["count_include_pad"]),
             )
         if op == "flatten":
             return nn.Flatten(int(step["start_dim"]), int(step["end_dim"]))

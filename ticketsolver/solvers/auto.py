@@ -44,8 +44,11 @@ class AutoSolver(Solver):
         if large.any():
             from ticketsolver.solvers.gurobi import GurobiSolver
 
-            log.info("auto: %d problems exceed %d usable coefficients; solving them with the MIP chain",
-                     int(large.sum()), MAX_N)
+            log.info(
+                "auto: %d problems exceed %d usable coefficients; solving them with the MIP chain",
+                int(large.sum()),
+                MAX_N,
+            )
             mip = GurobiSolver(time_limit=self.mip_time_limit)
             sol = mip.solve(coeffs[large], targets[large], usable[large])
             masks[large], status[large], backends[large] = sol.masks, sol.status, sol.backends

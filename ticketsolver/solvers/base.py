@@ -84,9 +84,7 @@ class Solutions:
         return float(self.errors.max()) if len(self) else 0.0
 
 
-def validate_batch(
-    coeffs: Any, targets: Any, usable: Any | None = None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def validate_batch(coeffs: Any, targets: Any, usable: Any | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Check and normalise a batch; returns C-contiguous float64 coeffs/targets and a bool usable mask.
 
     Raises:

@@ -255,8 +255,9 @@ class Ticket:
                 allowed = layout.candidates(sources[k])
                 pair_masks = {}
                 for name in layout.shapes():
-                    bits = _unpack(tensors[f"pair{k}.{name}.mask"], (int(allowed[name].sum()),), True,
-                                   f"pair {k} mask {name}")
+                    bits = _unpack(
+                        tensors[f"pair{k}.{name}.mask"], (int(allowed[name].sum()),), True, f"pair {k} mask {name}"
+                    )
                     mask = np.zeros(allowed[name].shape, dtype=bool)
                     mask[allowed[name]] = bits
                     pair_masks[name] = mask

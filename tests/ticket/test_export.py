@@ -1,0 +1,161 @@
+"""Exports: ONNX that onnxruntime runs without ticketsolver, and a pruned safetensors state_dict.
+
+References: ``ticket.to_module()`` (the network the export must equal), the ticket's own source tensors and
+masks, and a separate Python process that imports only onnxruntime, safetensors and NumPy.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.numpy import load_file
+
+from ticketsolver.construction.pair import PrunedPair
+from ticketsolver.ticket import EXPORT_FORMATS, Ticket, export_onnx, export_safetensors, export_ticket
+from ticketsolver.ticket.export import check_pruned_equals_source_times_mask
+
+
+@pytest.fixture(scope="module")
+def onnx_file(cnn_ticket: Ticket, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The CNN ticket as ONNX (conv with stride and padding, dilated conv, ReLU, AvgPool, Flatten, Linear)."""
+    return export_onnx(cnn_ticket, tmp_path_factory.mktemp("onnx") / "cnn.onnx")
+
+
+@pytest.fixture(scope="module")
+def safetensors_file(cnn_ticket: Ticket, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return export_safetensors(cnn_ticket, tmp_path_factory.mktemp("safetensors") / "cnn.safetensors")
+
+
+def reference_outputs(ticket: Ticket, x: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return ticket.to_module()(torch.from_numpy(x)).numpy()
+
+
+def run_standalone(script: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """Run ``script`` in a fresh interpreter that must not import ticketsolver or torch."""
+    guard = "\nimport sys\nassert 'ticketsolver' not in sys.modules and 'torch' not in sys.modules, 'imported'\n"
+    path = tmp_path / "standalone.py"
+    path.write_text(textwrap.dedent(script) + guard)
+    return subprocess.run([sys.executable, str(path)], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+
+
+# -- ONNX --------------------------------------------------------------------------------------------------------------
+
+
+def test_onnx_has_named_input_and_output_with_a_dynamic_batch(onnx_file: Path, cnn_ticket: Ticket) -> None:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    (inp,), (out,) = session.get_inputs(), session.get_outputs()
+    assert (inp.name, out.name) == ("input", "output")
+    assert inp.type == "tensor(float)"
+    assert not isinstance(inp.shape[0], int) and list(inp.shape[1:]) == list(cnn_ticket.input_shape)
+
+
+@pytest.mark.parametrize("batch", [1, 7])
+def test_onnx_output_equals_the_ticket_network(onnx_file: Path, cnn_ticket: Ticket, batch: int) -> None:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(batch).standard_normal((batch, *cnn_ticket.input_shape)).astype(np.float32)
+    (got,) = session.run(["output"], {"input": x})
+    expected = reference_outputs(cnn_ticket, x)
+    assert got.shape == expected.shape == (batch, 3)
+    assert np.abs(got - expected).max() <= 1e-5 * np.abs(expected).max()
+
+
+def test_onnx_runs_with_onnxruntime_and_numpy_alone(onnx_file: Path, cnn_ticket: Ticket, tmp_path: Path) -> None:
+    x = np.random.default_rng(0).random((5, *cnn_ticket.input_shape), dtype=np.float32)
+    np.save(tmp_path / "x.npy", x)
+    result = run_standalone(
+        f"""
+        import numpy as np
+        import onnxruntime as ort
+        session = ort.InferenceSession({str(onnx_file)!r}, providers=["CPUExecutionProvider"])
+        np.save("y.npy", session.run(["output"], {{"input": np.load("x.npy")}})[0])
+        """,
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    expected = reference_outputs(cnn_ticket, x)
+    assert np.abs(np.load(tmp_path / "y.npy") - expected).max() <= 1e-5 * np.abs(expected).max()
+
+
+# -- safetensors -------------------------------------------------------------------------------------------------------
+
+
+def test_safetensors_names_follow_the_documented_scheme(safetensors_file: Path, cnn_ticket: Ticket) -> None:
+    tensors = load_file(str(safetensors_file))
+    pruned = {key for key in tensors if not key.endswith((".source", ".mask"))}
+    assert pruned == set(cnn_ticket.to_module().state_dict())  # {step}.{first|second}.{weight|bias}
+    assert set(tensors) == {f"{key}{suffix}" for key in pruned for suffix in ("", ".source", ".mask")}
+    steps = [i for i, step in enumerate(cnn_ticket.steps) if step["op"] == "pair"]
+    assert {key.split(".")[0] for key in pruned} == {str(s) for s in steps}
+
+
+def test_every_pruned_tensor_is_its_source_times_its_mask(safetensors_file: Path, cnn_ticket: Ticket) -> None:
+    tensors = load_file(str(safetensors_file))
+    steps = [i for i, step in enumerate(cnn_ticket.steps) if step["op"] == "pair"]
+    for k, step in enumerate(steps):
+        source = cnn_ticket.source_tensors(k)
+        for key, name in ((f"{step}.first.weight", "U"), (f"{step}.first.bias", "beta"), (f"{step}.second.weight", "V")):
+            mask = tensors[f"{key}.mask"]
+            assert mask.dtype == np.bool_ and tensors[key].dtype == tensors[f"{key}.source"].dtype == np.float32
+            assert np.array_equal(tensors[f"{key}.source"].ravel(), source[name].ravel())
+            assert np.array_equal(mask.ravel(), cnn_ticket.masks[k][name].ravel())
+            assert np.array_equal(tensors[key], tensors[f"{key}.source"] * mask)
+    assert check_pruned_equals_source_times_mask(safetensors_file)
+
+
+def test_safetensors_metadata_identifies_the_ticket(safetensors_file: Path, cnn_ticket: Ticket) -> None:
+    with safe_open(str(safetensors_file), "np") as f:
+        meta = f.metadata()
+    assert meta["format"] == "ticketsolver.pruned-network"
+    assert meta["kept_values_sha256"] == cnn_ticket.kept_hash()
+    assert json.loads(meta["steps"]) == cnn_ticket.steps
+    assert json.loads(meta["input_shape"]) == list(cnn_ticket.input_shape)
+
+
+def test_pruned_tensors_load_into_the_network_and_reproduce_its_outputs(
+    safetensors_file: Path, cnn_ticket: Ticket
+) -> None:
+    tensors = {k: torch.from_numpy(v) for k, v in load_file(str(safetensors_file)).items()}
+    pruned = {k: v for k, v in tensors.items() if not k.endswith((".source", ".mask"))}
+    network = cnn_ticket.to_module()
+    with torch.no_grad():
+        for parameter in network.parameters():
+            parameter.zero_()
+    network.load_state_dict(pruned, strict=True)
+    x = torch.randn(4, *cnn_ticket.input_shape)
+    assert torch.equal(network(x), cnn_ticket.to_module()(x))
+    assert sum(isinstance(m, PrunedPair) for m in network) == len(cnn_ticket.layouts)
+
+
+def test_safetensors_export_is_checkable_with_numpy_alone(safetensors_file: Path, tmp_path: Path) -> None:
+    result = run_standalone(
+        f"""
+        import numpy as np
+        from safetensors.numpy import load_file
+        tensors = load_file({str(safetensors_file)!r})
+        keys = [k for k in tensors if not k.endswith((".source", ".mask"))]
+        assert keys and all(np.array_equal(tensors[k], tensors[k + ".source"] * tensors[k + ".mask"]) for k in keys)
+        """,
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_export_ticket_dispatches_by_format_and_refuses_unknown_ones(mlp_ticket: Ticket, tmp_path: Path) -> None:
+    assert EXPORT_FORMATS == ("onnx", "safetensors")
+    path = export_ticket(mlp_ticket, tmp_path / "mlp.safetensors", "safetensors")
+    assert check_pruned_equals_source_times_mask(path)
+    with pytest.raises(ValueError, match="unknown export format 'bogus'.*onnx, safetensors"):
+        export_ticket(mlp_ticket, tmp_path / "x", "bogus")
