@@ -7,6 +7,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from ticketsolver import BuildConfig
+from ticketsolver.construction.rounds import MAX_RESAMPLE
 from ticketsolver.jobs import JobSpec
 from ticketsolver.solvers import available_solvers
 
@@ -19,12 +21,12 @@ class JobCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    n: int | list[int] = Field(20, description="random hidden units per block; a list makes a sweep")
-    seed: int = Field(0, ge=0, lt=2**63)
-    solver: str = Field("auto", description="subset-sum backend: " + ", ".join(available_solvers()))
+    n: int | list[int] = Field(BuildConfig.n, description="random hidden units per block; a list makes a sweep")
+    seed: int = Field(BuildConfig.seed, ge=0, lt=2**63)
+    solver: str = Field(BuildConfig.solver, description="subset-sum backend: " + ", ".join(available_solvers()))
     input_domain: Box | None = Field(None, description="box [lo, hi] of the inputs; lo >= 0 allows construction O")
-    resample: int = Field(16, ge=0, le=255)
-    tolerance: float = Field(1e-6, ge=0, allow_inf_nan=False)
+    resample: int = Field(BuildConfig.resample, ge=0, le=MAX_RESAMPLE, description="IteRand redraw rounds")
+    tolerance: float = Field(BuildConfig.tolerance, ge=0, allow_inf_nan=False, description="redraw above this error")
     arch: Literal["lenet5", "mlp", "export"] | None = None
     verify: bool = True
     verify_box: Box | None = Field(None, description="verification box; default input_domain, else [-1, 1]")

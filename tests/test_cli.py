@@ -152,7 +152,7 @@ def test_module_entry_point_runs_as_a_real_process() -> None:
         assert command in done.stdout
 
 
-# -- failures: a message and a non-zero exit, never a traceback ----------------------------------------------------------
+# -- failures: a message and a non-zero exit, never a traceback -------------------------------------------------------
 
 
 def test_missing_checkpoint(workdir: Path) -> None:
@@ -186,11 +186,14 @@ def test_mismatched_arch(checkpoint: Path, tmp_path: Path) -> None:
     assert_fails_cleanly(result, "mismatched --arch lenet5")
 
 
-@pytest.mark.parametrize(("option", "value", "message"), [
-    ("--n", 0, "n must be an integer in [1, 64], got 0"),
-    ("--resample", -1, "resample must be an integer in [0, 255], got -1"),
-    ("--input-domain", "1,0", "input_domain must be finite with lo < hi"),
-])
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--n", 0, "n must be an integer in [1, 64], got 0"),
+        ("--resample", -1, "resample must be an integer in [0, 255], got -1"),
+        ("--input-domain", "1,0", "input_domain must be finite with lo < hi"),
+    ],
+)
 def test_bad_build_parameters(checkpoint: Path, tmp_path: Path, option: str, value: object, message: str) -> None:
     result = invoke("build", checkpoint, option, value, "--no-verify", "-o", tmp_path / "t.ticket")
     assert_fails_cleanly(result, message)
@@ -237,8 +240,9 @@ def test_ticket_verified_against_another_network(built: tuple[Result, Path], tmp
     "(SafetensorError), a directory given as the ticket (IsADirectoryError), -o in a missing directory "
     "(SafetensorError/OSError)",
 )
-@pytest.mark.parametrize("case", ["npz-without-x", "data-not-npz-or-safetensors", "ticket-is-a-directory",
-                                  "output-directory-missing"])
+@pytest.mark.parametrize(
+    "case", ["npz-without-x", "data-not-npz-or-safetensors", "ticket-is-a-directory", "output-directory-missing"]
+)
 def test_bad_files_are_reported_without_a_traceback(
     case: str, built: tuple[Result, Path], checkpoint: Path, tmp_path: Path
 ) -> None:
@@ -251,6 +255,7 @@ def test_bad_files_are_reported_without_a_traceback(
     elif case == "ticket-is-a-directory":
         result = invoke("inspect", tmp_path)
     else:
-        result = invoke("build", checkpoint, "--n", 4, "--resample", 0, "--no-verify", "-o", tmp_path / "no" / "t.ticket")
+        out = tmp_path / "missing-directory" / "t.ticket"
+        result = invoke("build", checkpoint, "--n", 4, "--resample", 0, "--no-verify", "-o", out)
     assert result.exit_code != 0
     assert isinstance(result.exception, SystemExit), repr(result.exception)

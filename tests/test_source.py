@@ -184,11 +184,15 @@ def test_values_follow_from_the_philox_algorithm_itself() -> None:
 def test_frozen_bit_patterns() -> None:
     """Values recorded once: a NumPy or platform change that altered them would break every saved ticket."""
     cases = [
-        (RandomSource(12345).tensor(3, "V", (2, 3), 0.25, draw=7),
-         [0xBE62A084, 0xB9A5BE1E, 0x3DC67F54, 0xBC1C056B, 0xBDA57EE8, 0x3D481C5B]),
+        (
+            RandomSource(12345).tensor(3, "V", (2, 3), 0.25, draw=7),
+            [0xBE62A084, 0xB9A5BE1E, 0x3DC67F54, 0xBC1C056B, 0xBDA57EE8, 0x3D481C5B],
+        ),
         (RandomSource(12345).tensor(0, "U", (4,), 1.0), [0x3E95E4B0, 0x3F0C6CCD, 0x3F12A7C6, 0xBF2E4958]),
-        (RandomSource(2**64 - 1).tensor(2**32 - 1, "beta", (3,), 2.0, draw=2**16 - 1),
-         [0x3EFCDF46, 0xBFC62205, 0x3FA9CFD8]),
+        (
+            RandomSource(2**64 - 1).tensor(2**32 - 1, "beta", (3,), 2.0, draw=2**16 - 1),
+            [0x3EFCDF46, 0xBFC62205, 0x3FA9CFD8],
+        ),
     ]
     for values, bits in cases:
         assert values.ravel().view(np.uint32).tolist() == bits

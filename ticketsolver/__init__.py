@@ -6,7 +6,7 @@ verification -> jobs/service.
 
 >>> import ticketsolver as ts
 >>> # ticket = ts.build_ticket(ts.load_target("lenet5.pt"), n=20, input_domain=(0, 1))
->>> # report = ts.verify(target, ticket, data=(x, y))
+>>> # report = ts.verify(target, ticket, data=(x, y))   # or a ticketsolver.data.Dataset
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from ticketsolver.errors import (
 from ticketsolver.models import Target, load_target
 from ticketsolver.solvers import get_solver
 from ticketsolver.ticket import Ticket
+from ticketsolver.verification.against import verify
 
 __all__ = [
     "BuildConfig",
@@ -50,4 +51,5 @@ __all__ = [
     "build_ticket",
     "get_solver",
     "load_target",
+    "verify",
 ]

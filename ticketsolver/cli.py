@@ -269,7 +269,8 @@ def export(
 
         if fmt not in EXPORT_FORMATS:
             raise typer.BadParameter(f"--format must be one of {', '.join(EXPORT_FORMATS)}")
-        path = export_ticket(Ticket.load(ticket), out, fmt)
+        with _stage(f"exported {ticket} as {fmt}"):
+            path = export_ticket(Ticket.load(ticket), out, fmt)
         console.print(f"{fmt} -> {path} ({path.stat().st_size / 1024:.1f} KiB)")
 
     _run(run)

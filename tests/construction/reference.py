@@ -90,13 +90,14 @@ def optimal_errors(
     if layout.construction == "output_blocks":
         u = t64["U"].reshape(d_out, n, d_in)
         v = t64["V"].reshape(d_out, d_out, n)
-        for l, j in np.ndindex(d_out, d_in):
-            c = v[l, l] * u[l, :, j]
-            out[l, j] = closest_subset_sum(c[u[l, :, j] > 0], weight[l, j])
-        if layout.has_bias:
+        for row, j in np.ndindex(d_out, d_in):
+            c = v[row, row] * u[row, :, j]
+            out[row, j] = closest_subset_sum(c[u[row, :, j] > 0], weight[row, j])
+        if bias is not None:
             beta = t64["beta"].reshape(d_out, n)
-            for l in range(d_out):
-                out[l, d_in] = closest_subset_sum((v[l, l] * beta[l])[beta[l] > 0], bias[l])  # type: ignore[index]
+            for row in range(d_out):
+                c = v[row, row] * beta[row]
+                out[row, d_in] = closest_subset_sum(c[beta[row] > 0], bias[row])
         return out
     blocks = d_in + int(layout.has_bias)
     u = t64["U"].reshape(blocks, n, d_in)
@@ -105,10 +106,10 @@ def optimal_errors(
         uj = u[j, :, j]
         c = v[i, j] * np.abs(uj)
         out[i, j] = max(closest_subset_sum(c[uj > 0], weight[i, j]), closest_subset_sum(c[uj < 0], -weight[i, j]))
-    if layout.has_bias:
+    if bias is not None:
         beta = t64["beta"].reshape(blocks, n)[d_in]
         for i in range(d_out):
-            out[i, d_in] = closest_subset_sum((v[i, d_in] * beta)[beta > 0], bias[i])  # type: ignore[index]
+            out[i, d_in] = closest_subset_sum((v[i, d_in] * beta)[beta > 0], bias[i])
     return out
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 import pytest
@@ -46,7 +46,7 @@ CASES = [
 ]
 
 
-@lru_cache(maxsize=None)
+@cache
 def one_layer(kind: str, bias: bool, construction: str) -> tuple[nn.Module, tuple[int, ...], Ticket]:
     """The target layer, its input shape and its ticket (no resampling: every value is draw 0)."""
     factory, shape = LAYERS[kind]
@@ -54,8 +54,14 @@ def one_layer(kind: str, bias: bool, construction: str) -> tuple[nn.Module, tupl
     layer = factory(bias).eval()
     domain = (0.0, 1.0) if construction == "output_blocks" else None  # O needs inputs >= 0
     ticket = build_ticket(
-        nn.Sequential(layer), N, input_shape=shape, input_domain=domain, construction=construction,
-        resample=0, solver="mitm", seed=SEED,
+        nn.Sequential(layer),
+        N,
+        input_shape=shape,
+        input_domain=domain,
+        construction=construction,
+        resample=0,
+        solver="mitm",
+        seed=SEED,
     )
     return layer, shape, ticket
 
@@ -280,8 +286,14 @@ def test_layer_after_a_layer_without_relu_gets_I() -> None:
 
 def test_pooling_and_flatten_after_relu_keep_the_input_nonnegative() -> None:
     net = nn.Sequential(
-        nn.Conv2d(1, 2, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(2, 2, 1), nn.ReLU(), nn.AvgPool2d(2),
-        nn.Flatten(), nn.Linear(8, 2),
+        nn.Conv2d(1, 2, 3),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(2, 2, 1),
+        nn.ReLU(),
+        nn.AvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(8, 2),
     )
     assert constructions(net, (1, 10, 10)) == ["I", "O", "O"]
 

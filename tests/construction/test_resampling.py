@@ -6,7 +6,7 @@ of its draw, its best error at each draw is found by enumeration, and rounds sto
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -38,8 +38,15 @@ def _build(kind: str, construction: str, resample: int, tolerance: float) -> Tic
     torch.manual_seed(17)
     domain = (0.0, 1.0) if construction == "output_blocks" else None
     return build_ticket(
-        nn.Sequential(factory()), N, input_shape=shape, input_domain=domain, construction=construction,
-        resample=resample, tolerance=tolerance, solver="mitm", seed=SEED,
+        nn.Sequential(factory()),
+        N,
+        input_shape=shape,
+        input_domain=domain,
+        construction=construction,
+        resample=resample,
+        tolerance=tolerance,
+        solver="mitm",
+        seed=SEED,
     )
 
 
@@ -50,7 +57,7 @@ def _target(kind: str) -> tuple[np.ndarray, np.ndarray]:
     return weight.reshape(weight.shape[0], -1), layer.bias.detach().double().numpy()
 
 
-@lru_cache(maxsize=None)
+@cache
 def single_and_resampled(kind: str, construction: str) -> tuple[Ticket, Ticket, float]:
     """The one-draw ticket, the ticket with up to ROUNDS redraws, and the tolerance (the median unit error)."""
     single = _build(kind, construction, 0, 1e-6)

@@ -106,7 +106,11 @@ def test_every_pruned_tensor_is_its_source_times_its_mask(safetensors_file: Path
     steps = [i for i, step in enumerate(cnn_ticket.steps) if step["op"] == "pair"]
     for k, step in enumerate(steps):
         source = cnn_ticket.source_tensors(k)
-        for key, name in ((f"{step}.first.weight", "U"), (f"{step}.first.bias", "beta"), (f"{step}.second.weight", "V")):
+        for key, name in (
+            (f"{step}.first.weight", "U"),
+            (f"{step}.first.bias", "beta"),
+            (f"{step}.second.weight", "V"),
+        ):
             mask = tensors[f"{key}.mask"]
             assert mask.dtype == np.bool_ and tensors[key].dtype == tensors[f"{key}.source"].dtype == np.float32
             assert np.array_equal(tensors[f"{key}.source"].ravel(), source[name].ravel())

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from torch import nn
@@ -26,10 +26,13 @@ from ticketsolver.construction.output_blocks import solve_output_blocks
 from ticketsolver.construction.resume import fingerprint, load_pair, save_pair
 from ticketsolver.construction.rounds import MAX_RESAMPLE
 from ticketsolver.construction.solution import PairSolution
-from ticketsolver.construction.steps import _pair, describe_step
+from ticketsolver.construction.steps import as_pair, describe_step
 from ticketsolver.errors import ConstructionError
 from ticketsolver.solvers import Solver, get_solver
 from ticketsolver.source import RandomSource
+
+if TYPE_CHECKING:
+    from ticketsolver.ticket import Ticket
 
 __all__ = ["BuildConfig", "LayerProgress", "build_ticket", "choose_scales"]
 
@@ -105,10 +108,10 @@ def _layout_for(
             raise ConstructionError(f"layer {pair}: grouped convolutions (groups={module.groups}) are not supported")
         conv = ConvGeometry(
             in_channels=int(module.in_channels),
-            kernel_size=tuple(_pair(module.kernel_size)),  # type: ignore[arg-type]
-            stride=tuple(_pair(module.stride)),  # type: ignore[arg-type]
-            padding=tuple(_pair(module.padding)),  # type: ignore[arg-type]
-            dilation=tuple(_pair(module.dilation)),  # type: ignore[arg-type]
+            kernel_size=tuple(as_pair(module.kernel_size)),  # type: ignore[arg-type]
+            stride=tuple(as_pair(module.stride)),  # type: ignore[arg-type]
+            padding=tuple(as_pair(module.padding)),  # type: ignore[arg-type]
+            dilation=tuple(as_pair(module.dilation)),  # type: ignore[arg-type]
         )
     flat = weight.reshape(d_out, -1)
     layout = PairLayout(
@@ -144,7 +147,7 @@ def build_ticket(
     solve_with: Solver | None = None,
     resume_dir: str | os.PathLike[str] | None = None,
     **options: Any,
-) -> Any:
+) -> Ticket:
     """Build the strong lottery ticket of a trained network.
 
     Args:

@@ -14,10 +14,11 @@ from torch import nn
 
 from ticketsolver.errors import ConstructionError, TicketFormatError
 
-__all__ = ["describe_step", "module_from_step"]
+__all__ = ["as_pair", "describe_step", "module_from_step"]
 
 
-def _pair(value: int | Sequence[int]) -> list[int]:
+def as_pair(value: int | Sequence[int]) -> list[int]:
+    """2 -> [2, 2]; (2, 3) -> [2, 3]."""
     return [int(value), int(value)] if isinstance(value, int) else [int(v) for v in value]
 
 
@@ -32,18 +33,18 @@ def describe_step(module: nn.Module) -> dict[str, Any]:
     if isinstance(module, nn.MaxPool2d):
         return {
             "op": "maxpool2d",
-            "kernel_size": _pair(module.kernel_size),
-            "stride": _pair(module.stride),
-            "padding": _pair(module.padding),
-            "dilation": _pair(module.dilation),
+            "kernel_size": as_pair(module.kernel_size),
+            "stride": as_pair(module.stride),
+            "padding": as_pair(module.padding),
+            "dilation": as_pair(module.dilation),
             "ceil_mode": bool(module.ceil_mode),
         }
     if isinstance(module, nn.AvgPool2d):
         return {
             "op": "avgpool2d",
-            "kernel_size": _pair(module.kernel_size),
-            "stride": _pair(module.stride),
-            "padding": _pair(module.padding),
+            "kernel_size": as_pair(module.kernel_size),
+            "stride": as_pair(module.stride),
+            "padding": as_pair(module.padding),
             "ceil_mode": bool(module.ceil_mode),
             "count_include_pad": bool(module.count_include_pad),
         }

@@ -50,6 +50,15 @@ def _init_worker(parent: int, niceness: int) -> None:
             pass
 
 
+def warm_up() -> str:
+    """Run once in each new worker: import the library and load the compiled exact engine, so that the
+    first item does not pay for it."""
+    from ticketsolver.solvers import get_solver
+
+    get_solver("mitm").solve(np.array([[0.5, 0.25, -0.125]]), np.array([0.375]))
+    return "warm"
+
+
 def parent_alive() -> bool:
     """False in a pool worker whose service process has gone (killed): it must stop working."""
     return _PARENT is None or os.getppid() == _PARENT
@@ -79,6 +88,10 @@ class LocalExecutor:
     def context(self) -> dict[str, Any]:
         """Plain data telling a worker how to solve (see :func:`solver_for`)."""
         return {"kind": self.kind}
+
+    def warm(self) -> list[Future]:
+        """Start the workers now and load the library in each (the first items then start at once)."""
+        return [self.submit(warm_up) for _ in range(self.workers)]
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
         if self._pool is None:

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from ticketsolver.construction.builder import BuildConfig
 from ticketsolver.errors import JobError, TicketSolverError
 from ticketsolver.jobs.executors import LocalExecutor, parent_alive, solver_for, verify_on_cluster, verify_remotely
 from ticketsolver.jobs.store import ItemTask, JobStore, JobView, new_id
@@ -46,14 +47,14 @@ _DTYPES = ("float32", "float64")
 
 @dataclass(frozen=True)
 class JobSpec:
-    """The parameters of a job: how each ticket is built and how it is verified."""
+    """The parameters of a job: how each ticket is built (defaults: the library's) and how it is verified."""
 
-    n: tuple[int, ...] = (20,)  # one item per n and checkpoint
-    seed: int = 0  # seed of the random source (same seed -> identical tickets on any executor)
-    solver: str = "auto"  # subset-sum backend
+    n: tuple[int, ...] = (BuildConfig.n,)  # one item per n and checkpoint
+    seed: int = BuildConfig.seed  # seed of the random source (same seed -> identical tickets on any executor)
+    solver: str = BuildConfig.solver  # subset-sum backend
     input_domain: tuple[float, float] | None = None  # box of the model's inputs; lo >= 0 allows construction O
-    resample: int = 16  # IteRand redraw rounds for weights above `tolerance`
-    tolerance: float = 1e-6
+    resample: int = BuildConfig.resample  # IteRand redraw rounds for weights above `tolerance`
+    tolerance: float = BuildConfig.tolerance
     arch: str | None = None  # built-in architecture of a state_dict; None infers it
     verify: bool = True  # verify each ticket after building it
     verify_box: tuple[float, float] | None = None  # verification box; default input_domain, else (-1, 1)
@@ -64,8 +65,6 @@ class JobSpec:
     certify: bool = True  # compute the certified bound
 
     def __post_init__(self) -> None:
-        from ticketsolver.construction.builder import BuildConfig
-
         if not self.n or len(set(self.n)) != len(self.n):
             raise JobError(f"n must be one or more distinct integers, got {list(self.n)}")
         if self.solver not in SOLVERS:
@@ -406,6 +405,7 @@ class JobRunner:
         if requeued:
             log.info("re-queued %d item(s) interrupted by a restart", requeued)
         self.store.finalize_jobs()
+        self.executor.warm()
         self._stop.clear()
         self._thread = threading.Thread(target=self._loop, name="ticketsolver-dispatcher", daemon=True)
         self._thread.start()
