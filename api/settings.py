@@ -34,6 +34,12 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = []  # browser origins allowed; empty: CORS closed
     log_level: str = "info"
 
+    @field_validator("token", "database_url", "ray_address", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        # compose files pass ${VAR:-}: an empty variable means "not set", never "the empty token"
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("cors_origins", mode="before")
     @classmethod
     def _split_origins(cls, value: Any) -> Any:

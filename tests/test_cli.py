@@ -233,13 +233,6 @@ def test_ticket_verified_against_another_network(built: tuple[Result, Path], tmp
     assert_fails_cleanly(invoke("verify", built[1], "--against", other), "built for another network")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: these failures escape the CLI's handler (it catches only TicketSolverError) and print a "
-    "traceback: --data .npz without 'x' (KeyError), --data file that is neither npz nor safetensors "
-    "(SafetensorError), a directory given as the ticket (IsADirectoryError), -o in a missing directory "
-    "(SafetensorError/OSError)",
-)
 @pytest.mark.parametrize(
     "case", ["npz-without-x", "data-not-npz-or-safetensors", "ticket-is-a-directory", "output-directory-missing"]
 )

@@ -59,17 +59,21 @@ def _load_data(spec: str | None) -> Any:
     import numpy as np
     import torch
 
-    if path.suffix == ".npz":
-        with np.load(path, allow_pickle=False) as arrays:  # never unpickle
-            x, y = arrays["x"], arrays["y"] if "y" in arrays else None
-    else:
-        from safetensors.numpy import load_file
+    try:
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as arrays:  # never unpickle
+                x, y = arrays["x"], arrays["y"] if "y" in arrays else None
+        else:
+            from safetensors.numpy import load_file
 
-        arrays = load_file(str(path))
-        x, y = arrays["x"], arrays.get("y")
-    return torch.from_numpy(np.asarray(x, dtype=np.float32)), None if y is None else torch.from_numpy(
-        np.asarray(y)
-    ).long()
+            arrays = load_file(str(path))
+            x, y = arrays["x"], arrays.get("y")
+    except KeyError:
+        raise typer.BadParameter(f"--data: {spec} has no array named 'x' (inputs; 'y' holds optional labels)") from None
+    except Exception as exc:  # numpy and safetensors raise several types for unreadable files
+        raise typer.BadParameter(f"--data: cannot read {spec} as .npz or .safetensors ({exc})") from None
+    labels = None if y is None else torch.from_numpy(np.asarray(y)).long()
+    return torch.from_numpy(np.asarray(x, dtype=np.float32)), labels
 
 
 @contextmanager
@@ -116,9 +120,10 @@ def _layer_names(target: Any) -> list[str]:
 
 
 def _run(fn: Any) -> Any:
+    """Run a command; ticketsolver's errors and the file system's exit 1 with their message, no traceback."""
     try:
         return fn()
-    except TicketSolverError as exc:
+    except (TicketSolverError, OSError) as exc:
         err_console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
 

@@ -2,7 +2,8 @@
 
 Values come from NumPy's counter-based Philox4x64-10 generator, keyed by (seed, pair, tensor, draw): no
 state is carried between tensors, so any tensor of any draw can be produced alone, in any order, on any
-machine. A tensor is uniform on [-scale, scale), drawn in float64 and rounded once to float32 — the
+machine. A tensor is uniform on [-scale, scale], drawn in float64 and rounded once to float32 (which can
+round a value just below scale up to scale itself) — the
 float32 value is what the network holds, and what the solver sees (upcast to float64, exactly).
 """
 
@@ -19,7 +20,8 @@ TENSOR_IDS: dict[str, int] = {"U": 0, "beta": 1, "V": 2}
 
 #: recorded in every ticket so that anyone can regenerate the values without ticketsolver
 RNG_LAYOUT: dict[str, str] = {
-    "algorithm": "numpy.random.Philox (Philox4x64-10), counter starting at 0",
+    "algorithm": "numpy.random.Philox (Philox4x64-10) with counter 0; NumPy increments the counter before each "
+    "block, so the first block is generated at counter 1",
     "key": "[seed, pair * 2**32 + tensor * 2**16 + draw] as two uint64 words; tensor ids U=0, beta=1, V=2",
     "values": "float32(scale * (2 * Generator(Philox(key=key)).random(size, dtype=float64) - 1)), C order",
 }
@@ -51,7 +53,7 @@ class RandomSource:
         return np.array([int(self.seed), word], dtype=np.uint64)
 
     def tensor(self, pair: int, tensor: str, shape: tuple[int, ...], scale: float, draw: int = 0) -> np.ndarray:
-        """The float32 tensor ``tensor`` of pair ``pair`` at draw ``draw``, uniform on [-scale, scale)."""
+        """The float32 tensor ``tensor`` of pair ``pair`` at draw ``draw``, uniform on [-scale, scale]."""
         if not np.isfinite(scale) or scale <= 0:
             raise ValueError(f"scale must be positive and finite, got {scale}")
         gen = np.random.Generator(np.random.Philox(key=self.key(pair, tensor, draw)))

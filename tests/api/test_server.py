@@ -70,11 +70,12 @@ def test_a_batch_over_several_n_and_checkpoints(server, mlp_bytes, tmp_path):
 
 def test_cancel_a_running_job_frees_the_worker(server, lenet_bytes, mlp_bytes):
     with server.client() as client:
-        long_job = _submit(client, [("lenet.pt", lenet_bytes)], {"n": [20, 24], "resample": 16, **LIGHT,
-                                                                 "input_domain": [0, 1]} | {"resample": 16})
-        wait_for(lambda: client.get(f"/jobs/{long_job}"), lambda j: j["state"] == "running" and j["progress"] > 0)
+        long_job = _submit(client, [("lenet.pt", lenet_bytes)],
+                           {**LIGHT, "n": [20, 24], "resample": 16, "input_domain": [0, 1]})
+        running = wait_for(lambda: client.get(f"/jobs/{long_job}"), lambda j: finished(j) or j["progress"] > 0)
         cancelled = client.delete(f"/jobs/{long_job}")
-        assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled"
+        assert cancelled.status_code == 200, (cancelled.text, running)
+        assert cancelled.json()["state"] == "cancelled"
         assert client.delete(f"/jobs/{long_job}").status_code == 200  # cancelling twice is harmless
         short_job = _submit(client, [("net.pt", mlp_bytes())], {"n": 8, **LIGHT})
         job = wait_for(lambda: client.get(f"/jobs/{short_job}"), finished, timeout=JOB_TIMEOUT)

@@ -10,6 +10,7 @@ ticket needs to regenerate the pruned network.
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -59,12 +60,11 @@ class BuildConfig:
     construction: Literal["auto", "output_blocks", "input_blocks"] = "auto"  # force one where valid
 
     def __post_init__(self) -> None:
-        if isinstance(self.n, bool) or not isinstance(self.n, int) or not 1 <= self.n <= MAX_N:
-            raise ConstructionError(f"n must be an integer in [1, {MAX_N}], got {self.n!r}")
-        if not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
-            raise ConstructionError(f"seed must be an integer in [0, 2**63), got {self.seed!r}")
-        if not isinstance(self.resample, int) or not 0 <= self.resample <= MAX_RESAMPLE:
-            raise ConstructionError(f"resample must be an integer in [0, {MAX_RESAMPLE}], got {self.resample!r}")
+        for name, low, high in (("n", 1, MAX_N), ("seed", 0, 2**63 - 1), ("resample", 0, MAX_RESAMPLE)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not low <= value <= high:
+                raise ConstructionError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
+            object.__setattr__(self, name, int(value))  # NumPy integers become plain ints for the manifest
         if not (math.isfinite(self.tolerance) and self.tolerance >= 0):
             raise ConstructionError(f"tolerance must be finite and >= 0, got {self.tolerance!r}")
         if not (math.isfinite(self.scale_margin) and 0.1 <= self.scale_margin <= 100):

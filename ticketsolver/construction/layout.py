@@ -13,12 +13,14 @@ A conv's U is that matrix reshaped to (hidden, c_in, kh, kw) and V to (d_out, hi
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.utils import skip_init
 
 from ticketsolver.construction.pair import Construction, PrunedPair
 from ticketsolver.errors import TicketFormatError
@@ -71,7 +73,14 @@ class PairLayout:
         return shapes
 
     def source_params(self) -> int:
-        return sum(int(np.prod(s)) for s in self.shapes().values())
+        # Python ints: np.prod would wrap around in int64 for absurd (forged) shapes
+        return sum(math.prod(s) for s in self.shapes().values())
+
+    def structural_candidate_counts(self) -> dict[str, int]:
+        """Candidate counts fixed by the layout alone (no random values needed): O's V, I's U and V."""
+        if self.construction == "output_blocks":
+            return {"V": self.d_out * self.n}
+        return {"U": self.d_in * self.n, "V": self.d_out * self.hidden}
 
     # -- regeneration -------------------------------------------------------------------------------
 
@@ -150,16 +159,18 @@ class PairLayout:
         """
         first: nn.Module
         second: nn.Module
+        # skip_init: default initialisation would draw from torch's global generator only to be overwritten
         if self.kind == "linear":
-            first = nn.Linear(self.d_in, self.hidden, bias=self.has_bias)
-            second = nn.Linear(self.hidden, self.d_out, bias=False)
+            first = skip_init(nn.Linear, self.d_in, self.hidden, bias=self.has_bias)
+            second = skip_init(nn.Linear, self.hidden, self.d_out, bias=False)
         else:
             g = self.conv
             assert g is not None
-            first = nn.Conv2d(
-                g.in_channels, self.hidden, g.kernel_size, g.stride, g.padding, g.dilation, bias=self.has_bias
+            first = skip_init(
+                nn.Conv2d, g.in_channels, self.hidden, g.kernel_size, g.stride, g.padding, g.dilation,
+                bias=self.has_bias,
             )
-            second = nn.Conv2d(self.hidden, self.d_out, 1, bias=False)
+            second = skip_init(nn.Conv2d, self.hidden, self.d_out, 1, bias=False)
         for layer, wname, bname in ((first, "U", "beta"), (second, "V", None)):
             _set(layer, "weight", tensors[wname], masks[wname], prune_buffers)
             if bname is not None and self.has_bias:
@@ -173,6 +184,8 @@ class PairLayout:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PairLayout:
+        if not isinstance(data, dict):
+            raise TicketFormatError(f"a pair entry of the manifest must be an object, got {type(data).__name__}")
         try:
             conv = data.get("conv")
             geometry = (
@@ -205,8 +218,8 @@ class PairLayout:
 
 def _set(layer: nn.Module, name: str, source: np.ndarray, mask: np.ndarray, prune_buffers: bool) -> None:
     param = getattr(layer, name)
-    src = torch.from_numpy(np.ascontiguousarray(source)).reshape(param.shape)
-    keep = torch.from_numpy(np.ascontiguousarray(mask)).reshape(param.shape)
+    src = torch.tensor(source).reshape(param.shape)  # a copy: the ticket's regenerated source stays read-only
+    keep = torch.tensor(mask).reshape(param.shape)
     with torch.no_grad():
         param.copy_(src * keep)
     param.requires_grad_(False)

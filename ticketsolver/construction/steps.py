@@ -12,7 +12,7 @@ from typing import Any
 
 from torch import nn
 
-from ticketsolver.errors import ConstructionError, TicketFormatError
+from ticketsolver.errors import TicketFormatError, UnsupportedModuleError
 
 __all__ = ["as_pair", "describe_step", "module_from_step"]
 
@@ -26,7 +26,7 @@ def describe_step(module: nn.Module) -> dict[str, Any]:
     """The JSON description of a kept module of the normal form.
 
     Raises:
-        ConstructionError: the module is not one that stays in place.
+        UnsupportedModuleError: the module is not one that stays in place.
     """
     if isinstance(module, nn.ReLU):
         return {"op": "relu"}
@@ -50,7 +50,10 @@ def describe_step(module: nn.Module) -> dict[str, Any]:
         }
     if isinstance(module, nn.Flatten):
         return {"op": "flatten", "start_dim": int(module.start_dim), "end_dim": int(module.end_dim)}
-    raise ConstructionError(f"module {type(module).__name__} is not part of the normal form")
+    raise UnsupportedModuleError(
+        f"module {module!r} ({type(module).__name__}) is not supported: between the linear and conv layers a "
+        "network may hold ReLU, MaxPool2d, AvgPool2d and Flatten"
+    )
 
 
 def module_from_step(step: dict[str, Any]) -> nn.Module:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import lzma
+import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,8 +38,8 @@ FORMAT = "ticketsolver.ticket"
 FORMAT_VERSION = 1
 #: a ticket file larger than this is not a ticket (LeNet5's is ~100 KB)
 MAX_TICKET_BYTES = 256 * 1024 * 1024
-#: refuse manifests describing sources too large to regenerate
-MAX_SOURCE_PARAMS = 2_000_000_000
+#: default limit on the random source a ticket may describe (float32: 1.6 GB); Ticket.load(max_source_params=)
+MAX_SOURCE_PARAMS = 400_000_000
 
 
 def _package_version() -> str:
@@ -47,25 +48,56 @@ def _package_version() -> str:
     return __version__
 
 
+def _filters(size: int) -> list[dict[str, int]]:
+    # a dictionary as large as the data (LZMA's minimum is 4 KiB) compresses as well as preset 9's 64 MiB
+    # and keeps both the encoder fast and the decoder's memory small
+    return [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME, "dict_size": max(4096, size)}]
+
+
 def _pack(values: np.ndarray) -> np.ndarray:
     """bool -> LZMA-compressed packbits, as a uint8 tensor; uint8 -> LZMA-compressed bytes."""
-    raw = np.packbits(values.ravel()) if values.dtype == np.bool_ else values.ravel()
-    return np.frombuffer(lzma.compress(raw.tobytes(), preset=9 | lzma.PRESET_EXTREME), dtype=np.uint8)
+    raw = (np.packbits(values.ravel()) if values.dtype == np.bool_ else values.ravel()).tobytes()
+    return np.frombuffer(lzma.compress(raw, format=lzma.FORMAT_XZ, filters=_filters(len(raw))), dtype=np.uint8)
 
 
-def _unpack(blob: np.ndarray, shape: tuple[int, ...], as_bool: bool, what: str) -> np.ndarray:
-    size = int(np.prod(shape))
+def _unpack(blob: np.ndarray, count: int, as_bool: bool, what: str) -> np.ndarray:
+    """Decompress ``count`` bits (or bytes) from a blob; a blob of any other length is refused."""
+    expected = (count + 7) // 8 if as_bool else count
     try:
-        # bounded: never inflate more than the expected size (+1 to detect excess)
-        limit = (size + 7) // 8 if as_bool else size
-        raw = lzma.LZMADecompressor().decompress(blob.tobytes(), max_length=limit + 1)
+        # bounded: never inflate more than the expected size (+1 to detect excess); decoder memory up to what
+        # the largest standard preset needs (a 64 MiB dictionary), not what a crafted header asks for
+        decoder = lzma.LZMADecompressor(format=lzma.FORMAT_XZ, memlimit=(96 << 20) + 16 * expected)
+        raw = decoder.decompress(blob.tobytes(), max_length=expected + 1)
     except lzma.LZMAError as exc:
         raise TicketFormatError(f"{what}: corrupt compressed data ({exc})") from exc
-    if len(raw) != limit:
-        raise TicketFormatError(f"{what}: {len(raw)} bytes after decompression, expected {limit}")
+    if len(raw) != expected:
+        raise TicketFormatError(f"{what}: {len(raw)} bytes after decompression, expected {expected}")
     buf = np.frombuffer(raw, dtype=np.uint8)
-    out = np.unpackbits(buf, count=size).astype(bool) if as_bool else buf.copy()
-    return out.reshape(shape)
+    return np.unpackbits(buf, count=count).astype(bool) if as_bool else buf.copy()
+
+
+def _read_only(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    for array in tensors.values():
+        array.flags.writeable = False  # shared by every caller: the ticket's network must not change under it
+    return tensors
+
+
+_KNOWN_OPS = {"pair", "relu", "maxpool2d", "avgpool2d", "flatten"}
+
+
+def _check_steps(steps: Any, n_pairs: int) -> list[dict[str, Any]]:
+    """The network's sequence must name every pair once, in order, and otherwise only known modules."""
+    if not isinstance(steps, list) or not all(isinstance(step, dict) for step in steps):
+        raise TicketFormatError("the manifest's steps must be a list of objects")
+    pairs = [step.get("pair") for step in steps if step.get("op") == "pair"]
+    if pairs != list(range(n_pairs)):
+        raise TicketFormatError(f"the steps name pairs {pairs}, expected each of 0..{n_pairs - 1} once, in order")
+    for step in steps:
+        if step.get("op") not in _KNOWN_OPS:
+            raise TicketFormatError(f"unknown step {step.get('op')!r} in the ticket")
+        if step["op"] != "pair":
+            module_from_step(step)  # raises TicketFormatError when malformed
+    return steps
 
 
 class Ticket:
@@ -116,7 +148,7 @@ class Ticket:
     def source_tensors(self, pair: int) -> dict[str, np.ndarray]:
         """The random tensors of ``pair`` as the network holds them (draws applied), before masking."""
         if pair not in self._sources:
-            self._sources[pair] = self.layouts[pair].source_tensors(self.source, self.draws[pair])
+            self._sources[pair] = _read_only(self.layouts[pair].source_tensors(self.source, self.draws[pair]))
         return self._sources[pair]
 
     def pairs(self, prune_buffers: bool = False) -> Iterator[PrunedPair]:
@@ -150,9 +182,15 @@ class Ticket:
         }
 
     def kept_hash(self) -> str:
-        """SHA-256 of every kept value (float32, C order), pair by pair, tensors U, beta, V."""
+        """SHA-256 of the network: its structure (input shape, steps, layouts as JSON) and every kept value
+        (float32, C order), pair by pair, tensors U, beta, V."""
         if self._kept_hash is None:
-            digest = hashlib.sha256()
+            structure = {
+                "input_shape": list(self.input_shape),
+                "steps": self.steps,
+                "pairs": [layout.to_dict() for layout in self.layouts],
+            }
+            digest = hashlib.sha256(json.dumps(structure, sort_keys=True).encode())
             for k in range(len(self.layouts)):
                 tensors = self.source_tensors(k)
                 for name in ("U", "beta", "V"):
@@ -185,7 +223,7 @@ class Ticket:
             "counting": "kept = mask True; pruned = mask False (zero in the network); source = all entries",
             "sizes": self.sizes(),
             "build": self.build,
-            "kept_values_sha256": self.kept_hash(),
+            "kept_values_sha256": self.kept_hash(),  # covers the structure too (see kept_hash)
         }
 
     def save(self, path: str | os.PathLike[str]) -> Path:
@@ -201,18 +239,31 @@ class Ticket:
                 tensors[f"pair{k}.{name}.mask"] = _pack(mask[allowed[name]])
             if self.draws[k].any():
                 tensors[f"pair{k}.draws"] = _pack(self.draws[k])
+        from safetensors import SafetensorError
+
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp")
-        save_file(tensors, str(tmp), metadata={"manifest": json.dumps(self.manifest())})
-        os.replace(tmp, path)
+        try:
+            save_file(tensors, str(tmp), metadata={"manifest": json.dumps(self.manifest())})
+            os.replace(tmp, path)
+        except SafetensorError as exc:  # its I/O failures are not OSErrors; say what could not be written
+            raise OSError(f"cannot write the ticket to {path}: {exc}") from exc
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str], verify_hash: bool = True) -> Ticket:
-        """Read a ticket, regenerate its network's kept values and check their hash.
+    def load(
+        cls, path: str | os.PathLike[str], verify_hash: bool = True, max_source_params: int = MAX_SOURCE_PARAMS
+    ) -> Ticket:
+        """Read a ticket, regenerate its network and check the network's hash.
+
+        Args:
+            path: the ticket file.
+            verify_hash: check the stored SHA-256 of the structure and kept values (default True).
+            max_source_params: refuse tickets whose random source is larger, before regenerating anything.
 
         Raises:
-            TicketFormatError: not a ticket, unknown format version, malformed entries, or a hash mismatch.
+            TicketFormatError: not a ticket, unknown format version, malformed or inconsistent entries, a
+                source beyond ``max_source_params``, or a hash mismatch.
         """
         from safetensors import SafetensorError
         from safetensors.numpy import load
@@ -220,11 +271,11 @@ class Ticket:
         path = Path(path)
         try:
             size = path.stat().st_size
+            if size > MAX_TICKET_BYTES:
+                raise TicketFormatError(f"{path} is {size:,} bytes; a ticket is at most {MAX_TICKET_BYTES:,}")
+            data = path.read_bytes()
         except OSError as exc:
-            raise TicketFormatError(f"cannot read ticket {path}: {exc.strerror}") from exc
-        if size > MAX_TICKET_BYTES:
-            raise TicketFormatError(f"{path} is {size:,} bytes; a ticket is at most {MAX_TICKET_BYTES:,}")
-        data = path.read_bytes()
+            raise TicketFormatError(f"cannot read ticket {path}: {exc.strerror or exc}") from exc
         try:
             tensors = load(data)
             header_len = int.from_bytes(data[:8], "little")
@@ -239,25 +290,39 @@ class Ticket:
                 f"{path} has format version {manifest.get('format_version')}; this ticketsolver reads {FORMAT_VERSION}"
             )
         try:
+            if not isinstance(manifest["pairs"], list):
+                raise TicketFormatError("the manifest's pairs must be a list")
             layouts = [PairLayout.from_dict(p) for p in manifest["pairs"]]
-            if sum(layout.source_params() for layout in layouts) > MAX_SOURCE_PARAMS:
-                raise TicketFormatError(f"{path} describes a random source beyond {MAX_SOURCE_PARAMS:,} parameters")
+            if [layout.pair for layout in layouts] != list(range(len(layouts))):
+                raise TicketFormatError("the manifest's pairs must be numbered 0, 1, ... in order")
+            steps = _check_steps(manifest["steps"], len(layouts))
+            claimed = sum(layout.source_params() for layout in layouts)
+            if claimed > max_source_params:
+                raise TicketFormatError(
+                    f"{path} describes a random source of {claimed:,} parameters (limit {max_source_params:,})"
+                )
+            # Cheap consistency first: blobs whose length the layout alone fixes are checked before any
+            # random tensor is regenerated, so a manifest claiming another size is refused without allocating it.
+            for k, layout in enumerate(layouts):
+                for name, count in layout.structural_candidate_counts().items():
+                    _unpack(tensors[f"pair{k}.{name}.mask"], count, True, f"pair {k} mask {name}")
             masks, draws, sources = [], [], []
             source = RandomSource(int(manifest["seed"]))
             for k, layout in enumerate(layouts):
                 key = f"pair{k}.draws"
                 draws.append(
-                    _unpack(tensors[key], layout.draw_shape, False, f"pair {k} draws")
+                    _unpack(tensors[key], math.prod(layout.draw_shape), False, f"pair {k} draws").reshape(
+                        layout.draw_shape
+                    )
                     if key in tensors
                     else np.zeros(layout.draw_shape, dtype=np.uint8)
                 )
-                sources.append(layout.source_tensors(source, draws[k]))
+                sources.append(_read_only(layout.source_tensors(source, draws[k])))
                 allowed = layout.candidates(sources[k])
                 pair_masks = {}
                 for name in layout.shapes():
-                    bits = _unpack(
-                        tensors[f"pair{k}.{name}.mask"], (int(allowed[name].sum()),), True, f"pair {k} mask {name}"
-                    )
+                    bits = _unpack(tensors[f"pair{k}.{name}.mask"], int(allowed[name].sum()), True,
+                                   f"pair {k} mask {name}")
                     mask = np.zeros(allowed[name].shape, dtype=bool)
                     mask[allowed[name]] = bits
                     pair_masks[name] = mask
@@ -267,7 +332,7 @@ class Ticket:
                 seed=int(manifest["seed"]),
                 input_shape=tuple(manifest["input_shape"]),
                 input_domain=None if domain is None else (float(domain[0]), float(domain[1])),
-                steps=list(manifest["steps"]),
+                steps=steps,
                 layouts=layouts,
                 masks=masks,
                 draws=draws,
@@ -276,12 +341,12 @@ class Ticket:
             ticket._sources = dict(enumerate(sources))
         except KeyError as exc:
             raise TicketFormatError(f"{path}: missing entry {exc} in the ticket") from exc
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, AttributeError) as exc:
             raise TicketFormatError(f"{path}: malformed ticket ({exc})") from exc
         if verify_hash and ticket.kept_hash() != manifest.get("kept_values_sha256"):
             raise TicketFormatError(
                 f"{path}: the regenerated network does not match the stored hash "
-                "(corrupted masks, or a different random generator)"
+                "(corrupted masks or manifest, or a different random generator)"
             )
         return ticket
 
