@@ -145,7 +145,8 @@ def test_rejects_keys_outside_the_documented_ranges() -> None:
 
 
 def test_rng_layout_text_states_the_algorithm_key_and_transform() -> None:
-    assert "Philox4x64-10" in RNG_LAYOUT["algorithm"] and "first block is generated at counter 1" in RNG_LAYOUT["algorithm"]
+    assert "Philox4x64-10" in RNG_LAYOUT["algorithm"]
+    assert "first block is generated at counter 1" in RNG_LAYOUT["algorithm"]
     assert "[seed, pair * 2**32 + tensor * 2**16 + draw]" in RNG_LAYOUT["key"]
     assert "U=0, beta=1, V=2" in RNG_LAYOUT["key"] and TENSOR_IDS == {"U": 0, "beta": 1, "V": 2}
     assert RNG_LAYOUT["values"] == (
