@@ -14,15 +14,19 @@ from ticketsolver.jobs import JobRunner, JobStore
 _bearer = HTTPBearer(auto_error=False, description="required when TICKETSOLVER_TOKEN is set")
 
 
-def get_settings(request: Request) -> Settings:
+# The dependencies are ``async def`` because they only read memory: a plain ``def`` would cost a hop to
+# the thread pool each, on every request.
+
+
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_store(request: Request) -> JobStore:
+async def get_store(request: Request) -> JobStore:
     return request.app.state.runner.store
 
 
-def get_runner(request: Request) -> JobRunner:
+async def get_runner(request: Request) -> JobRunner:
     return request.app.state.runner
 
 
@@ -31,7 +35,7 @@ StoreDep = Annotated[JobStore, Depends(get_store)]
 RunnerDep = Annotated[JobRunner, Depends(get_runner)]
 
 
-def require_token(
+async def require_token(
     settings: SettingsDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> None:
     """401 unless the request carries ``Authorization: Bearer <TICKETSOLVER_TOKEN>`` (when one is set)."""

@@ -20,7 +20,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     store = JobStore(settings.data_dir, settings.database_url)
     executor = make_executor(settings.executor, settings.workers, settings.ray_address, settings.ray_chunk)
-    runner = JobRunner(store, executor, settings.limits, settings.poll_interval)
+    runner = JobRunner(store, executor, settings.limits, settings.poll_interval, settings.warm_up)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -30,7 +30,7 @@ def run(
     from api.settings import Settings
 
     overrides = {key: value for key, value in {"data_dir": data_dir, "executor": executor}.items() if value is not None}
-    settings = Settings(**overrides)
+    settings = Settings.model_validate(overrides)
     uvicorn.run(create_app(settings), host=host, port=port, log_level=settings.log_level, timeout_graceful_shutdown=5)
 
 

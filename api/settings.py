@@ -22,15 +22,16 @@ class Settings(BaseSettings):
     data_dir: Path = Path("ticketsolver-data")  # store, uploads, tickets, resume files
     database_url: str | None = None  # any SQLAlchemy URL; default: SQLite file in data_dir
     token: SecretStr | None = None  # bearer token required on every route but /healthz and /docs
-    max_upload_bytes: int = Field(64 * 1024**2, ge=1)  # whole request body (413 beyond)
-    max_n: int = Field(MAX_N, ge=1, le=MAX_N)  # largest n per item
-    max_weights_per_job: int = Field(20_000_000, ge=1)  # target weights summed over a job's items
-    max_batch_items: int = Field(32, ge=1)  # checkpoints x n values per job
+    max_upload_bytes: Annotated[int, Field(ge=1)] = 64 * 1024**2  # whole request body (413 beyond)
+    max_n: Annotated[int, Field(ge=1, le=MAX_N)] = MAX_N  # largest n per item
+    max_weights_per_job: Annotated[int, Field(ge=1)] = 20_000_000  # target weights summed over a job's items
+    max_batch_items: Annotated[int, Field(ge=1)] = 32  # checkpoints x n values per job
     executor: Literal["local", "ray"] = "local"  # where solving runs
     ray_address: str | None = None  # e.g. ray://ray-head:10001; None starts a local cluster per worker
-    ray_chunk: int | None = Field(None, ge=1)  # problems per Ray task; None: ~2 tasks per cluster CPU
-    workers: int = Field(1, ge=1, le=64)  # worker processes = items solved at the same time
-    poll_interval: float = Field(0.5, gt=0, le=10)  # dispatcher's look at the queue when nothing wakes it
+    ray_chunk: Annotated[int | None, Field(ge=1)] = None  # problems per Ray task; None: ~2 tasks per cluster CPU
+    workers: Annotated[int, Field(ge=1, le=64)] = 1  # worker processes = items solved at the same time
+    poll_interval: Annotated[float, Field(gt=0, le=10)] = 0.5  # dispatcher's look at the queue when nothing wakes it
+    warm_up: bool = True  # start the worker processes with the service (the first job then starts at once)
     cors_origins: Annotated[list[str], NoDecode] = []  # browser origins allowed; empty: CORS closed
     log_level: str = "info"
 

@@ -73,7 +73,9 @@ def client_factory(tmp_path: Path) -> Iterator[Callable[..., TestClient]]:
     clients: list[TestClient] = []
 
     def make(**overrides: object) -> TestClient:
-        settings = Settings(data_dir=tmp_path / f"data{len(clients)}", poll_interval=0.1, **overrides)
+        # no warm-up: most of these apps never run a job, and spawning a worker costs seconds
+        options: dict[str, object] = {"poll_interval": 0.1, "warm_up": False, **overrides}
+        settings = Settings(data_dir=tmp_path / f"data{len(clients)}", **options)
         client = TestClient(create_app(settings))
         client.__enter__()
         clients.append(client)

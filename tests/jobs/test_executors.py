@@ -110,7 +110,7 @@ def test_service_pool_on_ray_gives_the_local_pools_tickets(cluster, tmp_path):
     expected = []
     while (task := local.claim_next_item()) is not None:
         assert run_item(task, LocalExecutor().context(), str(local.data_dir), local.url) == "succeeded"
-        expected.append(Ticket.load(local.ticket_path(task.item_id)).kept_hash())
+        expected.append(Ticket.load(local.ticket_of(task.item_id)).kept_hash())
     local.close()
 
     store = JobStore(tmp_path / "ray")
@@ -126,5 +126,5 @@ def test_service_pool_on_ray_gives_the_local_pools_tickets(cluster, tmp_path):
     job = store.get_job(job_id)
     assert job.state == "succeeded", job.error
     assert job.executor == "ray"
-    assert [Ticket.load(store.ticket_path(i.id)).kept_hash() for i in job.items] == expected
+    assert [Ticket.load(store.ticket_of(i.id)).kept_hash() for i in job.items] == expected
     store.close()

@@ -150,7 +150,7 @@ def test_run_item_builds_saves_and_verifies_the_ticket(store, tmp_path):
     job = store.get_job(job_id)
     assert job.state == "succeeded" and job.items[0].problems_solved > 0
     assert [la.fraction for la in job.items[0].layers] == [1.0, 1.0]
-    ticket = Ticket.load(store.ticket_path(task.item_id))
+    ticket = Ticket.load(store.ticket_of(task.item_id))
     expected = ts.build_ticket(ts.load_target(tmp_path / "net.pt"), 12, seed=3, resample=0)
     assert ticket.kept_hash() == expected.kept_hash()
     report = store.item_reports(job_id)[0]
@@ -165,7 +165,26 @@ def test_a_cancelled_item_stops_and_leaves_no_ticket(store):
     store.cancel(job_id)
     assert run_item(task, {"kind": "local"}, str(store.data_dir), store.url) == "stopped"
     assert store.get_job(job_id).items[0].state == "cancelled"
-    assert not store.ticket_path(task.item_id).exists()
+    assert store.ticket_of(task.item_id) is None
+    assert list((store.data_dir / "tickets").iterdir()) == []
+
+
+def test_an_item_cancelled_while_verifying_drops_its_ticket(store, monkeypatch):
+    from ticketsolver.jobs import runner as runner_module
+
+    job_id = _accept(store, [("net.pt", mlp_bytes())])
+    task = store.claim_next_item()
+    verify_for_real = runner_module.verify_ticket
+
+    def cancel_then_verify(*args, **kwargs):
+        store.cancel(job_id)  # the user cancels while the ticket is being verified
+        return verify_for_real(*args, **kwargs)
+
+    monkeypatch.setattr(runner_module, "verify_ticket", cancel_then_verify)
+    assert run_item(task, {"kind": "local"}, str(store.data_dir), store.url) == "stopped"
+    assert store.get_job(job_id).items[0].state == "cancelled"
+    assert store.ticket_of(task.item_id) is None
+    assert list((store.data_dir / "tickets").iterdir()) == []
 
 
 def test_an_unbuildable_item_fails_with_the_reason(store):
@@ -197,7 +216,7 @@ def test_an_interrupted_item_resumes_from_its_finished_layers(store, tmp_path):
     second = store.claim_next_item()
     assert run_item(second, {"kind": "local"}, str(store.data_dir), store.url) == "succeeded"
     pairs = store.item_reports(job_id)[0]["ticket"]["layers"]
-    ticket = Ticket.load(store.ticket_path(second.item_id))
+    ticket = Ticket.load(store.ticket_of(second.item_id))
     assert ticket.build["pairs"][0].get("resumed") is True and not ticket.build["pairs"][1].get("resumed")
     assert len(pairs) == 2
     assert ticket.kept_hash() == ts.build_ticket(target, 12, **spec.build_options()).kept_hash()
@@ -223,6 +242,6 @@ def test_runner_runs_a_batch_in_worker_processes(store):
     assert [(i.checkpoint, i.n, i.state) for i in job.items] == [
         ("a.pt", 8, "succeeded"), ("a.pt", 10, "succeeded"), ("b.pt", 8, "succeeded"), ("b.pt", 10, "succeeded")
     ]
-    hashes = {Ticket.load(store.ticket_path(i.id)).kept_hash() for i in job.items}
+    hashes = {Ticket.load(store.ticket_of(i.id)).kept_hash() for i in job.items}
     assert len(hashes) == 4
     assert np.isclose(job.progress, 1.0)

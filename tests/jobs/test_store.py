@@ -69,6 +69,22 @@ def test_restart_requeues_running_items_and_fences_the_old_attempt(store):
     assert store.report_progress(fresh.item_id, fresh.attempt, 0.1, "new worker")
 
 
+def test_each_attempt_writes_its_own_ticket_file(store):
+    job_id = _job(store, ns=(10,))
+    stale = store.claim_next_item()
+    store.requeue_interrupted()
+    fresh = store.claim_next_item()
+    assert store.ticket_path(stale.item_id, stale.attempt) != store.ticket_path(fresh.item_id, fresh.attempt)
+    store.ticket_path(fresh.item_id, fresh.attempt).write_bytes(b"ticket")
+    assert store.ticket_of(fresh.item_id) is None  # not finished yet
+    assert store.finish_item(fresh.item_id, fresh.attempt, {}, 1)
+    assert not store.finish_item(stale.item_id, stale.attempt, {}, 1)
+    assert store.ticket_of(fresh.item_id) == store.ticket_path(fresh.item_id, fresh.attempt)
+    item, path = store.item_files(job_id, 0)
+    assert item.has_ticket and path == store.ticket_path(fresh.item_id, fresh.attempt)
+    assert store.item_files(job_id, 1) is None
+
+
 def test_a_failed_item_fails_the_job_with_its_reason(store):
     job_id = _job(store, ns=(10, 12))
     first, second = store.claim_next_item(), store.claim_next_item()
@@ -94,7 +110,7 @@ def test_paths_are_made_of_server_ids_only(store, bad):
     with pytest.raises(ValueError):
         store.upload_path(bad)
     with pytest.raises(ValueError):
-        store.ticket_path(bad)
+        store.ticket_path(bad, 1)
 
 
 def test_store_survives_reopening(tmp_path):

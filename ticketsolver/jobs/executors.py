@@ -18,6 +18,7 @@ token (``RAY_AUTH_TOKEN`` / ``RAY_AUTH_TOKEN_PATH``) when the cluster runs with 
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import multiprocessing
 import os
@@ -30,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from ticketsolver.errors import SolverUnavailableError
 from ticketsolver.solvers import RawSolution, Solver, get_solver
 
 __all__ = ["Executor", "LocalExecutor", "RayExecutor", "RaySolver", "make_executor", "solver_for"]
@@ -144,6 +146,8 @@ class RayExecutor(LocalExecutor):
         self, address: str | None = None, workers: int = 1, chunk: int | None = None, verify_on: str = "auto"
     ) -> None:
         super().__init__(workers)
+        if importlib.util.find_spec("ray") is None:
+            raise SolverUnavailableError("the ray executor needs Ray: pip install 'ticketsolver[ray]'")
         if chunk is not None and chunk < 1:
             raise ValueError(f"chunk must be positive, got {chunk}")
         if verify_on not in ("auto", "cluster", "local"):
@@ -175,7 +179,10 @@ def make_executor(
 
 def connect_ray(address: str | None) -> Any:
     """``import ray`` and join the cluster once per process (a cluster already joined is kept)."""
-    import ray
+    try:
+        import ray
+    except ImportError as exc:
+        raise SolverUnavailableError(f"the ray executor needs Ray: pip install 'ticketsolver[ray]' ({exc})") from exc
 
     if not ray.is_initialized():
         ray.init(address=address, ignore_reinit_error=True)

@@ -133,7 +133,7 @@ def target_params(target: Any) -> int:
     """Trained weights and biases of the target's Linear and Conv2d layers."""
     from torch import nn
 
-    return sum(p.numel() for m in target.module if isinstance(m, nn.Linear | nn.Conv2d) for p in m.parameters())
+    return int(sum(p.numel() for m in target.module if isinstance(m, nn.Linear | nn.Conv2d) for p in m.parameters()))
 
 
 def check_limits(spec: JobSpec, params: Sequence[int], limits: Limits) -> None:
@@ -203,7 +203,7 @@ def accept_job(
         raise JobError(f"{len(uploads)} checkpoints; the limit is {limits.max_batch_items} items per job")
     written: list[Path] = []
     try:
-        checkpoints = []
+        checkpoints: list[dict[str, Any]] = []
         for name, stream in uploads:
             checkpoint_id = new_id()
             path = store.upload_path(checkpoint_id)
@@ -266,7 +266,8 @@ class _Progress:
     def __call__(self, pair: int, fraction: float, message: str) -> None:
         if not parent_alive():
             raise _Stopped("the service process is gone")
-        self.fractions[pair] = fraction
+        # the builder restarts its fraction for a layer's bias problems; progress shown never goes back
+        fraction = self.fractions[pair] = max(self.fractions.get(pair, 0.0), fraction)
         now = time.monotonic()
         if fraction < 1.0 and now - self.last < self.interval:
             return
@@ -332,7 +333,7 @@ def _run_item(store: JobStore, task: ItemTask, context: dict[str, Any]) -> str:
         **spec.build_options(),
     )
     progress.stage(progress.share, "saving the ticket")
-    out = store.ticket_path(task.item_id)
+    out = store.ticket_path(task.item_id, task.attempt)
     ticket.save(out)
     report: dict[str, Any] = {
         "item": {"checkpoint": task.checkpoint_name, "n": task.n},
@@ -349,6 +350,7 @@ def _run_item(store: JobStore, task: ItemTask, context: dict[str, Any]) -> str:
             report["verification"] = verify_remotely(context, gpus, path, spec.arch, out, task.spec)
     problems = sum(int(p.get("problems_solved", 0)) for p in ticket.build.get("pairs", []))
     if not store.finish_item(task.item_id, task.attempt, report, problems):
+        out.unlink(missing_ok=True)  # this attempt lost (cancelled or re-queued): its file is nobody's
         raise _Stopped("cancelled")
     shutil.rmtree(resume, ignore_errors=True)
     return "succeeded"
@@ -371,16 +373,18 @@ class JobRunner:
         executor: a :class:`~ticketsolver.jobs.executors.LocalExecutor` or ``RayExecutor``.
         limits: what one job may ask for.
         poll_interval: seconds between looks at the store when nothing wakes the dispatcher.
+        warm_up: start the worker processes at :meth:`start` (else on the first item).
     """
 
     def __init__(
         self, store: JobStore, executor: LocalExecutor | None = None, limits: Limits | None = None,
-        poll_interval: float = 0.5,
+        poll_interval: float = 0.5, warm_up: bool = True,
     ) -> None:
         self.store = store
         self.executor = executor or LocalExecutor()
         self.limits = limits or Limits()
         self.poll_interval = poll_interval
+        self.warm_up = warm_up
         self._running: dict[Future, ItemTask] = {}
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -405,7 +409,8 @@ class JobRunner:
         if requeued:
             log.info("re-queued %d item(s) interrupted by a restart", requeued)
         self.store.finalize_jobs()
-        self.executor.warm()
+        if self.warm_up:
+            self.executor.warm()
         self._stop.clear()
         self._thread = threading.Thread(target=self._loop, name="ticketsolver-dispatcher", daemon=True)
         self._thread.start()
@@ -438,11 +443,11 @@ class JobRunner:
 
     def _step(self) -> None:
         for future in [f for f in self._running if f.done()]:
-            task = self._running.pop(future)
+            done = self._running.pop(future)
             error = future.exception()
             if error is not None:
                 self.store.fail_item(
-                    task.item_id, task.attempt, f"the worker process failed: {type(error).__name__}: {error}"
+                    done.item_id, done.attempt, f"the worker process failed: {type(error).__name__}: {error}"
                 )
                 if isinstance(error, BrokenProcessPool):
                     self.executor.reset()

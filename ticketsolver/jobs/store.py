@@ -49,6 +49,7 @@ JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 ACTIVE_STATES = ("queued", "running")
 TERMINAL_STATES = ("succeeded", "failed", "cancelled")
 _ID = re.compile(r"[0-9a-f]{32}")
+_TICKET = re.compile(r"[0-9a-f]{32}-\d+\.ticket")
 
 
 def new_id() -> str:
@@ -262,8 +263,19 @@ class JobStore:
     def upload_path(self, checkpoint_id: str) -> Path:
         return self.data_dir / "uploads" / _checked_id(checkpoint_id)
 
-    def ticket_path(self, item_id: str) -> Path:
-        return self.data_dir / "tickets" / f"{_checked_id(item_id)}.ticket"
+    def ticket_path(self, item_id: str, attempt: int) -> Path:
+        """Where attempt ``attempt`` of an item writes its ticket (one file per attempt, so that a stale
+        worker never touches the file of the attempt that won)."""
+        return self.data_dir / "tickets" / f"{_checked_id(item_id)}-{int(attempt)}.ticket"
+
+    def ticket_of(self, item_id: str) -> Path | None:
+        """The ticket file of a finished item, or None."""
+        with self._session() as session:
+            name = session.scalar(select(ItemRow.ticket_file).where(ItemRow.id == item_id))
+        if name is None or not _TICKET.fullmatch(name):
+            return None
+        path = self.data_dir / "tickets" / name
+        return path if path.is_file() else None
 
     def resume_dir(self, item_id: str) -> Path:
         return self.data_dir / "resume" / _checked_id(item_id)
@@ -315,8 +327,7 @@ class JobStore:
         if job is None or not 0 <= position < len(job.items):
             return None
         item = job.items[position]
-        path = self.ticket_path(item.id) if item.has_ticket else None
-        return item, path if path is not None and path.is_file() else None
+        return item, self.ticket_of(item.id) if item.has_ticket else None
 
     def item_reports(self, job_id: str) -> list[dict[str, Any] | None] | None:
         """Per item (in position order) the stored report, or None when the job does not exist."""
@@ -467,12 +478,12 @@ class JobStore:
             return True
 
     def finish_item(self, item_id: str, attempt: int, report: dict[str, Any], problems_solved: int) -> bool:
-        """The item succeeded: its ticket is at :meth:`ticket_path`."""
+        """The item succeeded: its ticket is at ``ticket_path(item_id, attempt)``."""
         with self._session.begin() as session:
             result = session.execute(
                 self._fenced(item_id, attempt).values(
                     state="succeeded", progress=1.0, message="done", report=report, problems_solved=problems_solved,
-                    ticket_file=self.ticket_path(item_id).name, finished_at=time.time(),
+                    ticket_file=self.ticket_path(item_id, attempt).name, finished_at=time.time(),
                 )
             )
             return bool(result.rowcount)  # type: ignore[attr-defined]
