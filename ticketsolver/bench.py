@@ -136,7 +136,7 @@ def run_solver_benchmark(
             r.backend,
             str(r.problems),
             f"{r.median_s:.3g}",
-            f"{r.per_s:,.0f}",
+            _rate(r.per_s),
             f"{ratio / r.median_s:,.0f}" if ratio and r.median_s == r.median_s else "-",
             f"{r.optimal_share:.0%}" if r.optimal_share == r.optimal_share else "-",
             f"{r.max_error:.2e}" if r.max_error == r.max_error else "-",
@@ -147,6 +147,10 @@ def run_solver_benchmark(
     if paper and not quick:
         result["paper"] = run_paper_workloads(console, seed)
     return result
+
+
+def _rate(value: float) -> str:
+    return "-" if value != value else (f"{value:,.0f}" if value >= 100 else f"{value:.3g}")
 
 
 def run_paper_workloads(console: Any, seed: int = 0) -> list[dict[str, Any]]:

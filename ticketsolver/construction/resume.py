@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -37,12 +38,13 @@ def save_pair(directory: Path, pair: int, solution: PairSolution, print_: str) -
     arrays.update(draws=solution.draws, weight_errors=solution.weight_errors, usable=solution.usable)
     if solution.bias_errors is not None:
         arrays["bias_errors"] = solution.bias_errors
-    tmp = directory / f"pair{pair}.tmp.npz"
-    np.savez_compressed(tmp, **arrays)
-    os.replace(tmp, directory / f"pair{pair}.npz")
-    meta = directory / f"pair{pair}.json.tmp"
-    meta.write_text(json.dumps({"fingerprint": print_, "stats": solution.stats}, default=float))
-    os.replace(meta, directory / f"pair{pair}.json")
+    # unique temporary names: two processes finishing the same layer must not write into one file
+    with tempfile.NamedTemporaryFile(dir=directory, prefix=f".pair{pair}.", suffix=".npz", delete=False) as fh:
+        np.savez_compressed(fh, **arrays)
+    os.replace(fh.name, directory / f"pair{pair}.npz")
+    with tempfile.NamedTemporaryFile("w", dir=directory, prefix=f".pair{pair}.", suffix=".json", delete=False) as fh:
+        fh.write(json.dumps({"fingerprint": print_, "stats": solution.stats}, default=float))
+    os.replace(fh.name, directory / f"pair{pair}.json")
 
 
 def load_pair(directory: Path, pair: int, print_: str) -> PairSolution | None:
@@ -61,5 +63,5 @@ def load_pair(directory: Path, pair: int, print_: str) -> PairSolution | None:
                 usable=z["usable"],
                 stats={**meta.get("stats", {}), "resumed": True},
             )
-    except (OSError, ValueError, KeyError, json.JSONDecodeError):
+    except Exception:  # a missing, partial or corrupt file (zip, npy or JSON errors): solve the layer again
         return None

@@ -237,17 +237,10 @@ class _Stopped(Exception):
 
 def verify_ticket(target: Any, ticket: Any, spec: JobSpec, device: Any = None) -> Any:
     """Verify on ``spec.verify_box``, else the ticket's input domain, else :data:`DEFAULT_VERIFY_BOX`."""
-    from ticketsolver.verification.against import check_ticket_matches, verify
-    from ticketsolver.verification.verify import verify_networks
+    from ticketsolver.verification.against import verify
 
     box = spec.verify_box or ticket.input_domain or DEFAULT_VERIFY_BOX
-    if ticket.input_domain is not None and tuple(box) == tuple(ticket.input_domain):
-        return verify(target, ticket, device=device, **spec.verify_options())
-    check_ticket_matches(target.module, ticket)
-    return verify_networks(
-        target.module, ticket.to_module(), input_shape=tuple(ticket.input_shape), input_box=tuple(box),
-        device=device, **spec.verify_options(),
-    )
+    return verify(target, ticket, input_box=tuple(box), device=device, **spec.verify_options())
 
 
 @dataclass

@@ -48,6 +48,7 @@ def verify(
     ticket: Any,
     data: Any = None,
     *,
+    input_box: tuple[float, float] | None = None,
     device: str | torch.device | None = None,
     **options: Any,
 ) -> Report:
@@ -57,6 +58,8 @@ def verify(
         model: a :class:`ticketsolver.models.Target` or an ``nn.Module`` of supported layers.
         ticket: the :class:`ticketsolver.ticket.Ticket`.
         data: None, ``(x, y)`` / ``(x, None)`` tensors, or a :class:`ticketsolver.data.Dataset` (its test split).
+        input_box: the input box (lo, hi) of the random inputs, the worst-case search and the certified bound;
+            default: the ticket's declared input domain, else the data's per-feature range.
         device: where to run (default: CUDA when present, else the CPU; the report says which).
         **options: passed to :func:`verify_networks` (n_random, worst_case_steps, dtypes, certify, ...).
 
@@ -73,7 +76,7 @@ def verify(
         target.module,
         ticket.to_module(),
         input_shape=tuple(ticket.input_shape),
-        input_box=ticket.input_domain,
+        input_box=input_box if input_box is not None else ticket.input_domain,
         data=data,
         device=device,
         **options,
