@@ -7,8 +7,8 @@ subset-sum optima found by enumeration, and the structure DESIGN.md section 2 pr
 
 from __future__ import annotations
 
-import zlib
 import copy
+import zlib
 from collections.abc import Callable
 from functools import cache
 
