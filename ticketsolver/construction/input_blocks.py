@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ticketsolver.construction.layout import PairLayout
+from ticketsolver.construction.layout import DrawCache, PairLayout
 from ticketsolver.construction.output_blocks import _stats
 from ticketsolver.construction.rounds import RoundProgress, RoundsResult, solve_with_resampling
 from ticketsolver.construction.solution import PairSolution
@@ -35,18 +35,13 @@ def solve_input_blocks(
     """Choose the masks of an input-blocks pair for the dense-view target ``weight`` (d_out, d_in)."""
     d_out, d_in, n = layout.d_out, layout.d_in, layout.n
     blocks = layout.draw_shape[1]  # d_in (+ 1 bias block)
-    u_full = layout.tensor(source, "U")
+    tensor = DrawCache(layout, source)
     cols = np.arange(d_in)
-    u_diag = u_full.reshape(d_in + int(layout.has_bias), n, d_in)[cols, :, cols].astype(np.float64)  # (d_in, n)
-    beta_bias = layout.tensor(source, "beta").reshape(blocks, n)[d_in].astype(np.float64) if layout.has_bias else None
-    draw_cache: dict[int, np.ndarray] = {}
+    u_diag = tensor("U").reshape(blocks, n, d_in)[cols, :, cols].astype(np.float64)  # (d_in, n)
+    beta_bias = tensor("beta").reshape(blocks, n)[d_in].astype(np.float64) if layout.has_bias else None
 
     def v_blocks(draw: int) -> np.ndarray:
-        if draw not in draw_cache:
-            for key in [key for key in draw_cache if key > 0]:  # keep draw 0 and the current draw
-                del draw_cache[key]
-            draw_cache[draw] = layout.tensor(source, "V", draw).reshape(d_out, blocks, n)
-        return draw_cache[draw]
+        return tensor("V", draw).reshape(d_out, blocks, n)
 
     def weight_problems(units: np.ndarray, draw: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         out, col = np.divmod(units, d_in)

@@ -26,7 +26,7 @@ from ticketsolver.construction.pair import Construction, PrunedPair
 from ticketsolver.errors import TicketFormatError
 from ticketsolver.source import RandomSource
 
-__all__ = ["ConvGeometry", "PairLayout"]
+__all__ = ["ConvGeometry", "DrawCache", "PairLayout"]
 
 
 @dataclass(frozen=True)
@@ -214,6 +214,25 @@ class PairLayout:
         if min(layout.d_out, layout.d_in, layout.n) < 1 or (layout.kind == "conv2d") != (geometry is not None):
             raise TicketFormatError(f"pair {layout.pair}: inconsistent shapes in the manifest")
         return layout
+
+
+class DrawCache:
+    """A pair's random tensors by (name, draw), regenerated on demand; keeps draw 0 (used by every round)
+    and the most recent other draw (resampling visits draws in order, so older ones are never asked again).
+    """
+
+    def __init__(self, layout: PairLayout, source: RandomSource) -> None:
+        self.layout, self.source = layout, source
+        self._tensors: dict[tuple[str, int], np.ndarray] = {}
+
+    def __call__(self, name: str, draw: int = 0) -> np.ndarray:
+        key = (name, draw)
+        if key not in self._tensors:
+            if draw > 0:
+                for old in [k for k in self._tensors if k[1] > 0 and k[1] != draw]:
+                    del self._tensors[old]
+            self._tensors[key] = self.layout.tensor(self.source, name, draw)
+        return self._tensors[key]
 
 
 def _set(layer: nn.Module, name: str, source: np.ndarray, mask: np.ndarray, prune_buffers: bool) -> None:

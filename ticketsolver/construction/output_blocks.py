@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ticketsolver.construction.layout import PairLayout
+from ticketsolver.construction.layout import DrawCache, PairLayout
 from ticketsolver.construction.rounds import RoundProgress, RoundsResult, solve_with_resampling
 from ticketsolver.construction.solution import PairSolution
 from ticketsolver.solvers import Solver
@@ -33,15 +33,8 @@ def solve_output_blocks(
     """Choose the masks of an output-blocks pair for the dense-view target ``weight`` (d_out, d_in)."""
     d_out, d_in, n = layout.d_out, layout.d_in, layout.n
     rows = np.arange(d_out)
-    v = layout.tensor(source, "V").reshape(d_out, d_out, n)[rows, rows].astype(np.float64)  # (d_out, n)
-    draw_cache: dict[tuple[str, int], np.ndarray] = {}
-
-    def tensor(name: str, draw: int) -> np.ndarray:
-        if (name, draw) not in draw_cache:
-            for key in [key for key in draw_cache if key[1] > 0]:  # keep draw 0 and the current draw
-                del draw_cache[key]
-            draw_cache[(name, draw)] = layout.tensor(source, name, draw)
-        return draw_cache[(name, draw)]
+    tensor = DrawCache(layout, source)
+    v = tensor("V").reshape(d_out, d_out, n)[rows, rows].astype(np.float64)  # (d_out, n)
 
     def weight_problems(units: np.ndarray, draw: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         out, col = np.divmod(units, d_in)

@@ -87,30 +87,22 @@ def solve_with_resampling(
         progress: called after each chunk with (round, solved, total) of the current round.
     """
     report = progress or (lambda *_: None)
-    units = np.arange(n_units)
-    coeffs, usable, targets = make_problems(units, 0)
-    _, n_problems, n = coeffs.shape
-    result = RoundsResult(
-        masks=np.zeros((n_units, n_problems, n), dtype=bool),
-        errors=np.zeros(n_units),
-        draws=np.zeros(n_units, dtype=np.uint8),
-        usable=usable.sum(2),
-    )
-    flat_masks, flat_errors = _solve_chunked(
-        solver,
-        coeffs.reshape(-1, n),
-        usable.reshape(-1, n),
-        targets.reshape(-1),
-        result,
-        lambda done, total: report(0, done, total),
-    )
-    result.masks[:] = flat_masks.reshape(n_units, n_problems, n)
-    result.errors[:] = flat_errors.reshape(n_units, n_problems).max(1)
-    for draw in range(1, resample + 1):
-        redo = np.flatnonzero(result.errors > tolerance)
-        if redo.size == 0:
-            break
+    result: RoundsResult | None = None
+    redo = np.arange(n_units)
+    for draw in range(resample + 1):
+        if result is not None:
+            redo = np.flatnonzero(result.errors > tolerance)
+            if redo.size == 0:
+                break
         coeffs, usable, targets = make_problems(redo, draw)
+        count, n_problems, n = coeffs.shape
+        if result is None:  # every unit starts unsolved (error +inf), so round 0 keeps all its answers
+            result = RoundsResult(
+                masks=np.zeros((n_units, n_problems, n), dtype=bool),
+                errors=np.full(n_units, np.inf),
+                draws=np.zeros(n_units, dtype=np.uint8),
+                usable=np.zeros((n_units, n_problems), dtype=np.int64),
+            )
         flat_masks, flat_errors = _solve_chunked(
             solver,
             coeffs.reshape(-1, n),
@@ -119,13 +111,14 @@ def solve_with_resampling(
             result,
             lambda done, total, draw=draw: report(draw, done, total),
         )
-        errors = flat_errors.reshape(redo.size, n_problems).max(1)
+        errors = flat_errors.reshape(count, n_problems).max(1)
         better = errors < result.errors[redo]
         won = redo[better]
         result.errors[won] = errors[better]
-        result.masks[won] = flat_masks.reshape(redo.size, n_problems, n)[better]
+        result.masks[won] = flat_masks.reshape(count, n_problems, n)[better]
         result.draws[won] = draw
         result.usable[won] = usable.sum(2)[better]
+    assert result is not None
     return result
 
 
