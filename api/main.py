@@ -44,7 +44,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(health.LatencyMiddleware, metrics=app.state.metrics)
     if settings.cors_origins:
         app.add_middleware(
-            CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST", "DELETE"],
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "DELETE"],
             allow_headers=["Authorization", "Content-Type"],
         )
 

@@ -56,6 +56,8 @@ class Settings(BaseSettings):
     @property
     def limits(self) -> Limits:
         return Limits(
-            max_n=self.max_n, max_batch_items=self.max_batch_items, max_weights_per_job=self.max_weights_per_job,
+            max_n=self.max_n,
+            max_batch_items=self.max_batch_items,
+            max_weights_per_job=self.max_weights_per_job,
             max_checkpoint_bytes=self.max_upload_bytes,
         )

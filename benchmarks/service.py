@@ -64,7 +64,11 @@ def service_benchmark(jobs: int, timeout: float) -> None:
     log = (data_dir / "server.log").open("wb")
     server = subprocess.Popen(
         [sys.executable, "-m", "api.server", "--port", str(port), "--data-dir", str(data_dir / "data")],
-        cwd=ROOT, env=env, stdout=log, stderr=log, start_new_session=True,
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=log,
+        start_new_session=True,
     )
     try:
         client = httpx.Client(base_url=url, timeout=30)
@@ -84,7 +88,8 @@ def service_benchmark(jobs: int, timeout: float) -> None:
         def submit(seed: int) -> str | None:
             with httpx.Client(base_url=url, timeout=60) as c:
                 response = c.post(
-                    "/approximate", files=[("checkpoint", (f"mlp{seed}.pt", _mlp_bytes(seed)))],
+                    "/approximate",
+                    files=[("checkpoint", (f"mlp{seed}.pt", _mlp_bytes(seed)))],
                     data={"params": json.dumps({**LIGHT, "seed": seed})},
                 )
             return response.json()["job_id"] if response.status_code == 202 else None
@@ -126,14 +131,33 @@ def service_benchmark(jobs: int, timeout: float) -> None:
     counts = {s: sum(1 for i in accepted if listed.get(i) == s) for s in ("succeeded", "failed", "cancelled")}
     lost = len(ids) - sum(1 for i in accepted if i in listed)
     table = Table(title=f"Service: {jobs} concurrent small jobs (MLP 8-16-4, n=12) on {os.cpu_count()} cores")
-    for column in ("submitted", "accepted", "succeeded", "failed", "lost", "status requests",
-                   "p50 ms", "p95 ms", "max ms", "submit s", "total s"):
+    for column in (
+        "submitted",
+        "accepted",
+        "succeeded",
+        "failed",
+        "lost",
+        "status requests",
+        "p50 ms",
+        "p95 ms",
+        "max ms",
+        "submit s",
+        "total s",
+    ):
         table.add_column(column, justify="right")
     ms = [1000 * v for v in latencies]
     table.add_row(
-        str(jobs), str(len(accepted)), str(counts["succeeded"]), str(counts["failed"]), str(lost), str(len(ms)),
-        f"{_percentile(ms, 50):.1f}", f"{_percentile(ms, 95):.1f}", f"{max(ms, default=float('nan')):.1f}",
-        f"{submitted:.1f}", f"{total:.1f}",
+        str(jobs),
+        str(len(accepted)),
+        str(counts["succeeded"]),
+        str(counts["failed"]),
+        str(lost),
+        str(len(ms)),
+        f"{_percentile(ms, 50):.1f}",
+        f"{_percentile(ms, 95):.1f}",
+        f"{max(ms, default=float('nan')):.1f}",
+        f"{submitted:.1f}",
+        f"{total:.1f}",
     )
     console.print(table)
     solved = [line for line in metrics.splitlines() if line.startswith("ticketsolver_problems_solved_total")]
@@ -180,23 +204,56 @@ def ray_benchmark(n: int, resample: int, heavy_problems: int) -> None:
             ts.build_ticket(target, 8, solve_with=solver, **{**options, "resample": 0})  # start Ray's workers
             solver.tasks = 0
             ticket, seconds, problems = timed(solver)
-            same = ticket.kept_hash() == reference.kept_hash() and all(
-                np.array_equal(a[k], b[k]) for a, b in zip(ticket.masks, reference.masks, strict=True) for k in a
-            ) and all(np.array_equal(a, b) for a, b in zip(ticket.draws, reference.draws, strict=True))
+            same = (
+                ticket.kept_hash() == reference.kept_hash()
+                and all(
+                    np.array_equal(a[k], b[k]) for a, b in zip(ticket.masks, reference.masks, strict=True) for k in a
+                )
+                and all(np.array_equal(a, b) for a, b in zip(ticket.draws, reference.draws, strict=True))
+            )
             masks, batch_seconds = timed_batch(RaySolver("mitm", chunk=max(1, heavy_problems // (4 * cpus))))
             label = f"Ray, {cpus} worker CPU{'s' if cpus > 1 else ''}"
-            rows.append((label, seconds, problems, same, str(solver.tasks), batch_seconds,
-                         bool(np.array_equal(masks, reference_masks))))
+            rows.append(
+                (
+                    label,
+                    seconds,
+                    problems,
+                    same,
+                    str(solver.tasks),
+                    batch_seconds,
+                    bool(np.array_equal(masks, reference_masks)),
+                )
+            )
         finally:
             ray.shutdown()
-    table = Table(title=f"Ray vs local pool ({os.cpu_count()} cores): LeNet5 ticket at n={n}, resample={resample}; "
-                  f"{heavy_problems:,} problems with 28 coefficients")
-    for column in ("executor", "ticket s", "problems", "problems/s", "bit-identical ticket", "Ray tasks",
-                   "n=28 batch s", "n=28 problems/s", "identical masks"):
+    table = Table(
+        title=f"Ray vs local pool ({os.cpu_count()} cores): LeNet5 ticket at n={n}, resample={resample}; "
+        f"{heavy_problems:,} problems with 28 coefficients"
+    )
+    for column in (
+        "executor",
+        "ticket s",
+        "problems",
+        "problems/s",
+        "bit-identical ticket",
+        "Ray tasks",
+        "n=28 batch s",
+        "n=28 problems/s",
+        "identical masks",
+    ):
         table.add_column(column, justify="right")
     for name, seconds, problems, same, tasks, batch_s, batch_same in rows:
-        table.add_row(name, f"{seconds:.2f}", f"{problems:,}", f"{problems / seconds:,.0f}", str(same), tasks,
-                      f"{batch_s:.2f}", f"{heavy_problems / batch_s:,.0f}", str(batch_same))
+        table.add_row(
+            name,
+            f"{seconds:.2f}",
+            f"{problems:,}",
+            f"{problems / seconds:,.0f}",
+            str(same),
+            tasks,
+            f"{batch_s:.2f}",
+            f"{heavy_problems / batch_s:,.0f}",
+            str(batch_same),
+        )
     console.print(table)
     ray_rows = [r for r in rows if r[0].startswith("Ray")]
     if len(ray_rows) == 2:

@@ -141,6 +141,7 @@ def _build_and_verify(
     data_spec: str | None,
     verify_after: bool,
     report_path: Path | None,
+    block_draws: int = 8,
 ) -> dict[str, Any]:
     from ticketsolver import build_ticket, load_target
     from ticketsolver.ticket.summary import render_ticket, ticket_summary
@@ -162,6 +163,7 @@ def _build_and_verify(
             input_domain=input_domain,
             resample=resample,
             tolerance=tolerance,
+            block_draws=block_draws,
             progress=progress,
         )
     build_seconds = time.perf_counter() - t0
@@ -198,6 +200,9 @@ def build(
     ] = None,
     resample: Annotated[int, typer.Option(help="extra draws for weights above --tolerance (IteRand)")] = 32,
     tolerance: Annotated[float, typer.Option(help="weights with a larger error are redrawn")] = 1e-7,
+    block_draws: Annotated[
+        int, typer.Option(help="construction I: draws of each input block's U rows, the most sign-balanced kept")
+    ] = 8,
     arch: Annotated[
         str | None, typer.Option(help="built-in architecture of a state_dict (lenet5, mlp); inferred by default")
     ] = None,
@@ -209,7 +214,19 @@ def build(
     """Build the ticket of a trained network, save it, verify it and print the report."""
     _run(
         lambda: _build_and_verify(
-            model, n, seed, solver, _parse_domain(input_domain), resample, tolerance, arch, out, data, verify, report
+            model,
+            n,
+            seed,
+            solver,
+            _parse_domain(input_domain),
+            resample,
+            tolerance,
+            arch,
+            out,
+            data,
+            verify,
+            report,
+            block_draws=block_draws,
         )
     )
 

@@ -39,7 +39,8 @@ class StoreCollector(Collector):
             "ticketsolver_items_completed", "Items that produced a ticket", value=counts["items"]["succeeded"]
         )
         yield CounterMetricFamily(
-            "ticketsolver_problems_solved", "Subset-sum problems solved by finished items",
+            "ticketsolver_problems_solved",
+            "Subset-sum problems solved by finished items",
             value=counts["problems_solved"],
         )
 
@@ -51,10 +52,12 @@ class Metrics:
         self.registry = CollectorRegistry()
         self.registry.register(StoreCollector(store))
         self.latency = Histogram(
-            "ticketsolver_request_seconds", "HTTP request latency", ["method", "route", "status"],
-            registry=self.registry, buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            "ticketsolver_request_seconds",
+            "HTTP request latency",
+            ["method", "route", "status"],
+            registry=self.registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
         )
-
 
 
 class LatencyMiddleware:
@@ -88,8 +91,12 @@ class LatencyMiddleware:
 @router.get("/healthz")
 def healthz(settings: SettingsDep, store: StoreDep, runner: RunnerDep) -> dict[str, object]:
     """Liveness: the store answers. Open without a token (for load balancers and healthchecks)."""
-    return {"status": "ok" if store.ping() else "degraded", "version": __version__,
-            "executor": settings.executor, "busy_workers": runner.busy}
+    return {
+        "status": "ok" if store.ping() else "degraded",
+        "version": __version__,
+        "executor": settings.executor,
+        "busy_workers": runner.busy,
+    }
 
 
 @router.get("/metrics", dependencies=[Authorized], response_class=Response)

@@ -66,8 +66,13 @@ def list_tickets(store: StoreDep, job_id: JobId) -> TicketsPublic:
     """One entry per (checkpoint, n); ``url`` is set once its ticket exists."""
     job = _job_or_404(store, job_id)
     data = [
-        {"k": i.position, "checkpoint": i.checkpoint, "n": i.n, "state": i.state,
-         "url": f"/jobs/{job_id}/tickets/{i.position}" if i.has_ticket else None}
+        {
+            "k": i.position,
+            "checkpoint": i.checkpoint,
+            "n": i.n,
+            "state": i.state,
+            "url": f"/jobs/{job_id}/tickets/{i.position}" if i.has_ticket else None,
+        }
         for i in job.items
     ]
     return TicketsPublic.model_validate({"data": data, "count": len(data)})

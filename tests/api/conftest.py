@@ -122,8 +122,11 @@ class Server:
         self.url = f"http://127.0.0.1:{port}"
         self.process = subprocess.Popen(
             [sys.executable, "-m", "api.server", "--port", str(port), "--data-dir", str(self.data_dir)],
-            cwd=ROOT, env=self.env, start_new_session=True,
-            stdout=subprocess.DEVNULL, stderr=(self.data_dir.parent / f"server-{port}.log").open("wb"),
+            cwd=ROOT,
+            env=self.env,
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=(self.data_dir.parent / f"server-{port}.log").open("wb"),
         )
         self.groups.append(self.process.pid)
         deadline = time.monotonic() + timeout

@@ -26,7 +26,9 @@ class MarkerPayload:
 
 def _submit(client, files, params=None, headers=None):
     return client.post(
-        "/approximate", files=[("checkpoint", f) for f in files], data={"params": json.dumps(params or {})},
+        "/approximate",
+        files=[("checkpoint", f) for f in files],
+        data={"params": json.dumps(params or {})},
         headers=headers or {},
     )
 
@@ -39,8 +41,11 @@ def test_healthz_is_open_and_reports_the_executor(client_factory):
 
 def test_missing_token_401(client_factory, mlp_bytes):
     client = client_factory(token="s3cret")
-    for request in (lambda h: client.get("/jobs", headers=h), lambda h: client.get("/metrics", headers=h),
-                    lambda h: _submit(client, [("a.pt", mlp_bytes())], headers=h)):
+    for request in (
+        lambda h: client.get("/jobs", headers=h),
+        lambda h: client.get("/metrics", headers=h),
+        lambda h: _submit(client, [("a.pt", mlp_bytes())], headers=h),
+    ):
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic czNjcmV0"}):
             response = request(headers)
             assert response.status_code == 401
@@ -69,8 +74,12 @@ def test_upload_of_pickle_payload_is_refused(client_factory, tmp_path, wrap):
 def test_oversized_upload_413(client_factory, mlp_bytes):
     client = client_factory(max_upload_bytes=10_000)
     assert _submit(client, [("big.pt", b"\0" * 20_000)]).status_code == 413
-    assert _submit(client, [("a.pt", mlp_bytes()), ("b.pt", mlp_bytes(1)), ("c.pt", mlp_bytes(2)),
-                            ("d.pt", mlp_bytes(3))]).status_code == 413
+    assert (
+        _submit(
+            client, [("a.pt", mlp_bytes()), ("b.pt", mlp_bytes(1)), ("c.pt", mlp_bytes(2)), ("d.pt", mlp_bytes(3))]
+        ).status_code
+        == 413
+    )
     assert client.get("/jobs").json()["count"] == 0
 
 
@@ -140,8 +149,16 @@ def test_cors_origins_from_the_environment(monkeypatch):
 
 def test_openapi_describes_the_routes(client_factory):
     paths = client_factory().get("/openapi.json").json()["paths"]
-    assert {"/approximate", "/jobs", "/jobs/{job_id}", "/jobs/{job_id}/tickets", "/jobs/{job_id}/tickets/{k}",
-            "/jobs/{job_id}/report", "/healthz", "/metrics"} <= set(paths)
+    assert {
+        "/approximate",
+        "/jobs",
+        "/jobs/{job_id}",
+        "/jobs/{job_id}/tickets",
+        "/jobs/{job_id}/tickets/{k}",
+        "/jobs/{job_id}/report",
+        "/healthz",
+        "/metrics",
+    } <= set(paths)
     assert "delete" in paths["/jobs/{job_id}"]
 
 
@@ -155,7 +172,8 @@ def test_submit_follow_download_and_metrics(client_factory, mlp_bytes, tmp_path)
     assert job["state"] == "succeeded", job["error"]
     assert job["progress"] == 1.0 and job["checkpoints"][0]["name"] == "net.pt"
     assert [(i["n"], i["state"], [la["fraction"] for la in i["layers"]]) for i in job["items"]] == [
-        (8, "succeeded", [1.0, 1.0]), (10, "succeeded", [1.0, 1.0])
+        (8, "succeeded", [1.0, 1.0]),
+        (10, "succeeded", [1.0, 1.0]),
     ]
     tickets = client.get(f"/jobs/{job_id}/tickets").json()
     assert [t["url"] for t in tickets["data"]] == [f"/jobs/{job_id}/tickets/0", f"/jobs/{job_id}/tickets/1"]
@@ -173,4 +191,3 @@ def test_submit_follow_download_and_metrics(client_factory, mlp_bytes, tmp_path)
     assert "ticketsolver_items_completed_total 2.0" in text
     assert "ticketsolver_problems_solved_total" in text
     assert 'ticketsolver_request_seconds_count{method="GET",route="/jobs/{job_id}",status="200"}' in text
-

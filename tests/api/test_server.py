@@ -33,8 +33,11 @@ def _download(client: httpx.Client, url: str, path) -> Ticket:
 def test_submit_poll_download_and_the_ticket_verifies(server, mlp_bytes, tmp_path):
     (tmp_path / "net.pt").write_bytes(mlp_bytes(5, (8, 16, 4)))
     with server.client() as client:
-        job_id = _submit(client, [("net.pt", (tmp_path / "net.pt").read_bytes())],
-                         {"n": 16, "seed": 2, "resample": 4, "input_domain": [-1, 1], **{**LIGHT, "resample": 4}})
+        job_id = _submit(
+            client,
+            [("net.pt", (tmp_path / "net.pt").read_bytes())],
+            {"n": 16, "seed": 2, "resample": 4, "input_domain": [-1, 1], **{**LIGHT, "resample": 4}},
+        )
         job = wait_for(lambda: client.get(f"/jobs/{job_id}"), finished)
         assert job["state"] == "succeeded", job["error"]
         ticket = _download(client, f"/jobs/{job_id}/tickets/0", tmp_path / "net.ticket")
@@ -55,23 +58,29 @@ def test_a_batch_over_several_n_and_checkpoints(server, mlp_bytes, tmp_path):
         assert job["state"] == "succeeded", job["error"]
         tickets = client.get(f"/jobs/{job_id}/tickets").json()
         assert [(t["k"], t["checkpoint"], t["n"]) for t in tickets["data"]] == [
-            (0, "a.pt", 8), (1, "a.pt", 10), (2, "b.pt", 8), (3, "b.pt", 10)
+            (0, "a.pt", 8),
+            (1, "a.pt", 10),
+            (2, "b.pt", 8),
+            (3, "b.pt", 10),
         ]
         loaded = [_download(client, t["url"], tmp_path / f"{t['k']}.ticket") for t in tickets["data"]]
         report = client.get(f"/jobs/{job_id}/report").json()
     assert [t.layouts[0].n for t in loaded] == [8, 10, 8, 10]
     assert [t.input_shape for t in loaded] == [(8,), (8,), (6,), (6,)]
     assert [r["item"] for r in report["items"]] == [
-        {"checkpoint": "a.pt", "n": 8}, {"checkpoint": "a.pt", "n": 10},
-        {"checkpoint": "b.pt", "n": 8}, {"checkpoint": "b.pt", "n": 10},
+        {"checkpoint": "a.pt", "n": 8},
+        {"checkpoint": "a.pt", "n": 10},
+        {"checkpoint": "b.pt", "n": 8},
+        {"checkpoint": "b.pt", "n": 10},
     ]
     assert all(r["verification"]["sections"]["random"]["float32"]["n_inputs"] == 64 for r in report["items"])
 
 
 def test_cancel_a_running_job_frees_the_worker(server, lenet_bytes, mlp_bytes):
     with server.client() as client:
-        long_job = _submit(client, [("lenet.pt", lenet_bytes)],
-                           {**LIGHT, "n": [20, 24], "resample": 16, "input_domain": [0, 1]})
+        long_job = _submit(
+            client, [("lenet.pt", lenet_bytes)], {**LIGHT, "n": [20, 24], "resample": 16, "input_domain": [0, 1]}
+        )
         running = wait_for(lambda: client.get(f"/jobs/{long_job}"), lambda j: finished(j) or j["progress"] > 0)
         cancelled = client.delete(f"/jobs/{long_job}")
         assert cancelled.status_code == 200, (cancelled.text, running)
@@ -89,8 +98,10 @@ def test_upload_without_content_length_is_413(server):
     boundary = "ts-boundary"
 
     def body():
-        yield (f"--{boundary}\r\nContent-Disposition: form-data; name=\"checkpoint\"; filename=\"big.pt\"\r\n"
-               "Content-Type: application/octet-stream\r\n\r\n").encode()
+        yield (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="checkpoint"; filename="big.pt"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n"
+        ).encode()
         for _ in range(64):  # 4 MiB in 64 KiB chunks, beyond the server's 2 MB limit
             yield b"\0" * 65536
         yield f"\r\n--{boundary}--\r\n".encode()
@@ -114,11 +125,14 @@ def test_a_job_survives_a_crash_and_restart(server_factory, lenet_bytes, tmp_pat
     (tmp_path / "lenet.pt").write_bytes(lenet_bytes)
     first = server_factory().start()
     with first.client() as client:
-        job_id = _submit(client, [("lenet.pt", lenet_bytes)],
-                         {**LIGHT, "n": 20, "seed": 4, "resample": 8, "input_domain": [0, 1]})
+        job_id = _submit(
+            client, [("lenet.pt", lenet_bytes)], {**LIGHT, "n": 20, "seed": 4, "resample": 8, "input_domain": [0, 1]}
+        )
         # a layer's message says "done" once it is stored in the item's resume directory
-        wait_for(lambda: client.get(f"/jobs/{job_id}"),
-                 lambda j: finished(j) or [la["message"][-4:] for la in j["items"][0]["layers"][:2]] == ["done"] * 2)
+        wait_for(
+            lambda: client.get(f"/jobs/{job_id}"),
+            lambda j: finished(j) or [la["message"][-4:] for la in j["items"][0]["layers"][:2]] == ["done"] * 2,
+        )
     first.kill()
     second = server_factory(data_dir=first.data_dir).start()
     with second.client() as client:

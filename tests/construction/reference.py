@@ -126,7 +126,8 @@ def tensors_with_draws(layout: PairLayout, seed: int, draws: np.ndarray) -> dict
     """The tensors the network holds: draw 0, with each redrawn unit's own entries taken from its draw.
 
     A unit's own entries (DESIGN.md, resampling): O weight (l, j) -> U[(l, t), j] for all t; O bias l ->
-    beta[(l, t)]; I weight (i, j) -> V[i, (j, t)]; I bias i -> V[i, (bias, t)].
+    beta[(l, t)]; I weight (i, j) -> V[i, (j, t)]; I bias i -> V[i, (bias, t)]. Construction I's extra last
+    row holds each input block's draw: block j < d_in -> the rows U[(j, t), :]; the bias block -> beta[(bias, t)].
     """
     tensors = draw_tensors(layout, seed, 0)
     d_out, d_in, n = layout.d_out, layout.d_in, layout.n
@@ -141,5 +142,10 @@ def tensors_with_draws(layout: PairLayout, seed: int, draws: np.ndarray) -> dict
                 tensors["beta"].reshape(d_out, n)[row] = redrawn["beta"].reshape(d_out, n)[row]
         else:
             blocks = d_in + int(layout.has_bias)
-            tensors["V"].reshape(d_out, blocks, n)[row, col] = redrawn["V"].reshape(d_out, blocks, n)[row, col]
+            if row < d_out:
+                tensors["V"].reshape(d_out, blocks, n)[row, col] = redrawn["V"].reshape(d_out, blocks, n)[row, col]
+            elif col < d_in:
+                tensors["U"].reshape(blocks, n, d_in)[col] = redrawn["U"].reshape(blocks, n, d_in)[col]
+            else:
+                tensors["beta"].reshape(blocks, n)[col] = redrawn["beta"].reshape(blocks, n)[col]
     return tensors

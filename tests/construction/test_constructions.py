@@ -20,9 +20,8 @@ from torch import nn
 
 from ticketsolver import ConstructionError, Ticket, build_ticket
 from ticketsolver.construction.pair import PrunedPair
-from ticketsolver.source import RandomSource
 
-from .reference import effective_weights, optimal_errors, realised_errors
+from .reference import effective_weights, optimal_errors, realised_errors, tensors_with_draws
 
 N = 12
 SEED = 5
@@ -74,10 +73,9 @@ def dense_target(layer: nn.Module) -> tuple[np.ndarray, np.ndarray | None]:
 
 
 def draw0_tensors(ticket: Ticket) -> dict[str, np.ndarray]:
-    """The pair's random tensors straight from the stream keys (seed, pair 0, tensor, draw 0)."""
-    layout = ticket.layouts[0]
-    source = RandomSource(SEED)
-    return {name: source.tensor(0, name, shape, layout.scales[name]) for name, shape in layout.shapes().items()}
+    """The pair's random tensors from the stream keys: draw 0 (no resampling), except construction I's input
+    blocks at the draws the builder chose for them (the draws array's last row; see reference.py)."""
+    return tensors_with_draws(ticket.layouts[0], SEED, ticket.draws[0])
 
 
 def sample_inputs(shape: tuple[int, ...], construction: str, seed: int = 0) -> torch.Tensor:

@@ -47,7 +47,25 @@ def _build(kind: str, construction: str, resample: int, tolerance: float) -> Tic
         tolerance=tolerance,
         solver="mitm",
         seed=SEED,
+        block_draws=0,  # these tests follow V's resampling rounds alone; block draws have their own tests
     )
+
+
+def unit_shape(layout) -> tuple[int, int]:  # noqa: ANN001
+    """One draw per weight, plus a column for the bias (construction I's extra block row excluded)."""
+    return (layout.d_out, layout.d_in + int(layout.has_bias))
+
+
+def unit_draws(ticket: Ticket) -> np.ndarray:
+    """The per-unit draws of V (I) or U/beta (O): the ticket's draws without construction I's block row."""
+    return ticket.draws[0][: ticket.layouts[0].d_out]
+
+
+def with_blocks_at_zero(layout, units: np.ndarray) -> np.ndarray:  # noqa: ANN001
+    """A full draws array for ``units``, every input block at draw 0 (these builds use block_draws=0)."""
+    full = np.zeros(layout.draw_shape, dtype=np.uint8)
+    full[: layout.d_out] = units
+    return full
 
 
 def _target(kind: str) -> tuple[np.ndarray, np.ndarray]:
@@ -90,8 +108,9 @@ def test_resampling_never_makes_a_unit_worse(kind: str, construction: str) -> No
 def test_draws_are_recorded_per_unit_within_the_rounds(kind: str, construction: str) -> None:
     single, resampled, _ = single_and_resampled(kind, construction)
     layout = resampled.layouts[0]
-    draws = resampled.draws[0]
+    draws = unit_draws(resampled)
     assert draws.dtype == np.uint8 and draws.shape == (layout.d_out, layout.d_in + 1)
+    assert not resampled.draws[0][layout.d_out :].any()  # block_draws=0: every input block at draw 0
     assert draws.min() >= 0 and draws.max() <= ROUNDS
     assert draws.any()
     assert not single.draws[0].any()
@@ -104,7 +123,7 @@ def test_units_within_tolerance_after_round_zero_are_never_redrawn(kind: str, co
     before, after = unit_errors(single, kind), unit_errors(resampled, kind)
     settled = before <= tolerance
     assert settled.any() and (~settled).any()
-    assert (resampled.draws[0][settled] == 0).all()
+    assert (unit_draws(resampled)[settled] == 0).all()
     assert np.array_equal(after[settled], before[settled])
 
 
@@ -115,18 +134,23 @@ def test_each_unit_keeps_the_first_best_draw_of_the_rounds_it_took_part_in(kind:
     layout = resampled.layouts[0]
     weight, bias = _target(kind)
     optimum_at = [
-        optimal_errors(layout, tensors_with_draws(layout, SEED, np.full(layout.draw_shape, d, np.uint8)), weight, bias)
+        optimal_errors(
+            layout,
+            tensors_with_draws(layout, SEED, with_blocks_at_zero(layout, np.full(unit_shape(layout), d))),
+            weight,
+            bias,
+        )
         for d in range(ROUNDS + 1)
     ]
-    expected_draws = np.zeros(layout.draw_shape, dtype=np.uint8)
+    expected_draws = np.zeros(unit_shape(layout), dtype=np.uint8)
     expected_errors = optimum_at[0].copy()
-    for unit in np.ndindex(*layout.draw_shape):
+    for unit in np.ndindex(*unit_shape(layout)):
         for d in range(1, ROUNDS + 1):
             if expected_errors[unit] <= tolerance:
                 break
             if optimum_at[d][unit] < expected_errors[unit]:
                 expected_errors[unit], expected_draws[unit] = optimum_at[d][unit], d
-    assert np.array_equal(resampled.draws[0], expected_draws)
+    assert np.array_equal(unit_draws(resampled), expected_draws)
     assert np.allclose(unit_errors(resampled, kind), expected_errors, rtol=0, atol=1e-12)
 
 
@@ -161,4 +185,4 @@ def test_zero_tolerance_redraws_every_inexact_unit_for_all_rounds() -> None:
     before, after = unit_errors(single, "linear"), unit_errors(resampled, "linear")
     assert (after <= before + 1e-15).all()
     improved = after < before
-    assert np.array_equal(resampled.draws[0] > 0, improved)
+    assert np.array_equal(unit_draws(resampled) > 0, improved)

@@ -210,8 +210,13 @@ def test_an_interrupted_item_resumes_from_its_finished_layers(store, tmp_path):
             raise KeyboardInterrupt("worker killed")
 
     with pytest.raises(KeyboardInterrupt):
-        ts.build_ticket(target, 12, progress=crash_on_second_layer, resume_dir=store.resume_dir(first.item_id),
-                        **spec.build_options())
+        ts.build_ticket(
+            target,
+            12,
+            progress=crash_on_second_layer,
+            resume_dir=store.resume_dir(first.item_id),
+            **spec.build_options(),
+        )
     assert store.requeue_interrupted() == 1
     second = store.claim_next_item()
     assert run_item(second, {"kind": "local"}, str(store.data_dir), store.url) == "succeeded"
@@ -240,7 +245,10 @@ def test_runner_runs_a_batch_in_worker_processes(store):
     job = store.get_job(job_id)
     assert job.state == "succeeded", job.error
     assert [(i.checkpoint, i.n, i.state) for i in job.items] == [
-        ("a.pt", 8, "succeeded"), ("a.pt", 10, "succeeded"), ("b.pt", 8, "succeeded"), ("b.pt", 10, "succeeded")
+        ("a.pt", 8, "succeeded"),
+        ("a.pt", 10, "succeeded"),
+        ("b.pt", 8, "succeeded"),
+        ("b.pt", 10, "succeeded"),
     ]
     hashes = {Ticket.load(store.ticket_of(i.id)).kept_hash() for i in job.items}
     assert len(hashes) == 4

@@ -26,7 +26,12 @@ def test_job_has_one_item_per_checkpoint_and_n(store):
     job = store.get_job(_job(store, ns=(10, 12, 14), checkpoints=2))
     assert job.state == "queued" and job.progress == 0.0
     assert [(i.checkpoint, i.n) for i in job.items] == [
-        ("net0.pt", 10), ("net0.pt", 12), ("net0.pt", 14), ("net1.pt", 10), ("net1.pt", 12), ("net1.pt", 14)
+        ("net0.pt", 10),
+        ("net0.pt", 12),
+        ("net0.pt", 14),
+        ("net1.pt", 10),
+        ("net1.pt", 12),
+        ("net1.pt", 14),
     ]
     assert [i.position for i in job.items] == list(range(6))
 

@@ -56,11 +56,18 @@ class BuildConfig:
     input_domain: tuple[float, float] | None = None  # box of the model's inputs; lo >= 0 allows O first
     resample: int = 32  # extra draws for units whose error exceeds `tolerance` (IteRand); 0 = one draw
     tolerance: float = 1e-7  # a unit is redrawn while its error exceeds this
+    block_draws: int = 8  # construction I: draws of each input block's U rows to choose the most sign-balanced from
     scale_margin: float = 1.5  # expected reach of a block's subset sums, in units of the layer's max |w|
     construction: Literal["auto", "output_blocks", "input_blocks"] = "auto"  # force one where valid
 
     def __post_init__(self) -> None:
-        for name, low, high in (("n", 1, MAX_N), ("seed", 0, 2**63 - 1), ("resample", 0, MAX_RESAMPLE)):
+        limits = (
+            ("n", 1, MAX_N),
+            ("seed", 0, 2**63 - 1),
+            ("resample", 0, MAX_RESAMPLE),
+            ("block_draws", 0, MAX_RESAMPLE),
+        )
+        for name, low, high in limits:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not low <= value <= high:
                 raise ConstructionError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
@@ -223,7 +230,8 @@ def build_ticket(
         solution = load_pair(resume, pair, stamp) if resume is not None else None
         if solution is None:
             t0 = time.perf_counter()
-            solution = solve(layout, source, weight, bias, solver, config.resample, config.tolerance, on_round)
+            extra = {"block_draws": config.block_draws} if construction == "input_blocks" else {}
+            solution = solve(layout, source, weight, bias, solver, config.resample, config.tolerance, on_round, **extra)
             solution.stats["seconds"] = time.perf_counter() - t0
             solution.stats["module_index"] = index
             if resume is not None:

@@ -22,6 +22,39 @@ from ticketsolver.source import RandomSource
 __all__ = ["solve_input_blocks"]
 
 
+def _balanced_blocks(
+    layout: PairLayout, source: RandomSource, extra_draws: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Per input block, the draw whose U signs are most balanced; for the bias block, the beta draw with
+    the most positive entries. Returns (draw per block, U's diagonal (d_in, n), the bias block's beta).
+
+    In construction I, U is shared by every output: a block j with k positive entries gives each weight of
+    column j k usable coefficients for x+ and n - k for x-, whatever V is. Resampling V cannot change that,
+    so before solving each block takes, among draws 0..extra_draws of its own rows (recorded, like every
+    draw), the one maximising min(k, n - k) — the weaker of its two problems. Ties keep the earlier draw.
+    """
+    n, d_in, blocks = layout.n, layout.d_in, layout.draw_shape[1]
+    cols = np.arange(d_in)
+    best = np.zeros(blocks, dtype=np.uint8)
+    u_diag = np.zeros((d_in, n))
+    score = np.full(d_in, -1)
+    beta_bias = None
+    beta_score = -1
+    for d in range(extra_draws + 1):
+        diag = layout.tensor(source, "U", d).reshape(blocks, n, d_in)[cols, :, cols].astype(np.float64)
+        positive = (diag > 0).sum(1)
+        balance = np.minimum(positive, (diag < 0).sum(1))
+        better = balance > score
+        best[:d_in][better] = d
+        u_diag[better] = diag[better]
+        score[better] = balance[better]
+        if layout.has_bias:
+            beta = layout.tensor(source, "beta", d).reshape(blocks, n)[d_in].astype(np.float64)
+            if (beta > 0).sum() > beta_score:
+                best[d_in], beta_bias, beta_score = d, beta, int((beta > 0).sum())
+    return best, u_diag, beta_bias
+
+
 def solve_input_blocks(
     layout: PairLayout,
     source: RandomSource,
@@ -31,14 +64,17 @@ def solve_input_blocks(
     resample: int,
     tolerance: float,
     progress: RoundProgress | None = None,
+    block_draws: int = 0,
 ) -> PairSolution:
-    """Choose the masks of an input-blocks pair for the dense-view target ``weight`` (d_out, d_in)."""
+    """Choose the masks of an input-blocks pair for the dense-view target ``weight`` (d_out, d_in).
+
+    ``block_draws`` extra draws of each input block's U rows are considered, the most sign-balanced kept
+    (see :func:`_balanced_blocks`); 0 keeps draw 0 everywhere.
+    """
     d_out, d_in, n = layout.d_out, layout.d_in, layout.n
     blocks = layout.draw_shape[1]  # d_in (+ 1 bias block)
     tensor = DrawCache(layout, source)
-    cols = np.arange(d_in)
-    u_diag = tensor("U").reshape(blocks, n, d_in)[cols, :, cols].astype(np.float64)  # (d_in, n)
-    beta_bias = tensor("beta").reshape(blocks, n)[d_in].astype(np.float64) if layout.has_bias else None
+    chosen_blocks, u_diag, beta_bias = _balanced_blocks(layout, source, block_draws)
 
     def v_blocks(draw: int) -> np.ndarray:
         return tensor("V", draw).reshape(d_out, blocks, n)
@@ -59,15 +95,17 @@ def solve_input_blocks(
         return (v * beta_bias)[:, None], np.broadcast_to(beta_bias > 0, v.shape)[:, None], bias[units][:, None]
 
     w = solve_with_resampling(solver, d_out * d_in, weight_problems, resample, tolerance, progress)
+    cols = np.arange(d_in)
     v_mask = np.zeros((d_out, blocks, n), dtype=bool)
     v_mask[:, :d_in] = w.masks.any(axis=1).reshape(d_out, d_in, n)  # the two problems use disjoint t
     draws = np.zeros(layout.draw_shape, dtype=np.uint8)
-    draws[:, :d_in] = w.draws.reshape(d_out, d_in)
+    draws[d_out] = chosen_blocks
+    draws[:d_out, :d_in] = w.draws.reshape(d_out, d_in)
     b: RoundsResult | None = None
     if bias is not None:
         b = solve_with_resampling(solver, d_out, bias_problems, resample, tolerance, progress)
         v_mask[:, d_in] = b.masks[:, 0]
-        draws[:, d_in] = b.draws
+        draws[:d_out, d_in] = b.draws
     used = v_mask.any(axis=0)  # (blocks, n): hidden units that feed some output
     u_mask = np.zeros((blocks, n, d_in), dtype=bool)
     u_mask[cols, :, cols] = used[:d_in]  # only the block-diagonal entry of a used unit is kept

@@ -62,8 +62,9 @@ class PairLayout:
 
     @property
     def draw_shape(self) -> tuple[int, int]:
-        """Shape of the per-unit draw index: one per weight, plus a column for the bias."""
-        return (self.d_out, self.d_in + int(self.has_bias))
+        """Shape of the draw indices: one per weight, plus a column for the bias. Construction I has one
+        more row: the draw of each input block's U rows (and of the bias block's beta), see input_blocks."""
+        return (self.d_out + int(self.construction == "input_blocks"), self.d_in + int(self.has_bias))
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
         """Dense-view shapes of the random tensors (beta only where the target has a bias)."""
@@ -109,11 +110,20 @@ class PairLayout:
                     b_hit = np.broadcast_to(hit[:, d_in, None], b.shape)
                     b[b_hit] = b_d[b_hit]
             else:
-                # a weight's (and the bias's) unit is its n entries of V
+                # a weight's (and the bias's) unit is its n entries of V (rows 0..d_out-1) ...
                 v = tensors["V"].reshape(d_out, self.draw_shape[1], n)
                 v_d = self.tensor(source, "V", d).reshape(v.shape)
-                v_hit = np.broadcast_to(hit[:, :, None], v.shape)
+                v_hit = np.broadcast_to(hit[:d_out, :, None], v.shape)
                 v[v_hit] = v_d[v_hit]
+                # ... and the last row holds the draw of each input block's U rows (the bias block's beta)
+                blocks = hit[d_out]
+                if blocks[:d_in].any():
+                    u = tensors["U"].reshape(self.draw_shape[1], n, d_in)
+                    u_d = self.tensor(source, "U", d).reshape(u.shape)
+                    u[blocks] = u_d[blocks]
+                if self.has_bias and blocks[d_in]:
+                    b = tensors["beta"].reshape(self.draw_shape[1], n)
+                    b[d_in] = self.tensor(source, "beta", d).reshape(b.shape)[d_in]
         return tensors
 
     def candidates(self, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -167,7 +177,13 @@ class PairLayout:
             g = self.conv
             assert g is not None
             first = skip_init(
-                nn.Conv2d, g.in_channels, self.hidden, g.kernel_size, g.stride, g.padding, g.dilation,
+                nn.Conv2d,
+                g.in_channels,
+                self.hidden,
+                g.kernel_size,
+                g.stride,
+                g.padding,
+                g.dilation,
                 bias=self.has_bias,
             )
             second = skip_init(nn.Conv2d, self.hidden, self.d_out, 1, bias=False)

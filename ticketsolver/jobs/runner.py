@@ -91,14 +91,20 @@ class JobSpec:
     def build_options(self) -> dict[str, Any]:
         """Keyword arguments of :func:`ticketsolver.build_ticket` (besides n)."""
         return {
-            "seed": self.seed, "solver": self.solver, "input_domain": self.input_domain,
-            "resample": self.resample, "tolerance": self.tolerance,
+            "seed": self.seed,
+            "solver": self.solver,
+            "input_domain": self.input_domain,
+            "resample": self.resample,
+            "tolerance": self.tolerance,
         }
 
     def verify_options(self) -> dict[str, Any]:
         return {
-            "n_random": self.n_random, "worst_case_starts": self.worst_case_starts,
-            "worst_case_steps": self.worst_case_steps, "dtypes": tuple(self.dtypes), "certify": self.certify,
+            "n_random": self.n_random,
+            "worst_case_starts": self.worst_case_starts,
+            "worst_case_steps": self.worst_case_steps,
+            "dtypes": tuple(self.dtypes),
+            "certify": self.certify,
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -214,10 +220,16 @@ def accept_job(
                 target = load_target(path, arch=spec.arch, max_bytes=limits.max_checkpoint_bytes)
             except TicketSolverError as exc:  # name the client's file, not the server's id
                 raise type(exc)(str(exc).replace(checkpoint_id, shown)) from exc
-            checkpoints.append({
-                "id": checkpoint_id, "name": shown, "size": size, "sha256": sha256,
-                "arch": target.arch, "target_params": target_params(target),
-            })
+            checkpoints.append(
+                {
+                    "id": checkpoint_id,
+                    "name": shown,
+                    "size": size,
+                    "sha256": sha256,
+                    "arch": target.arch,
+                    "target_params": target_params(target),
+                }
+            )
         check_limits(spec, [c["target_params"] for c in checkpoints], limits)
         return store.create_job(spec.to_dict(), checkpoints, spec.n, executor)
     except BaseException:
@@ -322,7 +334,11 @@ def _run_item(store: JobStore, task: ItemTask, context: dict[str, Any]) -> str:
         raise _Stopped("cancelled")
     resume = store.resume_dir(task.item_id)
     ticket = build_ticket(
-        target, task.n, progress=progress, solve_with=solver_for(context, spec.solver), resume_dir=resume,
+        target,
+        task.n,
+        progress=progress,
+        solve_with=solver_for(context, spec.solver),
+        resume_dir=resume,
         **spec.build_options(),
     )
     progress.stage(progress.share, "saving the ticket")
@@ -370,8 +386,12 @@ class JobRunner:
     """
 
     def __init__(
-        self, store: JobStore, executor: LocalExecutor | None = None, limits: Limits | None = None,
-        poll_interval: float = 0.5, warm_up: bool = True,
+        self,
+        store: JobStore,
+        executor: LocalExecutor | None = None,
+        limits: Limits | None = None,
+        poll_interval: float = 0.5,
+        warm_up: bool = True,
     ) -> None:
         self.store = store
         self.executor = executor or LocalExecutor()

@@ -298,8 +298,13 @@ class JobStore:
                 for n in ns:
                     session.add(
                         ItemRow(
-                            id=new_id(), job_id=job_id, position=position, checkpoint_id=ckpt["id"], n=int(n),
-                            weight=float(max(1, ckpt["target_params"]) * n), state="queued",
+                            id=new_id(),
+                            job_id=job_id,
+                            position=position,
+                            checkpoint_id=ckpt["id"],
+                            n=int(n),
+                            weight=float(max(1, ckpt["target_params"]) * n),
+                            state="queued",
                         )
                     )
                     position += 1
@@ -358,12 +363,21 @@ class JobStore:
             job_items = [i for i in items if i.job_id == job.id]
             item_views = [
                 ItemView(
-                    id=i.id, position=i.position, checkpoint=ckpt_by_id[i.checkpoint_id].name,
-                    checkpoint_position=ckpt_by_id[i.checkpoint_id].position, n=i.n, state=i.state,
-                    progress=i.progress, message=i.message, error=i.error,
-                    eta_seconds=_eta(i.progress, i.started_at, i.state, now), started_at=_utc(i.started_at),
-                    finished_at=_utc(i.finished_at), has_ticket=i.ticket_file is not None,
-                    problems_solved=i.problems_solved, layers=by_item.get(i.id, []),
+                    id=i.id,
+                    position=i.position,
+                    checkpoint=ckpt_by_id[i.checkpoint_id].name,
+                    checkpoint_position=ckpt_by_id[i.checkpoint_id].position,
+                    n=i.n,
+                    state=i.state,
+                    progress=i.progress,
+                    message=i.message,
+                    error=i.error,
+                    eta_seconds=_eta(i.progress, i.started_at, i.state, now),
+                    started_at=_utc(i.started_at),
+                    finished_at=_utc(i.finished_at),
+                    has_ticket=i.ticket_file is not None,
+                    problems_solved=i.problems_solved,
+                    layers=by_item.get(i.id, []),
                 )
                 for i in job_items
             ]
@@ -371,13 +385,20 @@ class JobStore:
             progress = 1.0 if job.state == "succeeded" else sum(i.weight * i.progress for i in job_items) / total
             views.append(
                 JobView(
-                    id=job.id, state=job.state, progress=min(1.0, progress),
-                    eta_seconds=_eta(progress, job.started_at, job.state, now), error=job.error,
-                    executor=job.executor, params=dict(job.spec), created_at=_utc(job.created_at),  # type: ignore[arg-type]
-                    started_at=_utc(job.started_at), finished_at=_utc(job.finished_at),
+                    id=job.id,
+                    state=job.state,
+                    progress=min(1.0, progress),
+                    eta_seconds=_eta(progress, job.started_at, job.state, now),
+                    error=job.error,
+                    executor=job.executor,
+                    params=dict(job.spec),
+                    created_at=_utc(job.created_at),  # type: ignore[arg-type]
+                    started_at=_utc(job.started_at),
+                    finished_at=_utc(job.finished_at),
                     checkpoints=[
                         CheckpointView(c.position, c.name, c.size, c.sha256, c.arch, c.target_params)
-                        for c in ckpts if c.job_id == job.id
+                        for c in ckpts
+                        if c.job_id == job.id
                     ],
                     items=item_views,
                 )
@@ -459,8 +480,9 @@ class JobStore:
                 pair, fraction = layer
                 row = session.get(LayerRow, (item_id, pair))
                 if row is None:
-                    session.add(LayerRow(item_id=item_id, pair=pair, fraction=fraction, message=message[:200],
-                                         updated_at=now))
+                    session.add(
+                        LayerRow(item_id=item_id, pair=pair, fraction=fraction, message=message[:200], updated_at=now)
+                    )
                 else:
                     row.fraction, row.message, row.updated_at = fraction, message[:200], now
             return True
@@ -482,8 +504,13 @@ class JobStore:
         with self._session.begin() as session:
             result = session.execute(
                 self._fenced(item_id, attempt).values(
-                    state="succeeded", progress=1.0, message="done", report=report, problems_solved=problems_solved,
-                    ticket_file=self.ticket_path(item_id, attempt).name, finished_at=time.time(),
+                    state="succeeded",
+                    progress=1.0,
+                    message="done",
+                    report=report,
+                    problems_solved=problems_solved,
+                    ticket_file=self.ticket_path(item_id, attempt).name,
+                    finished_at=time.time(),
                 )
             )
             return bool(result.rowcount)  # type: ignore[attr-defined]
@@ -512,8 +539,10 @@ class JobStore:
                     continue
                 failed = [i for i in items if i.state == "failed"]
                 if failed:
-                    names = {c.id: c.name for c in session.scalars(
-                        select(CheckpointRow).where(CheckpointRow.job_id == job.id))}
+                    names = {
+                        c.id: c.name
+                        for c in session.scalars(select(CheckpointRow).where(CheckpointRow.job_id == job.id))
+                    }
                     job.state = "failed"
                     job.error = "; ".join(
                         f"item {i.position} ({names.get(i.checkpoint_id, '?')}, n={i.n}): {i.error}" for i in failed

@@ -48,9 +48,7 @@ def get_solver(name: str, **options: Any) -> Solver:
     try:
         target = SOLVERS[name]
     except KeyError:
-        raise InvalidProblemError(
-            f"unknown solver {name!r}; choose one of {', '.join(available_solvers())}"
-        ) from None
+        raise InvalidProblemError(f"unknown solver {name!r}; choose one of {', '.join(available_solvers())}") from None
     module_name, attr = target.split(":")
     factory = getattr(importlib.import_module(module_name), attr)
     return factory(**options)

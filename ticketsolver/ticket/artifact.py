@@ -35,7 +35,7 @@ from ticketsolver.source import RNG_LAYOUT, RandomSource
 __all__ = ["FORMAT", "FORMAT_VERSION", "Ticket"]
 
 FORMAT = "ticketsolver.ticket"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: construction I records the draw of each input block (an extra row of draws)
 #: a ticket file larger than this is not a ticket (LeNet5's is ~100 KB)
 MAX_TICKET_BYTES = 256 * 1024 * 1024
 #: default limit on the random source a ticket may describe (float32: 1.6 GB); Ticket.load(max_source_params=)
@@ -321,8 +321,9 @@ class Ticket:
                 allowed = layout.candidates(sources[k])
                 pair_masks = {}
                 for name in layout.shapes():
-                    bits = _unpack(tensors[f"pair{k}.{name}.mask"], int(allowed[name].sum()), True,
-                                   f"pair {k} mask {name}")
+                    bits = _unpack(
+                        tensors[f"pair{k}.{name}.mask"], int(allowed[name].sum()), True, f"pair {k} mask {name}"
+                    )
                     mask = np.zeros(allowed[name].shape, dtype=bool)
                     mask[allowed[name]] = bits
                     pair_masks[name] = mask
