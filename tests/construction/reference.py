@@ -46,6 +46,40 @@ def effective_weights(
     return w_pos, w_neg, b
 
 
+def per_weight(layout: PairLayout, unit_errors: np.ndarray) -> np.ndarray:
+    """Per-unit errors folded to one per weight (and bias): I's weight error is the larger of its two problems."""
+    if layout.construction == "output_blocks":
+        return unit_errors
+    d_out = layout.d_out
+    out = unit_errors[:d_out].copy()
+    out[:, : layout.d_in] = np.maximum(out[:, : layout.d_in], unit_errors[d_out:, : layout.d_in])
+    return out
+
+
+def realised_unit_errors(
+    layout: PairLayout,
+    tensors: dict[str, np.ndarray],
+    masks: dict[str, np.ndarray],
+    weight: np.ndarray,
+    bias: np.ndarray | None,
+) -> np.ndarray:
+    """Per resampling unit |target - subset sum| as the masks realise it, laid out like the ticket's draws.
+
+    O: (d_out, d_in [+ 1 bias column]). I: (2·d_out, d_in [+ 1]): row i holds weight (i, j)'s x+ problem
+    (W'+ ~ W) and bias i, row d_out + i its x- problem (W'- ~ -W), whose bias column is 0.
+    """
+    w_pos, w_neg, b = effective_weights(layout, tensors, masks)
+    errors = np.abs(w_pos - weight)
+    if w_neg is not None:
+        errors = np.concatenate([errors, np.abs(w_neg + weight)])
+    if bias is not None:
+        assert b is not None
+        bias_column = np.zeros(errors.shape[0])
+        bias_column[: layout.d_out] = np.abs(b - bias)
+        errors = np.concatenate([errors, bias_column[:, None]], axis=1)
+    return errors
+
+
 def realised_errors(
     layout: PairLayout,
     tensors: dict[str, np.ndarray],
@@ -53,18 +87,8 @@ def realised_errors(
     weight: np.ndarray,
     bias: np.ndarray | None,
 ) -> np.ndarray:
-    """Per unit |target - subset sum| as the masks realise it: (d_out, d_in [+ 1 bias column]).
-
-    For I a weight's error is the larger of its x+ problem (W'+ ~ W) and its x- problem (W'- ~ -W).
-    """
-    w_pos, w_neg, b = effective_weights(layout, tensors, masks)
-    errors = np.abs(w_pos - weight)
-    if w_neg is not None:
-        errors = np.maximum(errors, np.abs(w_neg + weight))
-    if bias is not None:
-        assert b is not None
-        errors = np.concatenate([errors, np.abs(b - bias)[:, None]], axis=1)
-    return errors
+    """Per weight (and bias) |target - subset sum| as the masks realise it: (d_out, d_in [+ 1 bias column])."""
+    return per_weight(layout, realised_unit_errors(layout, tensors, masks, weight, bias))
 
 
 def closest_subset_sum(coefficients: np.ndarray, target: float) -> float:
@@ -76,18 +100,20 @@ def closest_subset_sum(coefficients: np.ndarray, target: float) -> float:
     return float(np.abs(target - bits @ c).min())
 
 
-def optimal_errors(
+def optimal_unit_errors(
     layout: PairLayout, tensors: dict[str, np.ndarray], weight: np.ndarray, bias: np.ndarray | None
 ) -> np.ndarray:
-    """Per unit the best error any mask could reach on these random tensors (same layout as realised_errors).
+    """Per unit the best error any mask could reach on these tensors (layout of realised_unit_errors).
 
     O: weight (l, j) over c_t = V[l, (l, t)] U[(l, t), j] for U > 0; bias over V beta for beta > 0.
-    I: weight (i, j) over c_t = V[i, (j, t)] |U[(j, t), j]|, t with U > 0 for w and t with U < 0 for -w.
+    I: weight (i, j) over c_t = V[i, (j, t)] |U[(j, t), j]|, t with U > 0 for w (row i) and t with U < 0
+    for -w (row d_out + i).
     """
     t64 = {name: value.astype(np.float64) for name, value in tensors.items()}
     d_out, d_in, n = layout.d_out, layout.d_in, layout.n
-    out = np.zeros((d_out, d_in + int(layout.has_bias)))
+    columns = d_in + int(layout.has_bias)
     if layout.construction == "output_blocks":
+        out = np.zeros((d_out, columns))
         u = t64["U"].reshape(d_out, n, d_in)
         v = t64["V"].reshape(d_out, d_out, n)
         for row, j in np.ndindex(d_out, d_in):
@@ -99,18 +125,26 @@ def optimal_errors(
                 c = v[row, row] * beta[row]
                 out[row, d_in] = closest_subset_sum(c[beta[row] > 0], bias[row])
         return out
-    blocks = d_in + int(layout.has_bias)
-    u = t64["U"].reshape(blocks, n, d_in)
-    v = t64["V"].reshape(d_out, blocks, n)
+    out = np.zeros((2 * d_out, columns))
+    u = t64["U"].reshape(columns, n, d_in)
+    v = t64["V"].reshape(d_out, columns, n)
     for i, j in np.ndindex(d_out, d_in):
         uj = u[j, :, j]
         c = v[i, j] * np.abs(uj)
-        out[i, j] = max(closest_subset_sum(c[uj > 0], weight[i, j]), closest_subset_sum(c[uj < 0], -weight[i, j]))
+        out[i, j] = closest_subset_sum(c[uj > 0], weight[i, j])
+        out[d_out + i, j] = closest_subset_sum(c[uj < 0], -weight[i, j])
     if bias is not None:
-        beta = t64["beta"].reshape(blocks, n)[d_in]
+        beta = t64["beta"].reshape(columns, n)[d_in]
         for i in range(d_out):
             out[i, d_in] = closest_subset_sum((v[i, d_in] * beta)[beta > 0], bias[i])
     return out
+
+
+def optimal_errors(
+    layout: PairLayout, tensors: dict[str, np.ndarray], weight: np.ndarray, bias: np.ndarray | None
+) -> np.ndarray:
+    """Per weight (and bias) the best error any mask could reach: (d_out, d_in [+ 1 bias column])."""
+    return per_weight(layout, optimal_unit_errors(layout, tensors, weight, bias))
 
 
 def draw_tensors(layout: PairLayout, seed: int, draw: int) -> dict[str, np.ndarray]:
@@ -126,26 +160,40 @@ def tensors_with_draws(layout: PairLayout, seed: int, draws: np.ndarray) -> dict
     """The tensors the network holds: draw 0, with each redrawn unit's own entries taken from its draw.
 
     A unit's own entries (DESIGN.md, resampling): O weight (l, j) -> U[(l, t), j] for all t; O bias l ->
-    beta[(l, t)]; I weight (i, j) -> V[i, (j, t)]; I bias i -> V[i, (bias, t)]. Construction I's extra last
-    row holds each input block's draw: block j < d_in -> the rows U[(j, t), :]; the bias block -> beta[(bias, t)].
+    beta[(l, t)]. Construction I's draws have 2·d_out + 1 rows: its last row holds each input block's
+    draw (block j < d_in -> the rows U[(j, t), :]; the bias block -> beta[(bias, t)]), applied first; then
+    row i < d_out, column j < d_in is weight (i, j)'s x+ problem -> V[i, (j, t)] for t with U[(j, t), j] > 0;
+    row d_out + i is its x- problem -> the other t; column d_in of row i is bias i -> V[i, (bias, t)].
     """
     tensors = draw_tensors(layout, seed, 0)
     d_out, d_in, n = layout.d_out, layout.d_in, layout.n
-    for (row, col), draw in np.ndenumerate(draws):
-        if draw == 0:
-            continue
-        redrawn = draw_tensors(layout, seed, int(draw))
-        if layout.construction == "output_blocks":
+    if layout.construction == "output_blocks":
+        for (row, col), draw in np.ndenumerate(draws):
+            if draw == 0:
+                continue
+            redrawn = draw_tensors(layout, seed, int(draw))
             if col < d_in:
                 tensors["U"].reshape(d_out, n, d_in)[row, :, col] = redrawn["U"].reshape(d_out, n, d_in)[row, :, col]
             else:
                 tensors["beta"].reshape(d_out, n)[row] = redrawn["beta"].reshape(d_out, n)[row]
-        else:
-            blocks = d_in + int(layout.has_bias)
-            if row < d_out:
-                tensors["V"].reshape(d_out, blocks, n)[row, col] = redrawn["V"].reshape(d_out, blocks, n)[row, col]
-            elif col < d_in:
+        return tensors
+    blocks = d_in + int(layout.has_bias)
+    for col, draw in enumerate(draws[2 * d_out]):
+        if draw:
+            redrawn = draw_tensors(layout, seed, int(draw))
+            if col < d_in:
                 tensors["U"].reshape(blocks, n, d_in)[col] = redrawn["U"].reshape(blocks, n, d_in)[col]
             else:
                 tensors["beta"].reshape(blocks, n)[col] = redrawn["beta"].reshape(blocks, n)[col]
+    u = tensors["U"].reshape(blocks, n, d_in)
+    v = tensors["V"].reshape(d_out, blocks, n)
+    for (row, col), draw in np.ndenumerate(draws[: 2 * d_out]):
+        if draw == 0:
+            continue
+        redrawn = draw_tensors(layout, seed, int(draw))["V"].reshape(d_out, blocks, n)
+        i = row % d_out
+        for t in range(n):
+            serves_plus = col == d_in or u[col, t, col] > 0
+            if serves_plus == (row < d_out):
+                v[i, col, t] = redrawn[i, col, t]
     return tensors

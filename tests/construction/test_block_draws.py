@@ -31,7 +31,7 @@ def _diag(layout, draw: int) -> np.ndarray:  # noqa: ANN001
 def test_each_block_takes_the_earliest_most_balanced_draw() -> None:
     ticket = _ticket(block_draws=6)
     layout = ticket.layouts[0]
-    chosen = ticket.draws[0][layout.d_out]
+    chosen = ticket.draws[0][-1]
     balance = np.stack([np.minimum((_diag(layout, d) > 0).sum(1), (_diag(layout, d) < 0).sum(1)) for d in range(7)])
     assert np.array_equal(chosen[: layout.d_in], balance.argmax(0))  # argmax: the first of equal maxima
     beta = [RandomSource(SEED).tensor(0, "beta", layout.shapes()["beta"], layout.scales["beta"], d) for d in range(7)]
@@ -43,7 +43,7 @@ def test_the_network_holds_the_chosen_blocks_and_reloads_identically(tmp_path) -
     ticket = _ticket(block_draws=6)
     layout = ticket.layouts[0]
     held = ticket.source_tensors(0)["U"].reshape(layout.draw_shape[1], N, layout.d_in)
-    for j, d in enumerate(ticket.draws[0][layout.d_out][: layout.d_in]):
+    for j, d in enumerate(ticket.draws[0][-1][: layout.d_in]):
         drawn = RandomSource(SEED).tensor(0, "U", layout.shapes()["U"], layout.scales["U"], int(d))
         assert np.array_equal(held[j], drawn.reshape(held.shape)[j])
     loaded = Ticket.load(ticket.save(tmp_path / "t.ticket"))
@@ -53,13 +53,13 @@ def test_the_network_holds_the_chosen_blocks_and_reloads_identically(tmp_path) -
 
 def test_block_draws_raise_the_weakest_usable_count() -> None:
     without, with_blocks = _ticket(block_draws=0), _ticket(block_draws=8)
-    assert not without.draws[0][without.layouts[0].d_out].any()
+    assert not without.draws[0][-1].any()
     assert with_blocks.build["pairs"][0]["usable_min"] >= without.build["pairs"][0]["usable_min"]
 
 
 def test_a_layer_without_bias_has_no_bias_block() -> None:
     ticket = _ticket(block_draws=4, bias=False)
-    assert ticket.draws[0].shape == (ticket.layouts[0].d_out + 1, ticket.layouts[0].d_in)
+    assert ticket.draws[0].shape == (2 * ticket.layouts[0].d_out + 1, ticket.layouts[0].d_in)
 
 
 @pytest.mark.parametrize("bad", [-1, 256, 2.5, True])

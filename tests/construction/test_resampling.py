@@ -16,7 +16,7 @@ from torch import nn
 
 from ticketsolver import Ticket, build_ticket
 
-from .reference import optimal_errors, realised_errors, tensors_with_draws
+from .reference import optimal_unit_errors, realised_unit_errors, tensors_with_draws
 
 N = 10
 SEED = 3
@@ -52,19 +52,21 @@ def _build(kind: str, construction: str, resample: int, tolerance: float) -> Tic
 
 
 def unit_shape(layout) -> tuple[int, int]:  # noqa: ANN001
-    """One draw per weight, plus a column for the bias (construction I's extra block row excluded)."""
-    return (layout.d_out, layout.d_in + int(layout.has_bias))
+    """The resampling units' part of the draws: O one row per output; I an x+ row and an x- row per output
+    (the bias column in the first). Construction I's last row, the input blocks' draws, is excluded."""
+    rows = layout.d_out if layout.construction == "output_blocks" else 2 * layout.d_out
+    return (rows, layout.d_in + int(layout.has_bias))
 
 
 def unit_draws(ticket: Ticket) -> np.ndarray:
-    """The per-unit draws of V (I) or U/beta (O): the ticket's draws without construction I's block row."""
-    return ticket.draws[0][: ticket.layouts[0].d_out]
+    """The per-unit draws of U/beta (O) or V (I): the ticket's draws without construction I's block row."""
+    return ticket.draws[0][: unit_shape(ticket.layouts[0])[0]]
 
 
 def with_blocks_at_zero(layout, units: np.ndarray) -> np.ndarray:  # noqa: ANN001
     """A full draws array for ``units``, every input block at draw 0 (these builds use block_draws=0)."""
     full = np.zeros(layout.draw_shape, dtype=np.uint8)
-    full[: layout.d_out] = units
+    full[: unit_shape(layout)[0]] = units
     return full
 
 
@@ -81,7 +83,8 @@ def single_and_resampled(kind: str, construction: str) -> tuple[Ticket, Ticket, 
     single = _build(kind, construction, 0, 1e-6)
     weight, bias = _target(kind)
     layout = single.layouts[0]
-    errors = realised_errors(layout, tensors_with_draws(layout, SEED, single.draws[0]), single.masks[0], weight, bias)
+    tensors = tensors_with_draws(layout, SEED, single.draws[0])
+    errors = realised_unit_errors(layout, tensors, single.masks[0], weight, bias)
     tolerance = float(np.median(errors))
     return single, _build(kind, construction, ROUNDS, tolerance), tolerance
 
@@ -90,7 +93,7 @@ def unit_errors(ticket: Ticket, kind: str) -> np.ndarray:
     weight, bias = _target(kind)
     layout = ticket.layouts[0]
     tensors = tensors_with_draws(layout, SEED, ticket.draws[0])
-    return realised_errors(layout, tensors, ticket.masks[0], weight, bias)
+    return realised_unit_errors(layout, tensors, ticket.masks[0], weight, bias)
 
 
 @pytest.mark.parametrize(("kind", "construction"), CASES)
@@ -109,8 +112,8 @@ def test_draws_are_recorded_per_unit_within_the_rounds(kind: str, construction: 
     single, resampled, _ = single_and_resampled(kind, construction)
     layout = resampled.layouts[0]
     draws = unit_draws(resampled)
-    assert draws.dtype == np.uint8 and draws.shape == (layout.d_out, layout.d_in + 1)
-    assert not resampled.draws[0][layout.d_out :].any()  # block_draws=0: every input block at draw 0
+    assert draws.dtype == np.uint8 and draws.shape == unit_shape(layout)
+    assert not resampled.draws[0][draws.shape[0] :].any()  # block_draws=0: every input block at draw 0
     assert draws.min() >= 0 and draws.max() <= ROUNDS
     assert draws.any()
     assert not single.draws[0].any()
@@ -134,7 +137,7 @@ def test_each_unit_keeps_the_first_best_draw_of_the_rounds_it_took_part_in(kind:
     layout = resampled.layouts[0]
     weight, bias = _target(kind)
     optimum_at = [
-        optimal_errors(
+        optimal_unit_errors(
             layout,
             tensors_with_draws(layout, SEED, with_blocks_at_zero(layout, np.full(unit_shape(layout), d))),
             weight,

@@ -62,9 +62,15 @@ class PairLayout:
 
     @property
     def draw_shape(self) -> tuple[int, int]:
-        """Shape of the draw indices: one per weight, plus a column for the bias. Construction I has one
-        more row: the draw of each input block's U rows (and of the bias block's beta), see input_blocks."""
-        return (self.d_out + int(self.construction == "input_blocks"), self.d_in + int(self.has_bias))
+        """Shape of the draw indices, columns = the d_in weights of a row, then the bias.
+
+        O: one row per output: the draw of each weight's (and the bias's) unit. I: rows 0..d_out-1 hold
+        the draws of the weights' x+ problems (and of the biases), rows d_out..2·d_out-1 those of their x-
+        problems (bias column unused, 0), and the last row the draw of each input block's U rows and of
+        the bias block's beta (see input_blocks).
+        """
+        rows = self.d_out if self.construction == "output_blocks" else 2 * self.d_out + 1
+        return (rows, self.d_in + int(self.has_bias))
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
         """Dense-view shapes of the random tensors (beta only where the target has a bias)."""
@@ -95,36 +101,48 @@ class PairLayout:
             return tensors
         if draws.shape != self.draw_shape:
             raise TicketFormatError(f"pair {self.pair}: draws of shape {draws.shape}, expected {self.draw_shape}")
+        if self.construction == "input_blocks":
+            self._apply_input_block_draws(source, tensors, draws)
+            return tensors
         n, d_out, d_in = self.n, self.d_out, self.d_in
         for d in np.unique(draws[draws > 0]).tolist():
+            # a weight's unit is its U column inside block l; a bias's is beta's block l
             hit = draws == d
-            if self.construction == "output_blocks":
-                # a weight's unit is its U column inside block l; a bias's is beta's block l
-                u = tensors["U"].reshape(d_out, n, d_in)
-                u_d = self.tensor(source, "U", d).reshape(d_out, n, d_in)
-                w_hit = np.broadcast_to(hit[:, None, :d_in], u.shape)
-                u[w_hit] = u_d[w_hit]
-                if self.has_bias:
-                    b = tensors["beta"].reshape(d_out, n)
-                    b_d = self.tensor(source, "beta", d).reshape(d_out, n)
-                    b_hit = np.broadcast_to(hit[:, d_in, None], b.shape)
-                    b[b_hit] = b_d[b_hit]
-            else:
-                # a weight's (and the bias's) unit is its n entries of V (rows 0..d_out-1) ...
-                v = tensors["V"].reshape(d_out, self.draw_shape[1], n)
-                v_d = self.tensor(source, "V", d).reshape(v.shape)
-                v_hit = np.broadcast_to(hit[:d_out, :, None], v.shape)
-                v[v_hit] = v_d[v_hit]
-                # ... and the last row holds the draw of each input block's U rows (the bias block's beta)
-                blocks = hit[d_out]
-                if blocks[:d_in].any():
-                    u = tensors["U"].reshape(self.draw_shape[1], n, d_in)
-                    u_d = self.tensor(source, "U", d).reshape(u.shape)
-                    u[blocks] = u_d[blocks]
-                if self.has_bias and blocks[d_in]:
-                    b = tensors["beta"].reshape(self.draw_shape[1], n)
-                    b[d_in] = self.tensor(source, "beta", d).reshape(b.shape)[d_in]
+            u = tensors["U"].reshape(d_out, n, d_in)
+            u_d = self.tensor(source, "U", d).reshape(d_out, n, d_in)
+            w_hit = np.broadcast_to(hit[:, None, :d_in], u.shape)
+            u[w_hit] = u_d[w_hit]
+            if self.has_bias:
+                b = tensors["beta"].reshape(d_out, n)
+                b_d = self.tensor(source, "beta", d).reshape(d_out, n)
+                b_hit = np.broadcast_to(hit[:, d_in, None], b.shape)
+                b[b_hit] = b_d[b_hit]
         return tensors
+
+    def _apply_input_block_draws(self, source: RandomSource, tensors: dict[str, np.ndarray], draws: np.ndarray) -> None:
+        """Construction I, in place: first each input block's U rows (and the bias block's beta) from the
+        last row of ``draws``; then every entry V[i, (j, t)] from the draw of the problem it serves — weight
+        (i, j)'s x+ problem where U[(j, t), j] > 0, else its x- problem; the bias block's from the bias's."""
+        n, d_out, d_in = self.n, self.d_out, self.d_in
+        blocks = self.draw_shape[1]
+        block_draws = draws[2 * d_out]
+        for d in np.unique(block_draws[block_draws > 0]).tolist():
+            hit = block_draws == d
+            u = tensors["U"].reshape(blocks, n, d_in)[:d_in]  # the bias block's U rows are never kept
+            u[hit[:d_in]] = self.tensor(source, "U", d).reshape(blocks, n, d_in)[:d_in][hit[:d_in]]
+            if self.has_bias and hit[d_in]:
+                b = tensors["beta"].reshape(blocks, n)
+                b[d_in] = self.tensor(source, "beta", d).reshape(b.shape)[d_in]
+        cols = np.arange(d_in)
+        positive = tensors["U"].reshape(blocks, n, d_in)[cols, :, cols] > 0  # (d_in, n)
+        entry = np.empty((d_out, blocks, n), dtype=np.uint8)  # the draw of every entry of V
+        entry[:, :d_in] = np.where(positive, draws[:d_out, :d_in, None], draws[d_out : 2 * d_out, :d_in, None])
+        if self.has_bias:
+            entry[:, d_in] = draws[:d_out, d_in, None]
+        v = tensors["V"].reshape(entry.shape)
+        for d in np.unique(entry[entry > 0]).tolist():
+            hit = entry == d
+            v[hit] = self.tensor(source, "V", d).reshape(entry.shape)[hit]
 
     def candidates(self, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Where the construction allows a kept entry; a mask is True only inside these positions.
