@@ -25,12 +25,7 @@ class JobCreate(BaseModel):
     seed: int = Field(BuildConfig.seed, ge=0, lt=2**63)
     solver: str = Field(BuildConfig.solver, description="subset-sum backend: " + ", ".join(available_solvers()))
     input_domain: Box | None = Field(None, description="box [lo, hi] of the inputs; lo >= 0 allows construction O")
-    resample: int | None = Field(
-        BuildConfig.resample,
-        ge=0,
-        le=MAX_RESAMPLE,
-        description="IteRand redraw rounds; default (null) 32 for construction O layers, 128 for construction I",
-    )
+    resample: int = Field(BuildConfig.resample, ge=0, le=MAX_RESAMPLE, description="IteRand redraw rounds")
     tolerance: float = Field(BuildConfig.tolerance, ge=0, allow_inf_nan=False, description="redraw above this error")
     arch: Literal["lenet5", "mlp", "export"] | None = None
     verify: bool = True

@@ -134,7 +134,7 @@ def _build_and_verify(
     seed: int,
     solver: str,
     input_domain: tuple[float, float] | None,
-    resample: int | None,
+    resample: int,
     tolerance: float,
     arch: str | None,
     out: Path | None,
@@ -198,10 +198,7 @@ def build(
         str | None,
         typer.Option(help="box of the model input, LO,HI (e.g. 0,1); LO >= 0 lets the first layer use construction O"),
     ] = None,
-    resample: Annotated[
-        int | None,
-        typer.Option(help="extra draws for weights above --tolerance (IteRand); default 32 for O layers, 128 for I"),
-    ] = None,
+    resample: Annotated[int, typer.Option(help="extra draws for weights above --tolerance (IteRand)")] = 128,
     tolerance: Annotated[float, typer.Option(help="weights with a larger error are redrawn")] = 1e-7,
     block_draws: Annotated[
         int, typer.Option(help="construction I: draws of each input block's U rows, the most sign-balanced kept")
@@ -337,9 +334,7 @@ def demo(
     n: Annotated[int, typer.Option(help="random hidden units per block")] = 20,
     workdir: Annotated[Path, typer.Option(help="where lenet5.pt, the ticket and the report go")] = Path("runs/demo"),
     retrain: Annotated[bool, typer.Option(help="train LeNet5 again even if workdir/lenet5.pt exists")] = False,
-    resample: Annotated[
-        int | None, typer.Option(help="extra draws for weights above the tolerance; default 32 (O), 128 (I)")
-    ] = None,
+    resample: Annotated[int, typer.Option(help="extra draws for weights above the tolerance")] = 128,
 ) -> None:
     """Train LeNet5 on the bundled digits (or reuse it), build its ticket at n, verify, print the report."""
 

@@ -43,6 +43,14 @@ class RoundsResult:
     seconds: float = 0.0
 
 
+def _tally(labels: np.ndarray) -> dict[str, int]:
+    """Occurrences of each label; nearly always a single one, counted without sorting strings."""
+    if (labels == labels[0]).all():
+        return {str(labels[0]): int(labels.size)}
+    names, counts = np.unique(labels, return_counts=True)
+    return dict(zip(names.tolist(), counts.tolist(), strict=True))
+
+
 def _solve_chunked(
     solver: Solver,
     coeffs: np.ndarray,
@@ -61,8 +69,7 @@ def _solve_chunked(
         result.seconds += sol.seconds
         result.problems_solved += len(sol)
         for key, counter in ((sol.status, result.status_counts), (sol.backends, result.backends)):
-            names, counts = np.unique(key, return_counts=True)
-            for name, count in zip(names.tolist(), counts.tolist(), strict=True):
+            for name, count in _tally(key).items():
                 counter[name] = counter.get(name, 0) + count
         tick(min(start + CHUNK, coeffs.shape[0]), coeffs.shape[0])
     return masks, errors

@@ -53,7 +53,7 @@ class JobSpec:
     seed: int = BuildConfig.seed  # seed of the random source (same seed -> identical tickets on any executor)
     solver: str = BuildConfig.solver  # subset-sum backend
     input_domain: tuple[float, float] | None = None  # box of the model's inputs; lo >= 0 allows construction O
-    resample: int | None = BuildConfig.resample  # IteRand redraw rounds above `tolerance`; None: per construction
+    resample: int = BuildConfig.resample  # IteRand redraw rounds for weights above `tolerance`
     tolerance: float = BuildConfig.tolerance
     arch: str | None = None  # built-in architecture of a state_dict; None infers it
     verify: bool = True  # verify each ticket after building it

@@ -33,6 +33,11 @@ class AutoSolver(Solver):
 
     def _solve_batch(self, coeffs: np.ndarray, targets: np.ndarray, usable: np.ndarray) -> RawSolution:
         large = usable.sum(1) > MAX_N
+        if not large.any():  # the common case: the batch is validated already, hand it over whole
+            raw = self.exact._solve_batch(coeffs, targets, usable)
+            return RawSolution(
+                masks=raw.masks, status=raw.status, backends=np.full(len(targets), self.exact.name), info=raw.info
+            )
         masks = np.zeros(coeffs.shape, dtype=bool)
         status = np.empty(len(targets), dtype=object)
         backends = np.empty(len(targets), dtype=object)

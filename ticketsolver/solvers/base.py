@@ -118,10 +118,10 @@ def validate_batch(coeffs: Any, targets: Any, usable: Any | None = None) -> tupl
         bad = int(np.flatnonzero(~np.isfinite(t))[0])
         raise InvalidProblemError(f"target {bad} is not finite ({t[bad]})")
     finite = np.isfinite(c)
-    if not finite[u].all():
-        row = int(np.flatnonzero((~finite & u).any(axis=1))[0])
-        raise InvalidProblemError(f"problem {row} has a NaN or inf coefficient marked usable")
     if not finite.all():
+        if not finite[u].all():
+            row = int(np.flatnonzero((~finite & u).any(axis=1))[0])
+            raise InvalidProblemError(f"problem {row} has a NaN or inf coefficient marked usable")
         # Unusable entries may hold anything (padding); zero them so no backend ever sees a NaN.
         c = np.where(u, c, 0.0)
     return c, t, u

@@ -232,11 +232,11 @@ class NumbaMitmSolver(Solver):
         self.threads = threads
 
     def _solve_batch(self, coeffs: np.ndarray, targets: np.ndarray, usable: np.ndarray) -> RawSolution:
-        k_max = int(usable.sum(1).max())
+        counts = usable.sum(1)
+        k_max = int(counts.max())
         check_mitm_limit(k_max)
         check_magnitude(coeffs, targets)
         masks = np.zeros(coeffs.shape, dtype=bool)
-        counts = usable.sum(1)
         order = np.argsort(counts, kind="stable")
         threads = self.threads or numba.get_num_threads()
         # several chunks per thread balance uneven rows; never more chunks than problems
