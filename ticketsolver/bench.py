@@ -159,7 +159,7 @@ def run_paper_workloads(console: Any, seed: int = 0) -> list[dict[str, Any]]:
 
     exact = get_solver("mitm")
     check = get_solver("mitm_torch", device="cpu")
-    out = []
+    out: list[dict[str, Any]] = []
     for name, batch, n in PAPER_WORKLOADS:
         coeffs, targets = make_problems("product", batch, n, seed)
         t0 = time.perf_counter()

@@ -72,7 +72,7 @@ class BuildConfig:
         )
         for name, low, high in limits:
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not low <= value <= high:
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not low <= int(value) <= high:
                 raise ConstructionError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
             object.__setattr__(self, name, int(value))  # NumPy integers become plain ints for the manifest
         if not (math.isfinite(self.tolerance) and self.tolerance >= 0):
@@ -105,7 +105,7 @@ def choose_scales(weight: np.ndarray, bias: np.ndarray | None, n: int, margin: f
 
 
 def _layout_for(
-    pair: int, module: nn.Module, construction: str, n: int, margin: float
+    pair: int, module: nn.Linear | nn.Conv2d, construction: str, n: int, margin: float
 ) -> tuple[PairLayout, np.ndarray, np.ndarray | None]:
     weight = module.weight.detach().double().cpu().numpy()
     bias = None if module.bias is None else module.bias.detach().double().cpu().numpy()

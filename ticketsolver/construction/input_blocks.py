@@ -111,10 +111,10 @@ def solve_input_blocks(
         b = solve_with_resampling(solver, d_out, bias_problems, resample, tolerance, progress)
         v_mask[:, d_in] = b.masks[:, 0]
         draws[:d_out, d_in] = b.draws
-    used = v_mask.any(axis=0)  # (blocks, n): hidden units that feed some output
+    used = np.any(v_mask, axis=0)  # (blocks, n): hidden units that feed some output
     u_mask = np.zeros((blocks, n, d_in), dtype=bool)
     u_mask[cols, :, cols] = used[:d_in]  # only the block-diagonal entry of a used unit is kept
-    masks = {"U": u_mask.reshape(blocks * n, d_in), "V": v_mask.reshape(d_out, blocks * n)}
+    masks: dict[str, np.ndarray] = {"U": u_mask.reshape(blocks * n, d_in), "V": v_mask.reshape(d_out, blocks * n)}
     if layout.has_bias:
         beta_mask = np.zeros((blocks, n), dtype=bool)
         beta_mask[d_in] = used[d_in]

@@ -225,7 +225,7 @@ class PairLayout:
             geometry = (
                 ConvGeometry(
                     in_channels=int(conv["in_channels"]),
-                    **{k: tuple(int(v) for v in conv[k]) for k in ("kernel_size", "stride", "padding", "dilation")},
+                    **{k: _int_pair(conv[k]) for k in ("kernel_size", "stride", "padding", "dilation")},
                 )
                 if conv
                 else None
@@ -267,6 +267,11 @@ class DrawCache:
                     del self._tensors[old]
             self._tensors[key] = self.layout.tensor(self.source, name, draw)
         return self._tensors[key]
+
+
+def _int_pair(value: Any) -> tuple[int, int]:
+    first, second = (int(v) for v in value)  # anything but two integers is a malformed manifest
+    return first, second
 
 
 def _set(layer: nn.Module, name: str, source: np.ndarray, mask: np.ndarray, prune_buffers: bool) -> None:

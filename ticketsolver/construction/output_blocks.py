@@ -49,7 +49,7 @@ def solve_output_blocks(
     w = solve_with_resampling(solver, d_out * d_in, weight_problems, resample, tolerance, progress)
     u_mask = w.masks[:, 0].reshape(d_out, d_in, n).transpose(0, 2, 1)  # (d_out, n, d_in)
     hidden_used = u_mask.any(axis=2)  # (d_out, n)
-    masks = {"U": np.ascontiguousarray(u_mask).reshape(d_out * n, d_in)}
+    masks: dict[str, np.ndarray] = {"U": np.ascontiguousarray(u_mask).reshape(d_out * n, d_in)}
     draws = np.zeros(layout.draw_shape, dtype=np.uint8)
     draws[:, :d_in] = w.draws.reshape(d_out, d_in)
     b: RoundsResult | None = None

@@ -39,12 +39,12 @@ def save_pair(directory: Path, pair: int, solution: PairSolution, print_: str) -
     if solution.bias_errors is not None:
         arrays["bias_errors"] = solution.bias_errors
     # unique temporary names: two processes finishing the same layer must not write into one file
-    with tempfile.NamedTemporaryFile(dir=directory, prefix=f".pair{pair}.", suffix=".npz", delete=False) as fh:
-        np.savez_compressed(fh, **arrays)
-    os.replace(fh.name, directory / f"pair{pair}.npz")
-    with tempfile.NamedTemporaryFile("w", dir=directory, prefix=f".pair{pair}.", suffix=".json", delete=False) as fh:
-        fh.write(json.dumps({"fingerprint": print_, "stats": solution.stats}, default=float))
-    os.replace(fh.name, directory / f"pair{pair}.json")
+    with tempfile.NamedTemporaryFile(dir=directory, prefix=f".pair{pair}.", suffix=".npz", delete=False) as npz:
+        np.savez_compressed(npz, allow_pickle=False, **arrays)
+    os.replace(npz.name, directory / f"pair{pair}.npz")
+    with tempfile.NamedTemporaryFile("w", dir=directory, prefix=f".pair{pair}.", suffix=".json", delete=False) as js:
+        js.write(json.dumps({"fingerprint": print_, "stats": solution.stats}, default=float))
+    os.replace(js.name, directory / f"pair{pair}.json")
 
 
 def load_pair(directory: Path, pair: int, print_: str) -> PairSolution | None:

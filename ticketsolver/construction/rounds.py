@@ -9,6 +9,7 @@ it is strictly better. The draw index per unit is recorded (uint8).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -116,7 +117,7 @@ def solve_with_resampling(
             usable.reshape(-1, n),
             targets.reshape(-1),
             result,
-            lambda done, total, draw=draw: report(draw, done, total),
+            functools.partial(report, draw),
         )
         errors = flat_errors.reshape(count, n_problems).max(1)
         better = errors < result.errors[redo]

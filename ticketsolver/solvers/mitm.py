@@ -227,8 +227,9 @@ class NumbaMitmSolver(Solver):
     tolerance = 0.0
 
     def __init__(self, threads: int | None = None) -> None:
-        if threads is not None and not 1 <= threads <= numba.config.NUMBA_NUM_THREADS:
-            raise ValueError(f"threads must be in [1, {numba.config.NUMBA_NUM_THREADS}], got {threads}")
+        limit = numba.config.NUMBA_NUM_THREADS  # type: ignore[attr-defined]  # set at import from the machine
+        if threads is not None and not 1 <= threads <= limit:
+            raise ValueError(f"threads must be in [1, {limit}], got {threads}")
         self.threads = threads
 
     def _solve_batch(self, coeffs: np.ndarray, targets: np.ndarray, usable: np.ndarray) -> RawSolution:

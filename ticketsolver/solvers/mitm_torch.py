@@ -42,18 +42,13 @@ def _solve_group(coeffs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     want = (targets[:, None] - left).contiguous()
     pos = torch.searchsorted(right, want)  # first right >= want
     size2 = right.shape[1]
-    best_err = None
-    best = None
-    for cand in (pos - 1, pos):
-        j = cand.clamp(0, size2 - 1)
-        err = (want - torch.gather(right, 1, j)).abs()
-        if best_err is None:
-            best_err, best = err, j
-        else:
-            take = err < best_err
-            best_err = torch.where(take, err, best_err)
-            best = torch.where(take, j, best)
-    assert best_err is not None and best is not None
+    # the closest right sum is the one just below or the one at/above `want` (indices clamped into range)
+    below, above = (pos - 1).clamp(0, size2 - 1), pos.clamp(0, size2 - 1)
+    err_below = (want - torch.gather(right, 1, below)).abs()
+    err_above = (want - torch.gather(right, 1, above)).abs()
+    take = err_above < err_below  # ties keep the lower candidate, as a scan from below would
+    best_err = torch.where(take, err_above, err_below)
+    best = torch.where(take, above, below)
     i = best_err.argmin(dim=1)  # best left subset per problem
     j = best.gather(1, i[:, None])[:, 0]
     left_codes = i
