@@ -66,7 +66,10 @@ def render_ticket(ticket: Ticket, console: Console | None = None, file_bytes: in
         f"the rest is pruned to 0)"
     )
     table = Table(
-        title="layers: O/I = output/input blocks; err = |w - subset sum| per weight; redrawn = weights resampled",
+        title=(
+            "layers: O/I = output/input blocks; err = |w - subset sum| per weight; redrawn = units kept at a later "
+            "draw (weights and biases; I: a weight's x+ and x- problems apart, and input blocks)"
+        ),
         box=box.SIMPLE_HEAD,
     )
     for col in ("#", "", "n", "target", "kept/source", "usable", "max err", "mean err", "redrawn"):
