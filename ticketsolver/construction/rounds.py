@@ -1,10 +1,10 @@
 """Solving one layer's subset sums with IteRand-style resampling rounds.
 
 A *unit* is what one draw index belongs to: a target weight (or bias entry) whose coefficient entries can
-be redrawn without touching any other unit. A unit has one or two problems (construction I solves one for
-x+ and one for x-); its error is the larger of theirs. Round 0 solves every unit on draw 0; round r
-redraws the units whose best error still exceeds the tolerance from stream r, and keeps a draw only where
-it is strictly better. The draw index per unit is recorded (uint8).
+be redrawn without touching any other unit (construction I: one of a weight's two problems, x+ or x-, each
+owning its own entries of V). A unit may hold several problems; its error is the largest of theirs. Round 0
+solves every unit on draw 0; round r redraws the units whose best error still exceeds the tolerance from
+stream r, and keeps a draw only where it is strictly better. The draw index per unit is recorded (uint8).
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ class PairSolution:
     """Masks (True = kept) of the pair's random tensors, and how well each target entry is matched."""
 
     masks: dict[str, np.ndarray]  # U, beta (if any), V: bool, dense-view shapes
-    draws: np.ndarray  # (d_out, d_in + has_bias) uint8: the kept draw of each unit
+    draws: np.ndarray  # PairLayout.draw_shape uint8: the kept draw of each unit (I: and of each input block)
     weight_errors: np.ndarray  # (d_out, d_in) |w - subset sum| (I: max of the x+ and x- problems)
     bias_errors: np.ndarray | None  # (d_out,)
     usable: np.ndarray  # (d_out, d_in) usable coefficients per weight at its kept draw (I: min of two)

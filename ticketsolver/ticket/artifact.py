@@ -112,7 +112,7 @@ class Ticket:
         steps: the network's sequence: ``{"op": "pair", "pair": k}`` or a kept module (relu, pools, flatten).
         layouts: one :class:`PairLayout` per pair.
         masks: per pair, ``{"U", "beta", "V"} -> bool`` arrays (True = kept).
-        draws: per pair, the (d_out, d_in + has_bias) uint8 draw index of each unit.
+        draws: per pair, the uint8 draw index of each unit, shaped as ``PairLayout.draw_shape`` says.
         build: the build's configuration and statistics.
     """
 
