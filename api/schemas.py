@@ -25,8 +25,18 @@ class JobCreate(BaseModel):
     seed: int = Field(BuildConfig.seed, ge=0, lt=2**63)
     solver: str = Field(BuildConfig.solver, description="subset-sum backend: " + ", ".join(available_solvers()))
     input_domain: Box | None = Field(None, description="box [lo, hi] of the inputs; lo >= 0 allows construction O")
-    resample: int = Field(BuildConfig.resample, ge=0, le=MAX_RESAMPLE, description="IteRand redraw rounds")
-    tolerance: float = Field(BuildConfig.tolerance, ge=0, allow_inf_nan=False, description="redraw above this error")
+    resample: int = Field(
+        BuildConfig.resample,
+        ge=0,
+        le=MAX_RESAMPLE,
+        description="opt-in re-randomisation rounds (IteRand); 0 = pure source",
+    )
+    tolerance: float | None = Field(
+        BuildConfig.tolerance,
+        ge=0,
+        allow_inf_nan=False,
+        description="pure builds: accept a subset sum within it (default 1e-8); resample > 0: redraw above it (1e-7)",
+    )
     arch: Literal["lenet5", "mlp", "export"] | None = None
     verify: bool = True
     verify_box: Box | None = Field(None, description="verification box; default input_domain, else [-1, 1]")
@@ -137,6 +147,49 @@ class TicketsPublic(BaseModel):
     count: int
 
 
+class TicketSizesPublic(BaseModel):
+    """A ticket's counts as ``Ticket.sizes()`` states them: kept + pruned = source."""
+
+    model_config = ConfigDict(extra="allow")
+
+    target_params: int = Field(description="weights and biases of the target's linear/conv layers")
+    source_params: int = Field(description="every entry of the random tensors (U, beta, V)")
+    kept_params: int = Field(description="source entries whose mask is True")
+    pruned_params: int = Field(description="source entries whose mask is False (zero in the network)")
+    source_kind: Literal["iid", "rerandomized"] | None = Field(
+        None,
+        description=(
+            "iid: one i.i.d. random network, every random tensor its law at draw 0; rerandomized: some units' "
+            "values chosen among examined_values random draws with knowledge of the target (IteRand-style); "
+            "null in reports made before the field existed"
+        ),
+    )
+    examined_values: int | None = Field(
+        None,
+        description=(
+            "random values the build drew and compared, discarded draws included (= source_params when iid); "
+            "null where the build did not record it"
+        ),
+    )
+
+
+class TicketReportPublic(BaseModel):
+    """The ticket part of an item's report (``ticketsolver inspect --json``): sizes, per-layer facts, solver."""
+
+    model_config = ConfigDict(extra="allow")
+
+    sizes: TicketSizesPublic
+
+
+class ItemReport(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    item: dict[str, Any]
+    ticket: TicketReportPublic
+    kept_values_sha256: str
+    verification: dict[str, Any] | None = None
+
+
 class JobReport(BaseModel):
     job: JobSummary
-    items: list[dict[str, Any] | None]
+    items: list[ItemReport | None]

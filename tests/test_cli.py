@@ -18,7 +18,7 @@ import torch
 from click.testing import Result
 from typer.testing import CliRunner
 
-from ticketsolver import Ticket
+from ticketsolver import Ticket, build_ticket
 from ticketsolver.cli import app
 from ticketsolver.models import MLP
 from ticketsolver.ticket.export import check_pruned_equals_source_times_mask
@@ -103,6 +103,20 @@ def test_inspect_prints_sizes_and_layers(built: tuple[Result, Path]) -> None:
     sizes = Ticket.load(built[1]).sizes()
     assert f"kept {sizes['kept_params']:,}" in text and f"random source {sizes['source_params']:,}" in text
     assert "2 target layers -> 4 random layers" in text
+    examined = sizes["examined_values"]
+    assert f"source: {sizes['source_kind']} (" in text
+    assert (f"{examined:,}" if examined is not None else "an unrecorded number of") in text
+
+
+def test_inspect_says_a_pure_ticket_is_one_iid_network(workdir: Path) -> None:
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    ticket = build_ticket(net, 8, input_shape=(3,), input_domain=(0, 1), solver="mitm", resample=0)
+    result = invoke("inspect", ticket.save(workdir / "pure.ticket"))
+    assert result.exit_code == 0, result.output
+    source = ticket.sizes()["source_params"]
+    assert "source: iid (one i.i.d. random network, every tensor its law at draw 0)" in flat(result.output)
+    assert f"examined {source:,} random values (= the source)" in flat(result.output)
 
 
 def test_inspect_json_is_valid_json_with_sizes(built: tuple[Result, Path]) -> None:
@@ -123,6 +137,32 @@ def test_verify_against_the_checkpoint_on_data_from_a_file(
     assert result.exit_code == 0, result.output
     report = json.loads(report_path.read_text())
     assert report["input_shape"] == [6] and report["sections"]
+    assert report["input_box"]["source"].startswith("from data") or "build box" in report["input_box"]["source"]
+
+
+DEFAULT_LAW = "random inputs: standard normal per feature, clipped to the box"
+
+
+@pytest.mark.parametrize("resample", [0, 2], ids=["pure", "rerandomized"])
+def test_build_of_a_signed_input_model_without_box_or_data_verifies_on_the_default_law(
+    checkpoint: Path, tmp_path: Path, resample: int
+) -> None:
+    """Issue 8.5: no --input-domain and no --data used to build, save, then exit 1 with "no input box"."""
+    out = tmp_path / "t.ticket"
+    result = invoke("build", checkpoint, "--n", 12, "--resample", resample, "--block-draws", 0, "-o", out)
+    assert result.exit_code == 0, result.output
+    text = flat(result.output)
+    assert DEFAULT_LAW in text and "input box [-6, 6] per feature" in text
+    assert "certified sup |f-g|, exact arithmetic" in text
+    box = json.loads(out.with_suffix(".report.json").read_text())["verification"]["input_box"]
+    assert box["law_name"] == "normal" and "default" in box["source"]
+    assert (box["lo_min"], box["hi_max"]) == (-6.0, 6.0)
+
+
+def test_verify_without_data_or_box_uses_the_default_law(built: tuple[Result, Path], checkpoint: Path) -> None:
+    result = invoke("verify", built[1], "--against", checkpoint)
+    assert result.exit_code == 0, result.output
+    assert DEFAULT_LAW in flat(result.output)
 
 
 def test_export_onnx_runs_in_onnxruntime(built: tuple[Result, Path], workdir: Path) -> None:

@@ -135,13 +135,13 @@ def _build_and_verify(
     solver: str,
     input_domain: tuple[float, float] | None,
     resample: int,
-    tolerance: float,
+    tolerance: float | None,
     arch: str | None,
     out: Path | None,
     data_spec: str | None,
     verify_after: bool,
     report_path: Path | None,
-    block_draws: int = 8,
+    block_draws: int | None = None,
 ) -> dict[str, Any]:
     from ticketsolver import build_ticket, load_target
     from ticketsolver.ticket.summary import render_ticket, ticket_summary
@@ -153,6 +153,13 @@ def _build_and_verify(
     if input_domain is None and getattr(dataset, "input_domain", None) is not None:
         input_domain = dataset.input_domain
         console.print(f"input domain {list(input_domain)} taken from the data ({data_spec})")
+    if input_domain is None and resample == 0:
+        from ticketsolver.construction.box import DEFAULT_INPUT_BOX
+
+        console.print(
+            f"[yellow]no input domain declared:[/yellow] the ticket is built exact over the default box "
+            f"{list(DEFAULT_INPUT_BOX)} (standardised features); pass --input-domain LO,HI for another"
+        )
     t0 = time.perf_counter()
     with _layer_progress(_layer_names(target)) as progress:
         ticket = build_ticket(
@@ -196,13 +203,23 @@ def build(
     solver: Annotated[str, typer.Option(help="subset-sum backend: auto, mitm, gurobi, cpsat, cbc")] = "auto",
     input_domain: Annotated[
         str | None,
-        typer.Option(help="box of the model input, LO,HI (e.g. 0,1); LO >= 0 lets the first layer use construction O"),
+        typer.Option(help="box of the model input, LO,HI (e.g. 0,1); the ticket is exact over it (default -6,6)"),
     ] = None,
-    resample: Annotated[int, typer.Option(help="extra draws for weights above --tolerance (IteRand)")] = 128,
-    tolerance: Annotated[float, typer.Option(help="weights with a larger error are redrawn")] = 1e-7,
+    resample: Annotated[
+        int,
+        typer.Option(
+            help="opt-in re-randomisation (IteRand): redraw weights above --tolerance up to R times; the ticket "
+            "is then 'rerandomized', not a pruning of one i.i.d. network (default 0: a pure source)"
+        ),
+    ] = 0,
+    tolerance: Annotated[
+        float | None,
+        typer.Option(help="pure: a subset sum within it is accepted (default 1e-8); --resample: redraw above (1e-7)"),
+    ] = None,
     block_draws: Annotated[
-        int, typer.Option(help="construction I: draws of each input block's U rows, the most sign-balanced kept")
-    ] = 8,
+        int | None,
+        typer.Option(help="with --resample, construction I: draws of each input block's U rows (default 8)"),
+    ] = None,
     arch: Annotated[
         str | None, typer.Option(help="built-in architecture of a state_dict (lenet5, mlp); inferred by default")
     ] = None,
@@ -261,7 +278,8 @@ def inspect(
     ticket: Annotated[Path, typer.Argument(help="ticket file")],
     json_out: Annotated[bool, typer.Option("--json", help="print JSON instead of tables")] = False,
 ) -> None:
-    """Sizes (target, random source, kept parameters) and per-layer construction and errors."""
+    """Sizes (target, random source, kept parameters), source kind (iid or rerandomized) and examined random
+    values, and per-layer construction and errors."""
 
     def run() -> None:
         from ticketsolver import Ticket
@@ -334,7 +352,7 @@ def demo(
     n: Annotated[int, typer.Option(help="random hidden units per block")] = 20,
     workdir: Annotated[Path, typer.Option(help="where lenet5.pt, the ticket and the report go")] = Path("runs/demo"),
     retrain: Annotated[bool, typer.Option(help="train LeNet5 again even if workdir/lenet5.pt exists")] = False,
-    resample: Annotated[int, typer.Option(help="extra draws for weights above the tolerance")] = 128,
+    resample: Annotated[int, typer.Option(help="opt-in re-randomisation rounds (IteRand); 0 = a pure source")] = 0,
 ) -> None:
     """Train LeNet5 on the bundled digits (or reuse it), build its ticket at n, verify, print the report."""
 
@@ -363,7 +381,7 @@ def demo(
             "auto",
             (0.0, 1.0),
             resample,
-            1e-7,
+            None,
             None,
             workdir / f"lenet5.n{n}.ticket",
             "digits",

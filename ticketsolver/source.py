@@ -2,18 +2,25 @@
 
 Values come from NumPy's counter-based Philox4x64-10 generator, keyed by (seed, pair, tensor, draw): no
 state is carried between tensors, so any tensor of any draw can be produced alone, in any order, on any
-machine. A tensor is uniform on [-scale, scale], drawn in float64 and rounded once to float32 (which can
-round a value just below scale up to scale itself) — the
-float32 value is what the network holds, and what the solver sees (upcast to float64, exactly).
+machine. A tensor follows one of two uniform laws, drawn in float64 and rounded once to float32 (which can
+round a value just below scale up to scale itself): ``symmetric``, uniform on [-scale, scale] (every weight
+tensor), or ``nonnegative``, uniform on [0, scale] (the offsets of construction L, see
+construction/offset_blocks.py). The float32 value is what the network holds, and what the solver sees
+(upcast to float64, exactly).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
-__all__ = ["RNG_LAYOUT", "TENSOR_IDS", "RandomSource"]
+__all__ = ["LAWS", "RNG_LAYOUT", "TENSOR_IDS", "Law", "RandomSource"]
+
+#: a tensor's law: uniform on [-scale, scale] or on [0, scale]
+Law = Literal["symmetric", "nonnegative"]
+LAWS: tuple[str, ...] = ("symmetric", "nonnegative")
 
 #: tensor name -> id in the stream key
 TENSOR_IDS: dict[str, int] = {"U": 0, "beta": 1, "V": 2}
@@ -23,7 +30,8 @@ RNG_LAYOUT: dict[str, str] = {
     "algorithm": "numpy.random.Philox (Philox4x64-10) with counter 0; NumPy increments the counter before each "
     "block, so the first block is generated at counter 1",
     "key": "[seed, pair * 2**32 + tensor * 2**16 + draw] as two uint64 words; tensor ids U=0, beta=1, V=2",
-    "values": "float32(scale * (2 * Generator(Philox(key=key)).random(size, dtype=float64) - 1)), C order",
+    "values": "r = Generator(Philox(key=key)).random(size, dtype=float64); "
+    "law symmetric: float32(scale * (2 * r - 1)); law nonnegative: float32(scale * r); C order",
 }
 
 
@@ -52,10 +60,17 @@ class RandomSource:
         word = pair * 2**32 + TENSOR_IDS[tensor] * 2**16 + draw
         return np.array([int(self.seed), word], dtype=np.uint64)
 
-    def tensor(self, pair: int, tensor: str, shape: tuple[int, ...], scale: float, draw: int = 0) -> np.ndarray:
-        """The float32 tensor ``tensor`` of pair ``pair`` at draw ``draw``, uniform on [-scale, scale]."""
+    def tensor(
+        self, pair: int, tensor: str, shape: tuple[int, ...], scale: float, draw: int = 0, law: Law = "symmetric"
+    ) -> np.ndarray:
+        """The float32 tensor ``tensor`` of pair ``pair`` at draw ``draw``: uniform on [-scale, scale]
+        (``law="symmetric"``) or on [0, scale] (``law="nonnegative"``)."""
         if not np.isfinite(scale) or scale <= 0:
             raise ValueError(f"scale must be positive and finite, got {scale}")
+        if law not in LAWS:
+            raise ValueError(f"unknown law {law!r}; expected one of {LAWS}")
         gen = np.random.Generator(np.random.Philox(key=self.key(pair, tensor, draw)))
         values = gen.random(int(np.prod(shape)), dtype=np.float64)
+        if law == "nonnegative":
+            return (scale * values).astype(np.float32).reshape(shape)
         return (scale * (2.0 * values - 1.0)).astype(np.float32).reshape(shape)

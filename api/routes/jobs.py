@@ -9,7 +9,17 @@ from fastapi.responses import FileResponse
 from pydantic import ValidationError
 
 from api.deps import Authorized, RunnerDep, StoreDep
-from api.schemas import JobCreate, JobCreated, JobPublic, JobReport, JobsPublic, JobState, JobSummary, TicketsPublic
+from api.schemas import (
+    ItemReport,
+    JobCreate,
+    JobCreated,
+    JobPublic,
+    JobReport,
+    JobsPublic,
+    JobState,
+    JobSummary,
+    TicketsPublic,
+)
 
 router = APIRouter(tags=["jobs"], dependencies=[Authorized])
 
@@ -94,7 +104,8 @@ def download_ticket(store: StoreDep, job_id: JobId, k: Annotated[int, Path(ge=0)
 def get_report(store: StoreDep, job_id: JobId) -> JobReport:
     """Per item: ticket summary (sizes, per-layer errors) and verification report; null until done."""
     job = _job_or_404(store, job_id)
-    return JobReport(job=JobSummary.model_validate(job.model_dump()), items=store.item_reports(job_id) or [])
+    items = [None if r is None else ItemReport.model_validate(r) for r in store.item_reports(job_id) or []]
+    return JobReport(job=JobSummary.model_validate(job.model_dump()), items=items)
 
 
 @router.delete("/jobs/{job_id}", response_model=JobPublic)

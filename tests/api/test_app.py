@@ -162,6 +162,14 @@ def test_openapi_describes_the_routes(client_factory):
     assert "delete" in paths["/jobs/{job_id}"]
 
 
+def test_openapi_states_the_source_kind_and_examined_values_of_a_report(client_factory):
+    schemas = client_factory().get("/openapi.json").json()["components"]["schemas"]
+    sizes = schemas["TicketSizesPublic"]["properties"]
+    assert {"target_params", "source_params", "kept_params", "pruned_params"} <= set(sizes)
+    assert "iid" in json.dumps(sizes["source_kind"]) and "rerandomized" in json.dumps(sizes["source_kind"])
+    assert "discarded draws" in sizes["examined_values"]["description"]
+
+
 def test_submit_follow_download_and_metrics(client_factory, mlp_bytes, tmp_path):
     client = client_factory()
     response = _submit(client, [("../net.pt", mlp_bytes())], {"n": [8, 10], "seed": 1, **LIGHT})
@@ -181,7 +189,9 @@ def test_submit_follow_download_and_metrics(client_factory, mlp_bytes, tmp_path)
     assert download.status_code == 200
     (tmp_path / "got.ticket").write_bytes(download.content)
     report = client.get(f"/jobs/{job_id}/report").json()
-    assert report["items"][1]["kept_values_sha256"] == Ticket.load(tmp_path / "got.ticket").kept_hash()
+    got = Ticket.load(tmp_path / "got.ticket")
+    assert report["items"][1]["kept_values_sha256"] == got.kept_hash()
+    assert report["items"][1]["ticket"]["sizes"] == got.sizes()  # source_kind and examined_values included
     assert client.delete(f"/jobs/{job_id}").status_code == 409  # finished jobs stay as they are
     assert client.get("/jobs", params={"state": "succeeded"}).json()["count"] == 1
     metrics = client.get("/metrics")

@@ -216,6 +216,180 @@ def test_kept_hash_covers_the_structure_and_exactly_the_kept_values(mlp_ticket: 
     assert mlp_ticket.kept_hash() == digest.hexdigest()
 
 
+def _with_sources(ticket: Ticket, edit: Callable[[dict[str, np.ndarray]], None], pair: int = 0) -> Ticket:
+    """A copy of ``ticket`` whose regenerated tensors of ``pair`` are edited (as if the generator had drawn them)."""
+    copy = Ticket(
+        seed=ticket.seed,
+        input_shape=ticket.input_shape,
+        input_domain=ticket.input_domain,
+        steps=ticket.steps,
+        layouts=ticket.layouts,
+        masks=ticket.masks,
+        draws=ticket.draws,
+        build=ticket.build,
+    )
+    tensors = {name: t.copy() for name, t in ticket.source_tensors(pair).items()}
+    edit(tensors)
+    copy._sources[pair] = tensors
+    return copy
+
+
+def test_kept_hash_changes_with_a_kept_value_and_not_with_a_pruned_one(mlp_ticket: Ticket) -> None:
+    mask = mlp_ticket.masks[0]["V"]
+    kept, pruned = np.argwhere(mask)[0], np.argwhere(~mask)[0]
+
+    def bump(at: np.ndarray) -> Callable[[dict[str, np.ndarray]], None]:
+        return lambda tensors: tensors["V"].__setitem__(tuple(at), tensors["V"][tuple(at)] * np.float32(0.5))
+
+    assert _with_sources(mlp_ticket, bump(kept)).kept_hash() != mlp_ticket.kept_hash()
+    assert _with_sources(mlp_ticket, bump(pruned)).kept_hash() == mlp_ticket.kept_hash()
+
+
+def test_build_hash_covers_the_statistics_and_leaves_the_kept_hash_alone(mlp_ticket: Ticket) -> None:
+    build = json.loads(json.dumps(mlp_ticket.build))
+    build["pairs"][0]["weight_error_max"] /= 2
+    edited = Ticket(
+        seed=mlp_ticket.seed,
+        input_shape=mlp_ticket.input_shape,
+        input_domain=mlp_ticket.input_domain,
+        steps=mlp_ticket.steps,
+        layouts=mlp_ticket.layouts,
+        masks=mlp_ticket.masks,
+        draws=mlp_ticket.draws,
+        build=build,
+    )
+    assert edited.build_hash() != mlp_ticket.build_hash()
+    assert edited.kept_hash() == mlp_ticket.kept_hash()
+
+
+# -- source kind and examined values -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def small_target() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+
+
+@pytest.fixture(scope="module")
+def pure_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A pure ticket (inputs in [0, 1]: every pair O, so no draw index even where input blocks are redrawn)."""
+    torch.manual_seed(1)
+    net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    ticket = build_ticket(net, 8, input_shape=(3,), input_domain=(0, 1), solver="mitm", resample=0)
+    return ticket.save(tmp_path_factory.mktemp("pure") / "pure.ticket")
+
+
+def test_a_pure_build_is_iid_and_examines_exactly_its_source(small_target: nn.Module, tmp_path: Path) -> None:
+    ticket = build_ticket(small_target, n=12, input_shape=(4,), resample=0)
+    sizes = ticket.sizes()
+    assert not any(d.any() for d in ticket.draws)
+    assert sizes["source_kind"] == "iid"
+    assert sizes["examined_values"] == sizes["source_params"]
+    assert [ticket.examined_values(k) for k in range(2)] == [layout.source_params() for layout in ticket.layouts]
+    loaded = Ticket.load(ticket.save(tmp_path / "t.ticket"))
+    assert loaded.sizes() == sizes
+
+
+def test_a_rerandomized_build_states_so_and_counts_its_discarded_draws(small_target: nn.Module) -> None:
+    ticket = build_ticket(small_target, n=12, input_shape=(4,), resample=8, tolerance=0.0)
+    sizes = ticket.sizes()
+    assert any(d.any() for d in ticket.draws)  # tolerance 0: some unit was redrawn
+    assert sizes["source_kind"] == "rerandomized"
+    assert sizes["examined_values"] is not None, "the builder records no examined_values in build['pairs']"
+    assert sizes["examined_values"] > sizes["source_params"]
+
+
+def test_manifest_states_source_kind_and_examined_values(saved: Path, pure_file: Path) -> None:
+    for path, kind in ((saved, "rerandomized"), (pure_file, "iid")):
+        with safe_open(str(path), "np") as f:
+            manifest = json.loads(f.metadata()["manifest"])
+        ticket = Ticket.load(path)
+        assert manifest["sizes"]["source_kind"] == kind == ticket.sizes()["source_kind"]
+        assert manifest["sizes"]["examined_values"] == ticket.sizes()["examined_values"]
+        assert manifest["build_sha256"] == ticket.build_hash()
+    assert manifest["sizes"]["examined_values"] == manifest["sizes"]["source_params"]  # the pure one
+
+
+def _scale_error(m: dict[str, Any]) -> None:
+    m["build"]["pairs"][0]["weight_error_max"] /= 10
+
+
+def _scale_error_and_drop_the_digest(m: dict[str, Any]) -> None:
+    _scale_error(m)
+    del m["build_sha256"]
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (_scale_error, "build_sha256"),
+        (lambda m: m["build"]["pairs"][1].update(usable_mean=99.0), "build_sha256"),
+        (lambda m: m["build"].update(solver="gurobi"), "build_sha256"),
+        (_scale_error_and_drop_the_digest, "build_sha256"),
+        (lambda m: m["build"]["pairs"][0].update(examined_values=10**9), "examined_values|build_sha256"),
+        (lambda m: m["sizes"].update(source_kind="iid"), "source_kind 'iid' stored, 'rerandomized' recomputed"),
+        (lambda m: m["sizes"].update(examined_values=10**9), "examined_values"),
+        (lambda m: m["sizes"].update(kept_params=m["sizes"]["kept_params"] - 1), "kept_params"),
+        (lambda m: m.pop("sizes"), "sizes"),
+        (lambda m: m.update(resampled=[False] * len(m["resampled"])), "resampled"),
+    ],
+    ids=[
+        "weight_error_max",
+        "usable_mean",
+        "solver",
+        "digest-removed",
+        "build-examined_values",
+        "sizes-source_kind",
+        "sizes-examined_values",
+        "sizes-kept",
+        "sizes-removed",
+        "resampled",
+    ],
+)
+def test_edited_build_statistics_are_refused(
+    saved: Path, tmp_path: Path, edit: Callable[[dict[str, Any]], None], message: str
+) -> None:
+    bad = rewrite(saved, tmp_path / "bad.ticket", manifest=edit)
+    with pytest.raises(TicketFormatError, match=message):
+        Ticket.load(bad)
+    Ticket.load(bad, verify_hash=False)  # the network itself is intact
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda m: m["sizes"].update(source_kind="rerandomized"), "source_kind"),
+        (lambda m: m["sizes"].update(examined_values=m["sizes"]["examined_values"] * 100), "examined_values"),
+        (lambda m: m["build"]["pairs"][0].update(weight_error_max=0.0), "build_sha256"),
+    ],
+    ids=["source_kind", "examined_values", "weight_error_max"],
+)
+def test_edited_statistics_of_a_pure_ticket_are_refused(
+    pure_file: Path, tmp_path: Path, edit: Callable[[dict[str, Any]], None], message: str
+) -> None:
+    bad = rewrite(pure_file, tmp_path / "bad.ticket", manifest=edit)
+    with pytest.raises(TicketFormatError, match=message):
+        Ticket.load(bad)
+
+
+def test_a_pure_pair_claiming_more_examined_values_is_refused_even_with_a_matching_digest(
+    pure_file: Path, tmp_path: Path
+) -> None:
+    """The digest is only a checksum: what can be recomputed (a pure pair examines its source) is recomputed."""
+    forged = Ticket.load(pure_file)
+    forged.build["pairs"][0]["examined_values"] = forged.layouts[0].source_params() * 2
+
+    def consistent(m: dict[str, Any]) -> None:
+        m["build"] = forged.build
+        m["sizes"] = dict(forged.sizes())
+        m["build_sha256"] = forged.build_hash()
+
+    bad = rewrite(pure_file, tmp_path / "bad.ticket", manifest=consistent)
+    with pytest.raises(TicketFormatError, match="pair 0 records examined_values .*a pure pair examines exactly"):
+        Ticket.load(bad)
+
+
 # -- size ----------------------------------------------------------------------------------------------------------
 
 
@@ -330,7 +504,7 @@ def test_manifest_of_another_format_is_refused(saved: Path, tmp_path: Path, edit
         Ticket.load(bad)
 
 
-@pytest.mark.parametrize("version", [0, 1, 3, "2", None])
+@pytest.mark.parametrize("version", [0, 1, FORMAT_VERSION - 1, FORMAT_VERSION + 1, str(FORMAT_VERSION), None])
 def test_manifest_with_another_format_version_is_refused(saved: Path, tmp_path: Path, version: Any) -> None:
     bad = rewrite(saved, tmp_path / "bad.ticket", manifest=lambda m: m.update(format_version=version))
     with pytest.raises(TicketFormatError, match="format version"):

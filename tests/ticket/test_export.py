@@ -18,6 +18,7 @@ import torch
 from safetensors import safe_open
 from safetensors.numpy import load_file
 
+from ticketsolver import build_ticket
 from ticketsolver.construction.pair import PrunedPair
 from ticketsolver.ticket import EXPORT_FORMATS, Ticket, export_onnx, export_safetensors, export_ticket
 from ticketsolver.ticket.export import check_pruned_equals_source_times_mask
@@ -126,6 +127,29 @@ def test_safetensors_metadata_identifies_the_ticket(safetensors_file: Path, cnn_
     assert meta["kept_values_sha256"] == cnn_ticket.kept_hash()
     assert json.loads(meta["steps"]) == cnn_ticket.steps
     assert json.loads(meta["input_shape"]) == list(cnn_ticket.input_shape)
+    sizes = cnn_ticket.sizes()
+    assert meta["source_kind"] == sizes["source_kind"] == "rerandomized"
+    examined = sizes["examined_values"]
+    assert meta["examined_values"] == (str(examined) if examined is not None else "unrecorded")
+
+
+def test_a_pure_tickets_export_states_iid_and_holds_every_source_at_draw_0(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    ticket = build_ticket(net, 8, input_shape=(3,), input_domain=(0, 1), solver="mitm", resample=0)
+    path = export_safetensors(ticket, tmp_path / "pure.safetensors")
+    with safe_open(str(path), "np") as f:
+        meta = f.metadata()
+    identity = {"format", "naming", "steps", "input_shape", "kept_values_sha256"}  # what every export states
+    assert set(meta) == identity | {"source_kind", "examined_values"}
+    assert meta["source_kind"] == "iid" and meta["examined_values"] == str(ticket.sizes()["source_params"])
+    tensors = load_file(str(path))
+    pair_steps = [i for i, step in enumerate(ticket.steps) if step["op"] == "pair"]
+    for step, layout in zip(pair_steps, ticket.layouts, strict=True):
+        for key, name in (("first.weight", "U"), ("first.bias", "beta"), ("second.weight", "V")):
+            law = layout.tensor(ticket.source, name, draw=0)  # the tensor's law at draw 0, nothing redrawn
+            assert np.array_equal(tensors[f"{step}.{key}.source"].ravel(), law.ravel())
+    assert check_pruned_equals_source_times_mask(path)
 
 
 def test_pruned_tensors_load_into_the_network_and_reproduce_its_outputs(

@@ -2,7 +2,8 @@
 
 The real builder lives in ticketsolver.construction; these pairs are exact by construction (O: hidden
 units [relu(W); relu(-W)] and V = [I, -I]; I: one hidden unit per (input, sign) with U = +-1 and V = +-W,
-plus a bias unit with beta = 1 and V = b), so a test can perturb V by a known amount and know the error.
+plus a bias unit with beta = 1 and V = b; L: see :func:`offset_blocks_pair`), so a test can perturb V by a
+known amount and know the error.
 """
 
 from __future__ import annotations
@@ -93,6 +94,38 @@ def input_blocks_pair(layer: nn.Linear | nn.Conv2d) -> PrunedPair:
         first.bias.copy_(beta)
         second.weight.copy_(v)
     return PrunedPair(first, second, "input_blocks").eval()
+
+
+def offset_blocks_pair(layer: nn.Linear, h: float, seed: int = 0) -> PrunedPair:
+    """An exact L pair for ``layer`` on inputs in [-h, h]: per input j, two units relu(u x_j + beta), one with
+    u > 0 and one with u < 0, each with offset beta = |u| h >= 0, so both are linear on the box; V[i, (j, t)] =
+    w_ij / (2 u) splits each weight over the two, and a bias unit (no input, beta = 1) with V = b - V beta
+    cancels the offsets' constants. Outside the box some units are cut by the ReLU and the pair is not linear.
+    """
+    w = layer.weight.detach().double()
+    b = layer.bias.detach().double() if layer.bias is not None else torch.zeros(w.shape[0], dtype=torch.float64)
+    d_out, d_in = w.shape
+    generator = torch.Generator().manual_seed(seed)
+    size = 0.5 + torch.rand(d_in, 2, generator=generator, dtype=torch.float64)
+    u_values = torch.stack([size[:, 0], -size[:, 1]], dim=1)  # (input, t): one positive, one negative
+    hidden = 2 * d_in + 1
+    u = torch.zeros(hidden, d_in, dtype=torch.float64)
+    beta = torch.zeros(hidden, dtype=torch.float64)
+    v = torch.zeros(d_out, hidden, dtype=torch.float64)
+    for j in range(d_in):
+        for t in range(2):
+            unit = 2 * j + t
+            u[unit, j] = u_values[j, t]
+            beta[unit] = u_values[j, t].abs() * h
+            v[:, unit] = w[:, j] / (2 * u_values[j, t])
+    beta[-1] = 1.0
+    v[:, -1] = b - v[:, :-1] @ beta[:-1]
+    first, second = nn.Linear(d_in, hidden), nn.Linear(hidden, d_out, bias=False)
+    with torch.no_grad():
+        first.weight.copy_(u)
+        first.bias.copy_(beta)
+        second.weight.copy_(v)
+    return PrunedPair(first, second, "offset_blocks").eval()
 
 
 def perturb_second(pair: PrunedPair, scale: float, seed: int) -> PrunedPair:

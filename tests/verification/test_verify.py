@@ -1,4 +1,4 @@
-"""verify_networks end to end: exact and perturbed pairs, the report, validation, devices."""
+"""verify_networks end to end: exact and perturbed pairs, the report, the input box and law, validation, devices."""
 
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ from .helpers import (
     lenet5,
     mlp,
     odd_conv_net,
+    offset_blocks_pair,
+    perturb_second,
     single_thread,  # noqa: F401  (autouse fixture)
 )
 
@@ -80,7 +82,8 @@ def test_report_to_dict_is_plain_json_with_the_documented_keys(lenet_report: Rep
     assert set(d) == REPORT_KEYS
     assert json.loads(json.dumps(d, allow_nan=False)) == d
     assert set(d["sections"]) == {"data", "random"} and set(d["sections"]["data"]) == {"float32", "float64"}
-    assert d["input_box"]["source"] == "given" and d["input_shape"] == [1, 28, 28]
+    assert d["input_box"]["source"] == "declared" and d["input_shape"] == [1, 28, 28]
+    assert d["input_box"]["law_name"] == "uniform" and d["input_box"]["law"] == "uniform in the box"
     assert d["certified"]["exact_arithmetic"] is True
     assert {"total", "certified", "data/float32", "random/float64", "worst_case/float32"} <= set(d["seconds"])
     path = lenet_report.to_json(tmp_path / "report.json")
@@ -93,6 +96,10 @@ def test_report_renders_summary_and_layer_tables(lenet_report: Report) -> None:
     text = out.getvalue()
     for needle in ("f vs g", "float32", "float64", "per layer", "certified", "Linear 400->120", "top-1"):
         assert needle in text
+    flat = " ".join(text.split())
+    assert "certified sup |f-g|, exact arithmetic" in flat
+    assert "certified sup |f-g|, forward pass in this dtype" in flat
+    assert "random inputs: uniform in the box" in flat and "input box [0, 1] per feature (declared)" in flat
 
 
 def test_device_is_reported(lenet_report: Report) -> None:
@@ -137,7 +144,7 @@ def test_box_is_derived_from_data_when_not_given() -> None:
         worst_case_steps=5,
     )
     box = report.input_box
-    assert box["source"].startswith("data")
+    assert box["source"].startswith("from data") and box["law_name"] == "uniform"
     assert box["lo_min"] == pytest.approx(x.min().item()) and box["hi_max"] == pytest.approx(x.max().item())
     assert report.dtypes == ["float64"] and set(report.worst_case) == {"float64"}
 
@@ -195,7 +202,7 @@ def test_without_worst_case_and_certificate() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"input_box": None}, "no input box"),
+        ({"random_law": "cauchy"}, "unknown random_law"),
         ({"dtypes": ("float16",)}, "unknown dtype"),
         ({"data": (torch.rand(4, 12), None)}, "data inputs must have shape"),
         ({"data": (torch.rand(4, 13), torch.zeros(3, dtype=torch.long))}, "labels must have shape"),
@@ -219,11 +226,88 @@ def test_mismatched_networks_raise_before_running() -> None:
         verify_networks(mlp(6), build_pruned(lenet5(0), input_nonneg=True), input_shape=(13,), input_box=(0.0, 1.0))
 
 
-def test_output_blocks_first_layer_on_a_signed_box_is_refused_by_the_certificate() -> None:
+def test_output_blocks_first_layer_on_a_signed_box_is_not_certified_and_the_rest_runs() -> None:
     target = mlp(7)
     pruned = build_pruned(target, input_nonneg=True)
-    with pytest.raises(VerificationError, match="not provably >= 0"):
-        verify_networks(target, pruned, input_shape=(13,), input_box=(-1.0, 1.0), n_random=8, worst_case_steps=1)
+    report = verify_networks(target, pruned, input_shape=(13,), input_box=(-1.0, 1.0), n_random=8, worst_case_steps=1)
+    assert report.certified is not None and report.certified.max_bound is None
+    assert "not provably >= 0" in (report.certified.not_certified or "")
+    assert set(report.worst_case) == {"float32", "float64"} and report.sections["random"]
+    out = io.StringIO()
+    report.render(Console(file=out, width=200))
+    text = " ".join(out.getvalue().split())
+    assert "not certified" in text and "not provably >= 0" in text
+    assert json.loads(json.dumps(report.to_dict()))["certified"]["max_bound"] is None
+
+
+def test_without_a_box_or_data_the_documented_default_law_is_used() -> None:
+    """No box and no data: not an error. Standardised features: N(0, 1) per feature clipped to [-6, 6]."""
+    target = mlp(11)
+    pruned = build_pruned(target, input_nonneg=False, perturb=1e-3)
+    report = verify_networks(target, pruned, input_shape=(13,), n_random=400, worst_case_steps=3)
+    box = report.input_box
+    assert box["source"].startswith("default") and box["law_name"] == "normal"
+    assert box["law"] == "standard normal per feature, clipped to the box"
+    assert (box["lo_min"], box["hi_max"]) == (-6.0, 6.0)
+    assert report.certified is not None and report.certified.max_bound is not None
+    assert report.worst_case["float64"].max_abs_error <= report.certified.max_bound
+    assert all(kind.split(":")[0] in ("random", "normal") for kind in report.worst_case["float64"].start_kinds)
+    out = io.StringIO()
+    report.render(Console(file=out, width=200))
+    text = " ".join(out.getvalue().split())
+    assert "input box [-6, 6] per feature (default: nothing declared, no data)" in text
+    assert "random inputs: standard normal per feature, clipped to the box" in text
+
+
+def test_normal_law_draws_standardised_inputs_inside_the_box() -> None:
+    from ticketsolver.verification.inputs import sample_inputs
+
+    x = sample_inputs(torch.tensor(-6.0), torch.tensor(6.0), 4000, (13,), seed=0, law="normal")
+    assert x.min() >= -6.0 and x.max() <= 6.0
+    assert abs(float(x.mean())) < 0.02 and abs(float(x.std()) - 1.0) < 0.02
+    narrow = sample_inputs(torch.zeros(13), torch.full((13,), 0.5), 100, (13,), seed=0, law="normal")
+    assert narrow.min() >= 0.0 and narrow.max() <= 0.5
+
+
+def test_offset_blocks_pairs_are_compared_with_their_effective_layer_only_inside_their_box() -> None:
+    torch.manual_seed(12)
+    target = torch.nn.Sequential(torch.nn.Linear(4, 3)).eval()
+    pruned = torch.nn.Sequential(perturb_second(offset_blocks_pair(target[0], h=1.0), 1e-3, seed=12)).eval()
+    x = torch.rand(40, 4) * 4 - 2  # many inputs outside [-1, 1], where the pair is not linear
+    report = verify_networks(
+        target, pruned, input_shape=(4,), input_box=(-1.0, 1.0), data=(x, None), n_random=50, worst_case_steps=5
+    )
+    for dtype in ("float32", "float64"):
+        (check,) = report.layers[dtype]
+        assert check.construction == "offset_blocks"
+        assert 0 < check.outside_linear_region <= 40  # only data lies outside; the random inputs are in the box
+    assert report.layers["float64"][0].pair_vs_effective_relative < 1e-12
+    assert report.layers["float64"][0].pair_vs_target > 1e-4  # the perturbation, seen on every input
+    certified = report.certified
+    assert certified is not None and certified.max_bound is not None
+    assert report.worst_case["float64"].max_abs_error <= certified.max_bound  # the search stays in the box
+    out = io.StringIO()
+    report.render(Console(file=out, width=200))
+    assert "inputs outside: layer 0" in " ".join(out.getvalue().split())
+
+
+def test_float32_certified_bound_covers_the_float32_forward_passes_of_a_built_ticket() -> None:
+    """A real ticket (signed inputs, nothing declared) verified with no box and no data, as the CLI does."""
+    from ticketsolver import build_ticket
+    from ticketsolver.verification.against import verify
+
+    target = mlp(12, d_in=13, width=16, d_out=3)
+    ticket = build_ticket(target, n=12, input_shape=(13,), resample=0)
+    report = verify(target, ticket, n_random=500, worst_case_starts=4, worst_case_steps=10, device="cpu")
+    box = report.input_box
+    assert box["law_name"] == "normal" and ("default" in box["source"])
+    certified = report.certified
+    assert certified is not None and certified.max_bound is not None, certified and certified.not_certified
+    float32 = certified.forward["float32"]
+    assert float32.max_bound is not None
+    assert float32.max_bound >= certified.max_bound
+    assert float32.max_bound >= report.sections["random"]["float32"].max_abs_error
+    assert float32.max_bound >= report.worst_case["float32"].max_abs_error
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")

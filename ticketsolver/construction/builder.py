@@ -1,14 +1,24 @@
 """The builder: a target network in, a ticket out.
 
 Walks the target's normal form (Linear, Conv2d, ReLU, MaxPool2d, AvgPool2d, Flatten), replaces every
-Linear/Conv2d by a pair of random layers — construction O where the layer's input is provably >= 0 (after a
-ReLU, or pooling of one, or a declared input domain inside [0, inf)), construction I elsewhere — chooses
-each random tensor's scale from the layer's weights, solves the subset sums, and records everything the
-ticket needs to regenerate the pruned network.
+Linear/Conv2d by a pair of random layers, chooses each random tensor's scale from the layer's weights,
+solves the subset sums, and records everything the ticket needs to regenerate the pruned network.
+
+Two kinds of build:
+
+- *pure* (the default, ``resample=0``): one i.i.d. random network, every tensor its law at draw 0.
+  Every layer uses construction L (offset blocks, all ~n coefficients usable), linear on the box of its
+  input, which is propagated from the input box (declared, else :data:`DEFAULT_INPUT_BOX`) through the
+  pairs already built (:mod:`ticketsolver.construction.box`). The subset sums are solved to ``tolerance``.
+- *re-randomised* (``resample=R > 0``, opt-in): constructions O (input provably >= 0) and I (elsewhere),
+  each unit redrawn up to R times while its error exceeds ``tolerance`` (IteRand). Far smaller errors at
+  the same n, but the network's random values are then chosen with knowledge of the target; the ticket
+  says so (``source_kind`` "rerandomized", ``examined_values``).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import numbers
 import os
@@ -21,8 +31,10 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 from torch import nn
 
+from ticketsolver.construction.box import DEFAULT_INPUT_BOX, IntervalWalk
 from ticketsolver.construction.input_blocks import solve_input_blocks
 from ticketsolver.construction.layout import ConvGeometry, PairLayout
+from ticketsolver.construction.offset_blocks import offset_scales, solve_offset_blocks
 from ticketsolver.construction.output_blocks import solve_output_blocks
 from ticketsolver.construction.resume import fingerprint, load_pair, save_pair
 from ticketsolver.construction.rounds import MAX_RESAMPLE
@@ -37,33 +49,58 @@ if TYPE_CHECKING:
 
 __all__ = ["BuildConfig", "LayerProgress", "build_ticket", "choose_scales"]
 
+log = logging.getLogger("ticketsolver.construction")
+
 #: (pair, layer fraction done in [0, 1], message) — called as solving advances
 LayerProgress = Callable[[int, float, str], None]
 
-#: the largest n accepted; the exact engine solves up to 40 usable coefficients (about n/2 are usable)
+#: the largest n accepted
 MAX_N = 64
+#: default tolerance of a pure build: a subset sum within it needs no larger search (see solvers.auto)
+PURE_TOLERANCE = 1e-8
+#: default tolerance of a re-randomised build: a unit is redrawn while its error exceeds it
+RESAMPLE_TOLERANCE = 1e-7
+#: default scale margins (reach of a block's subset sums in units of the layer's max |w|), pure / re-randomised
+PURE_SCALE_MARGIN = 4.0
+RESAMPLE_SCALE_MARGIN = 1.5
+#: construction I's default extra block draws when re-randomising (a pure build draws each block once)
+RESAMPLE_BLOCK_DRAWS = 8
+
+Choice = Literal["auto", "output_blocks", "input_blocks", "offset_blocks"]
 #: refuse random sources that would not fit in memory
 MAX_SOURCE_PARAMS = 400_000_000
 
 
 @dataclass(frozen=True)
 class BuildConfig:
-    """How a ticket is built; recorded in the ticket's manifest."""
+    """How a ticket is built; recorded in the ticket's manifest. ``None`` fields take the default of the
+    build's kind (pure when ``resample == 0``, else re-randomised), resolved on construction."""
 
-    n: int = 20  # random hidden units per block: candidate coefficients per weight before sign pruning
+    n: int = 20  # random hidden units per block: candidate coefficients per weight
     seed: int = 0  # keys every random tensor (with pair, tensor and draw)
-    solver: str = "auto"  # subset-sum backend (see ticketsolver.solvers)
-    input_domain: tuple[float, float] | None = None  # box of the model's inputs; lo >= 0 allows O first
-    # extra draws for units whose error exceeds `tolerance` (IteRand); 0 = one draw. Units within tolerance stop
-    # early, so the cost falls on the tail, which sets the max error (LeNet5, n = 30, seeds 0 and 2: max relative
-    # error on random inputs 1.4e-5 and 1.5e-5 with 32 rounds, 2.3e-6 and 4.0e-6 with 128; n = 20 build 1.5 -> 5.5 s)
-    resample: int = 128
-    tolerance: float = 1e-7  # a unit is redrawn while its error exceeds this
-    block_draws: int = 8  # construction I: draws of each input block's U rows to choose the most sign-balanced from
-    scale_margin: float = 1.5  # expected reach of a block's subset sums, in units of the layer's max |w|
-    construction: Literal["auto", "output_blocks", "input_blocks"] = "auto"  # force one where valid
+    solver: str = "auto"  # subset-sum backend (see ticketsolver.solvers); auto solves to `tolerance`
+    input_domain: tuple[float, float] | None = None  # box of the model's inputs; None: DEFAULT_INPUT_BOX
+    # 0 = a pure source (one i.i.d. random network). R > 0 = re-randomisation, IteRand-style: units whose error
+    # exceeds `tolerance` are redrawn up to R times, best draw kept (the ticket is then "rerandomized").
+    resample: int = 0
+    # pure: a subset sum within it is accepted (1e-8); re-randomised: units above it are redrawn (1e-7)
+    tolerance: float | None = None
+    block_draws: int | None = None  # construction I: draws of each input block's U rows (8 re-randomised, 0 pure)
+    scale_margin: float | None = None  # reach of a block's subset sums in units of max |w| (4.0 pure, 1.5 re-rand.)
+    construction: Choice = "auto"  # force one where valid (auto: L when pure, else O where x >= 0 and I)
 
     def __post_init__(self) -> None:
+        pure = (
+            isinstance(self.resample, numbers.Integral) and not isinstance(self.resample, bool) and self.resample == 0
+        )
+        defaults = {
+            "tolerance": PURE_TOLERANCE if pure else RESAMPLE_TOLERANCE,
+            "block_draws": 0 if pure else RESAMPLE_BLOCK_DRAWS,
+            "scale_margin": PURE_SCALE_MARGIN if pure else RESAMPLE_SCALE_MARGIN,
+        }
+        for name, value in defaults.items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)
         limits = (
             ("n", 1, MAX_N),
             ("seed", 0, 2**63 - 1),
@@ -75,16 +112,31 @@ class BuildConfig:
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not low <= int(value) <= high:
                 raise ConstructionError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
             object.__setattr__(self, name, int(value))  # NumPy integers become plain ints for the manifest
+        for name in ("tolerance", "scale_margin"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise ConstructionError(f"{name} must be a number, got {value!r}")
+            object.__setattr__(self, name, float(value))
+        assert self.tolerance is not None and self.scale_margin is not None
         if not (math.isfinite(self.tolerance) and self.tolerance >= 0):
             raise ConstructionError(f"tolerance must be finite and >= 0, got {self.tolerance!r}")
         if not (math.isfinite(self.scale_margin) and 0.1 <= self.scale_margin <= 100):
             raise ConstructionError(f"scale_margin must be in [0.1, 100], got {self.scale_margin!r}")
-        if self.construction not in ("auto", "output_blocks", "input_blocks"):
+        if self.construction not in ("auto", "output_blocks", "input_blocks", "offset_blocks"):
             raise ConstructionError(f"unknown construction {self.construction!r}")
+        if self.construction == "offset_blocks" and not self.pure:
+            raise ConstructionError("construction L (offset_blocks) is built from a pure source: use resample=0")
+        if self.block_draws and self.pure:
+            raise ConstructionError("block_draws > 0 redraws random values: it needs resample > 0")
         if self.input_domain is not None:
             lo, hi = self.input_domain
             if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
                 raise ConstructionError(f"input_domain must be finite with lo < hi, got {self.input_domain!r}")
+
+    @property
+    def pure(self) -> bool:
+        """True for a build from one i.i.d. random network (no re-randomisation)."""
+        return self.resample == 0
 
 
 def choose_scales(weight: np.ndarray, bias: np.ndarray | None, n: int, margin: float) -> dict[str, float]:
@@ -104,40 +156,64 @@ def choose_scales(weight: np.ndarray, bias: np.ndarray | None, n: int, margin: f
     return scales
 
 
-def _layout_for(
-    pair: int, module: nn.Linear | nn.Conv2d, construction: str, n: int, margin: float
-) -> tuple[PairLayout, np.ndarray, np.ndarray | None]:
+def _target_arrays(pair: int, module: nn.Linear | nn.Conv2d) -> tuple[np.ndarray, np.ndarray | None]:
+    """The target layer's dense-view weight (d_out, d_in) and bias, float64; refuses NaN/inf."""
     weight = module.weight.detach().double().cpu().numpy()
     bias = None if module.bias is None else module.bias.detach().double().cpu().numpy()
     if not np.isfinite(weight).all() or (bias is not None and not np.isfinite(bias).all()):
         raise ConstructionError(f"layer {pair} ({type(module).__name__}) has NaN or inf weights")
-    d_out = weight.shape[0]
-    conv = None
-    if isinstance(module, nn.Conv2d):
-        if module.groups != 1:
-            raise ConstructionError(f"layer {pair}: grouped convolutions (groups={module.groups}) are not supported")
-        conv = ConvGeometry(
-            in_channels=int(module.in_channels),
-            kernel_size=tuple(as_pair(module.kernel_size)),  # type: ignore[arg-type]
-            stride=tuple(as_pair(module.stride)),  # type: ignore[arg-type]
-            padding=tuple(as_pair(module.padding)),  # type: ignore[arg-type]
-            dilation=tuple(as_pair(module.dilation)),  # type: ignore[arg-type]
-        )
-    flat = weight.reshape(d_out, -1)
+    if isinstance(module, nn.Conv2d) and module.groups != 1:
+        raise ConstructionError(f"layer {pair}: grouped convolutions (groups={module.groups}) are not supported")
+    return weight.reshape(weight.shape[0], -1), bias
+
+
+def _geometry(module: nn.Linear | nn.Conv2d) -> ConvGeometry | None:
+    if not isinstance(module, nn.Conv2d):
+        return None
+    return ConvGeometry(
+        in_channels=int(module.in_channels),
+        kernel_size=tuple(as_pair(module.kernel_size)),  # type: ignore[arg-type]
+        stride=tuple(as_pair(module.stride)),  # type: ignore[arg-type]
+        padding=tuple(as_pair(module.padding)),  # type: ignore[arg-type]
+        dilation=tuple(as_pair(module.dilation)),  # type: ignore[arg-type]
+    )
+
+
+def _layout_for(
+    pair: int,
+    module: nn.Linear | nn.Conv2d,
+    construction: str,
+    n: int,
+    margin: float,
+    box: tuple[np.ndarray, np.ndarray] | None = None,
+) -> tuple[PairLayout, np.ndarray, np.ndarray | None]:
+    flat, bias = _target_arrays(pair, module)
+    conv = _geometry(module)
+    bias_units = 0
+    if construction == "offset_blocks":
+        assert box is not None
+        scales, bias_units = offset_scales(flat, bias, box[0], box[1], n, margin)
+    else:
+        scales = choose_scales(flat, bias, n, margin)
     layout = PairLayout(
         pair=pair,
         construction=construction,  # type: ignore[arg-type]
         kind="conv2d" if conv else "linear",
-        d_out=d_out,
+        d_out=flat.shape[0],
         d_in=flat.shape[1],
         n=n,
         has_bias=bias is not None,
-        scales=choose_scales(flat, bias, n, margin),
+        scales=scales,
         conv=conv,
+        bias_units=bias_units,
     )
+    return layout, flat, bias
+
+
+def _check_source_size(layout: PairLayout, construction: str) -> None:
     if layout.source_params() > MAX_SOURCE_PARAMS:
         raise ConstructionError(
-            f"layer {pair}: the random source would hold {layout.source_params():,} parameters "
+            f"layer {layout.pair}: the random source would hold {layout.source_params():,} parameters "
             f"(limit {MAX_SOURCE_PARAMS:,}); lower n"
             + (
                 " or declare a non-negative input domain so construction O applies"
@@ -145,7 +221,59 @@ def _layout_for(
                 else ""
             )
         )
-    return layout, flat, bias
+
+
+def _choose_construction(config: BuildConfig, nonnegative: bool, index: int) -> str:
+    """L for every layer of a pure build; O where the input is provably >= 0 and I elsewhere when
+    re-randomising; or the construction the config forces, where it is valid."""
+    if config.construction == "auto":
+        if config.pure:
+            return "offset_blocks"
+        return "output_blocks" if nonnegative else "input_blocks"
+    if config.construction == "output_blocks" and not nonnegative:
+        raise ConstructionError(f"layer {index}: output blocks need inputs >= 0, which are not guaranteed")
+    return config.construction
+
+
+def _solve_pair(
+    layout: PairLayout,
+    source: RandomSource,
+    weight: np.ndarray,
+    bias: np.ndarray | None,
+    solver: Solver,
+    config: BuildConfig,
+    column_box: tuple[np.ndarray, np.ndarray] | None,
+    on_round: Callable[[int, int, int], None],
+) -> PairSolution:
+    assert config.tolerance is not None
+    if layout.construction == "offset_blocks":
+        assert column_box is not None
+        solution, _, _ = solve_offset_blocks(layout, source, weight, bias, solver, *column_box, on_round)
+        return solution
+    if layout.construction == "output_blocks":
+        solution = solve_output_blocks(
+            layout, source, weight, bias, solver, config.resample, config.tolerance, on_round
+        )
+    else:
+        solution = solve_input_blocks(
+            layout,
+            source,
+            weight,
+            bias,
+            solver,
+            config.resample,
+            config.tolerance,
+            on_round,
+            block_draws=config.block_draws or 0,
+        )
+    return solution
+
+
+def _make_solver(config: BuildConfig) -> Solver:
+    """The configured backend; ``auto`` of a pure build solves to the build's tolerance (see solvers.auto)."""
+    if config.solver == "auto" and config.pure and config.tolerance:
+        return get_solver("auto", tolerance=config.tolerance)
+    return get_solver(config.solver)
 
 
 def build_ticket(
@@ -198,7 +326,7 @@ def build_ticket(
         if input_shape is None:
             raise ConstructionError("input_shape is required when building from a plain nn.Module")
         model = Target.from_module(model, input_shape)
-    solver = solve_with if solve_with is not None else get_solver(config.solver)
+    solver = solve_with if solve_with is not None else _make_solver(config)
     config_record = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()}
     resume = None if resume_dir is None else Path(resume_dir)
     source = RandomSource(config.seed)
@@ -206,7 +334,12 @@ def build_ticket(
     start = time.perf_counter()
 
     rounds = config.resample + 1
-    nonnegative = config.input_domain is not None and config.input_domain[0] >= 0
+    box = config.input_domain
+    origin = "declared" if box is not None else None
+    if box is None and config.pure:
+        box, origin = DEFAULT_INPUT_BOX, "default"
+    nonnegative = box is not None and box[0] >= 0
+    walk = IntervalWalk.from_box(box, tuple(model.input_shape)) if config.pure and box is not None else None
     steps: list[dict[str, Any]] = []
     layouts: list[PairLayout] = []
     solutions: list[PairSolution] = []
@@ -215,16 +348,18 @@ def build_ticket(
         if not isinstance(module, nn.Linear | nn.Conv2d):
             steps.append(describe_step(module))
             nonnegative = nonnegative or isinstance(module, nn.ReLU)
+            if walk is not None:
+                walk.through_module(module)
             continue
         pair = len(layouts)
-        construction = "output_blocks" if nonnegative else "input_blocks"
-        if config.construction != "auto":
-            if config.construction == "output_blocks" and not nonnegative:
-                raise ConstructionError(f"layer {index}: output blocks need inputs >= 0, which are not guaranteed")
-            construction = config.construction
-        layout, weight, bias = _layout_for(pair, module, construction, config.n, config.scale_margin)
+        construction = _choose_construction(config, nonnegative, index)
+        column_box = None
+        if construction == "offset_blocks":
+            assert walk is not None
+            column_box = walk.column_box(_geometry(module), int(module.weight[0].numel()))
+        layout, weight, bias = _layout_for(pair, module, construction, config.n, config.scale_margin, column_box)
+        _check_source_size(layout, construction)
         target_params += weight.size + (0 if bias is None else bias.size)
-        solve = solve_output_blocks if construction == "output_blocks" else solve_input_blocks
 
         def on_round(round_: int, done: int, total: int, pair: int = pair) -> None:
             report(pair, min((round_ + done / max(total, 1)) / rounds, 1.0), f"round {round_}")
@@ -233,12 +368,22 @@ def build_ticket(
         solution = load_pair(resume, pair, stamp) if resume is not None else None
         if solution is None:
             t0 = time.perf_counter()
-            extra = {"block_draws": config.block_draws} if construction == "input_blocks" else {}
-            solution = solve(layout, source, weight, bias, solver, config.resample, config.tolerance, on_round, **extra)
+            solution = _solve_pair(layout, source, weight, bias, solver, config, column_box, on_round)
             solution.stats["seconds"] = time.perf_counter() - t0
             solution.stats["module_index"] = index
             if resume is not None:
                 save_pair(resume, pair, solution, stamp)
+        if walk is not None:
+            # the box of the next layer holds for g: propagate through the pair just built (exactly linear on
+            # its own box), not through the target layer
+            effective = layout.to_module(layout.source_tensors(source), solution.masks).effective()
+            weight_neg = None if effective.weight_neg is None else effective.weight_neg.reshape(layout.d_out, -1)
+            walk.through_affine(
+                layout,
+                effective.weight_pos.reshape(layout.d_out, -1).numpy(),
+                None if weight_neg is None else weight_neg.numpy(),
+                None if effective.bias is None else effective.bias.numpy(),
+            )
         report(pair, 1.0, "done")
         steps.append({"op": "pair", "pair": pair})
         layouts.append(layout)
@@ -246,10 +391,12 @@ def build_ticket(
         nonnegative = False
     if not layouts:
         raise ConstructionError("the target has no Linear or Conv2d layer to approximate")
+    if origin is not None:
+        log.info("input box %s (%s)", list(box or ()), origin)
     return Ticket(
         seed=config.seed,
         input_shape=tuple(model.input_shape),
-        input_domain=config.input_domain,
+        input_domain=box,
         steps=steps,
         layouts=layouts,
         masks=[s.masks for s in solutions],
@@ -260,6 +407,7 @@ def build_ticket(
             "arch": model.arch,
             "source": model.source,
             "target_params": target_params,
+            "input_domain_origin": origin,
             "seconds": time.perf_counter() - start,
             "pairs": [s.summary() for s in solutions],
         },

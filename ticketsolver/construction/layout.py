@@ -7,6 +7,9 @@ a target layer is a matrix W of shape (d_out, d_in) with d_in = c_in * kh * kw f
 - output blocks (O): U (d_out·n, d_in), beta (d_out·n), V (d_out, d_out·n); hidden unit (l, t) = l·n + t;
 - input blocks (I): U (H, d_in), beta (H), V (d_out, H) with H = (d_in + has_bias)·n; hidden unit
   (j, t) = j·n + t, and block j = d_in (when the target has a bias) is the bias block.
+- offset blocks (L): U (H, d_in), beta (H), V (d_out, H) with H = d_in·n + bias_units; hidden unit
+  (j, t) = j·n + t for the input blocks, then the ``bias_units`` units of the bias block. beta follows the
+  non-negative law (uniform on [0, scale]) and exists whether or not the target has a bias.
 
 A conv's U is that matrix reshaped to (hidden, c_in, kh, kw) and V to (d_out, hidden, 1, 1).
 """
@@ -24,7 +27,7 @@ from torch.nn.utils import skip_init
 
 from ticketsolver.construction.pair import Construction, PrunedPair
 from ticketsolver.errors import TicketFormatError
-from ticketsolver.source import RandomSource
+from ticketsolver.source import Law, RandomSource
 
 __all__ = ["ConvGeometry", "DrawCache", "PairLayout"]
 
@@ -53,12 +56,25 @@ class PairLayout:
     has_bias: bool
     scales: dict[str, float] = field(default_factory=dict)  # per random tensor: U, beta, V
     conv: ConvGeometry | None = None
+    bias_units: int = 0  # construction L: width of the bias block (it cancels the offsets' constants)
 
     @property
     def hidden(self) -> int:
         if self.construction == "output_blocks":
             return self.d_out * self.n
+        if self.construction == "offset_blocks":
+            return self.d_in * self.n + self.bias_units
         return (self.d_in + int(self.has_bias)) * self.n
+
+    @property
+    def first_has_bias(self) -> bool:
+        """Whether the first random layer has a bias (beta): L always (its offsets), O and I with the target."""
+        return self.has_bias or self.construction == "offset_blocks"
+
+    def law(self, name: str) -> Law:
+        """The law of random tensor ``name``: L's beta is uniform on [0, scale], every other tensor on
+        [-scale, scale]."""
+        return "nonnegative" if name == "beta" and self.construction == "offset_blocks" else "symmetric"
 
     @property
     def draw_shape(self) -> tuple[int, int]:
@@ -75,7 +91,7 @@ class PairLayout:
     def shapes(self) -> dict[str, tuple[int, ...]]:
         """Dense-view shapes of the random tensors (beta only where the target has a bias)."""
         shapes: dict[str, tuple[int, ...]] = {"U": (self.hidden, self.d_in), "V": (self.d_out, self.hidden)}
-        if self.has_bias:
+        if self.first_has_bias:
             shapes["beta"] = (self.hidden,)
         return shapes
 
@@ -87,12 +103,12 @@ class PairLayout:
         """Candidate counts fixed by the layout alone (no random values needed): O's V, I's U and V."""
         if self.construction == "output_blocks":
             return {"V": self.d_out * self.n}
-        return {"U": self.d_in * self.n, "V": self.d_out * self.hidden}
+        return {"U": self.d_in * self.n, "V": self.d_out * self.hidden}  # I and L
 
     # -- regeneration -------------------------------------------------------------------------------
 
     def tensor(self, source: RandomSource, name: str, draw: int = 0) -> np.ndarray:
-        return source.tensor(self.pair, name, self.shapes()[name], self.scales[name], draw)
+        return source.tensor(self.pair, name, self.shapes()[name], self.scales[name], draw, self.law(name))
 
     def source_tensors(self, source: RandomSource, draws: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """The random tensors as the network holds them: draw 0, with redrawn units' blocks replaced."""
@@ -101,6 +117,8 @@ class PairLayout:
             return tensors
         if draws.shape != self.draw_shape:
             raise TicketFormatError(f"pair {self.pair}: draws of shape {draws.shape}, expected {self.draw_shape}")
+        if self.construction == "offset_blocks":
+            raise TicketFormatError(f"pair {self.pair}: construction L is built from draw 0 only; it has no draws")
         if self.construction == "input_blocks":
             self._apply_input_block_draws(source, tensors, draws)
             return tensors
@@ -148,11 +166,18 @@ class PairLayout:
         """Where the construction allows a kept entry; a mask is True only inside these positions.
 
         O: U > 0, beta > 0, V on its block diagonal. I: U on its block diagonal, beta > 0 on the bias
-        block, V anywhere. The ticket stores mask bits at these positions only.
+        block, V anywhere. L: U on its input blocks' diagonal, beta > 0, V anywhere. The ticket stores mask
+        bits at these positions only.
         """
         n, d_out, d_in = self.n, self.d_out, self.d_in
         out: dict[str, np.ndarray] = {}
-        if self.construction == "output_blocks":
+        if self.construction == "offset_blocks":
+            u = np.zeros((self.hidden, d_in), dtype=bool)
+            u[: d_in * n].reshape(d_in, n, d_in)[np.arange(d_in), :, np.arange(d_in)] = True
+            out["U"] = u
+            out["V"] = np.ones((d_out, self.hidden), dtype=bool)
+            out["beta"] = tensors["beta"] > 0
+        elif self.construction == "output_blocks":
             out["U"] = tensors["U"] > 0
             v = np.zeros((d_out, d_out, n), dtype=bool)
             v[np.arange(d_out), np.arange(d_out)] = True
@@ -189,7 +214,7 @@ class PairLayout:
         second: nn.Module
         # skip_init: default initialisation would draw from torch's global generator only to be overwritten
         if self.kind == "linear":
-            first = skip_init(nn.Linear, self.d_in, self.hidden, bias=self.has_bias)
+            first = skip_init(nn.Linear, self.d_in, self.hidden, bias=self.first_has_bias)
             second = skip_init(nn.Linear, self.hidden, self.d_out, bias=False)
         else:
             g = self.conv
@@ -202,12 +227,12 @@ class PairLayout:
                 g.stride,
                 g.padding,
                 g.dilation,
-                bias=self.has_bias,
+                bias=self.first_has_bias,
             )
             second = skip_init(nn.Conv2d, self.hidden, self.d_out, 1, bias=False)
         for layer, wname, bname in ((first, "U", "beta"), (second, "V", None)):
             _set(layer, "weight", tensors[wname], masks[wname], prune_buffers)
-            if bname is not None and self.has_bias:
+            if bname is not None and self.first_has_bias:
                 _set(layer, "bias", tensors[bname], masks[bname], prune_buffers)
         return PrunedPair(first, second, self.construction).eval()
 
@@ -240,12 +265,21 @@ class PairLayout:
                 has_bias=bool(data["has_bias"]),
                 scales={k: float(v) for k, v in data["scales"].items()},
                 conv=geometry,
+                bias_units=int(data.get("bias_units", 0)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise TicketFormatError(f"malformed pair entry in the manifest: {exc!r}") from exc
-        if layout.construction not in ("output_blocks", "input_blocks") or layout.kind not in ("linear", "conv2d"):
+        if layout.construction not in ("output_blocks", "input_blocks", "offset_blocks") or layout.kind not in (
+            "linear",
+            "conv2d",
+        ):
             raise TicketFormatError(f"pair {layout.pair}: unknown construction or kind")
-        if min(layout.d_out, layout.d_in, layout.n) < 1 or (layout.kind == "conv2d") != (geometry is not None):
+        bias_ok = layout.bias_units >= 1 if layout.construction == "offset_blocks" else layout.bias_units == 0
+        if (
+            min(layout.d_out, layout.d_in, layout.n) < 1
+            or (layout.kind == "conv2d") != (geometry is not None)
+            or not bias_ok
+        ):
             raise TicketFormatError(f"pair {layout.pair}: inconsistent shapes in the manifest")
         return layout
 

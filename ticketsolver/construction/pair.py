@@ -1,9 +1,10 @@
 """The pruned pair: two random layers that replace one target layer, and their effective weights.
 
 A target layer ``y = W x + b`` (or a conv) is replaced by ``y' = second(relu(first(x)))`` whose weights are
-random values times a 0/1 mask. After pruning, a pair is exactly linear in ``x`` (construction O, x >= 0)
-or in ``(x+, x-)`` (construction I), so it equals an :class:`EffectiveLayer` with weights computed from the
-pair's own tensors. That equality is the exact per-layer check the verifier runs.
+random values times a 0/1 mask. After pruning, a pair is exactly linear in ``x`` (construction O, x >= 0;
+construction L, x inside the box it was built for) or in ``(x+, x-)`` (construction I), so it equals an
+:class:`EffectiveLayer` with weights computed from the pair's own tensors. That equality is the exact
+per-layer check the verifier runs.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ from ticketsolver.errors import ConstructionError
 
 __all__ = ["CONSTRUCTIONS", "Construction", "EffectiveLayer", "PrunedPair"]
 
-Construction = Literal["output_blocks", "input_blocks"]
-#: construction name -> the letter used in DESIGN.md and reports
-CONSTRUCTIONS: dict[str, str] = {"output_blocks": "O", "input_blocks": "I"}
+Construction = Literal["output_blocks", "input_blocks", "offset_blocks"]
+#: construction name -> the letter used in DESIGN.md and reports (L: linear over the layer's input box)
+CONSTRUCTIONS: dict[str, str] = {"output_blocks": "O", "input_blocks": "I", "offset_blocks": "L"}
 
 
 class EffectiveLayer(nn.Module):
@@ -73,7 +74,8 @@ class PrunedPair(nn.Module):
     Args:
         first: the first random layer (U, with bias beta or none).
         second: the second random layer (V).
-        construction: ``"output_blocks"`` (O, da Cunha; needs x >= 0) or ``"input_blocks"`` (I, Pensia).
+        construction: ``"output_blocks"`` (O, da Cunha; needs x >= 0), ``"input_blocks"`` (I, Pensia) or
+            ``"offset_blocks"`` (L: Pensia's input blocks with kept non-negative offsets; linear on its box).
     """
 
     def __init__(self, first: nn.Module, second: nn.Module, construction: Construction) -> None:
@@ -93,6 +95,38 @@ class PrunedPair(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.second(F.relu(self.first(x)))
 
+    @torch.no_grad()
+    def preactivation_min(self, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+        """Per kept hidden unit (and position, for a conv), the least pre-activation over inputs in [lo, hi].
+
+        Interval arithmetic on the masked first layer, in float64: ``U+ lo - U- hi + beta`` with U+ and U-
+        the positive and negative parts of U. ``lo`` and ``hi`` have the pair's per-sample input shape.
+        Units that are entirely pruned (no kept U entry and no kept beta) read +inf.
+        """
+        first = self.first
+        u = first.weight.detach().double()
+        lo, hi = lo.double().unsqueeze(0), hi.double().unsqueeze(0)
+        beta = None if first.bias is None else first.bias.detach().double()
+        if isinstance(first, nn.Linear):
+            low = F.linear(lo, u.clamp(min=0)) - F.linear(hi, (-u).clamp(min=0))
+            dims: tuple[int, ...] = ()
+        else:
+            args = (first.stride, first.padding, first.dilation)
+            low = F.conv2d(lo, u.clamp(min=0), None, *args) - F.conv2d(hi, (-u).clamp(min=0), None, *args)
+            dims = (1, 1)
+        if beta is not None:
+            low = low + beta.reshape(-1, *dims)
+        alive = (u.reshape(u.shape[0], -1) != 0).any(1)
+        if beta is not None:
+            alive |= beta != 0
+        low = low[0]
+        return torch.where(alive.reshape(-1, *dims), low, torch.full_like(low, float("inf")))
+
+    def linear_on_box(self, lo: torch.Tensor, hi: torch.Tensor) -> bool:
+        """True when every kept hidden unit's pre-activation is >= 0 for all inputs in [lo, hi]: the ReLU is
+        then the identity on that box and the pair equals its effective layer there (O and L pairs)."""
+        return bool((self.preactivation_min(lo, hi) >= 0).all())
+
     @property
     def kind(self) -> Literal["linear", "conv2d"]:
         return "linear" if isinstance(self.first, nn.Linear) else "conv2d"
@@ -101,9 +135,13 @@ class PrunedPair(nn.Module):
     def effective(self, dtype: torch.dtype = torch.float64) -> EffectiveLayer:
         """The effective-weights layer this pair equals, computed from its own (masked) tensors.
 
+        For L the equality holds where every kept unit's pre-activation is >= 0, which
+        :meth:`linear_on_box` checks for a box of inputs.
+
         Raises:
             ConstructionError: the pair's sparsity pattern does not have the structure of its construction
-                (kept U or beta entries negative for O; a hidden unit of I fed by more than one input).
+                (kept U or beta entries negative for O; a hidden unit of I or L fed by more than one input,
+                a unit of I with a kept bias, a negative kept offset of L).
         """
         u = self.first.weight.detach().to(dtype)
         hidden = u.shape[0]
@@ -117,6 +155,10 @@ class PrunedPair(nn.Module):
         if self.construction == "output_blocks":
             if (u_flat < 0).any() or (beta < 0).any():
                 raise ConstructionError("output-blocks pair has a kept negative entry in its first layer")
+            w_pos, w_neg = v @ u_flat, None
+        elif self.construction == "offset_blocks":
+            if ((u_flat != 0).sum(1) > 1).any() or (beta < 0).any():
+                raise ConstructionError("offset-blocks pair has a unit fed by several inputs or a negative offset")
             w_pos, w_neg = v @ u_flat, None
         else:
             fed = (u_flat != 0).sum(1)

@@ -35,12 +35,10 @@ from ticketsolver.jobs.executors import LocalExecutor, parent_alive, solver_for,
 from ticketsolver.jobs.store import ItemTask, JobStore, JobView, new_id
 from ticketsolver.solvers import SOLVERS
 
-__all__ = ["DEFAULT_VERIFY_BOX", "JobRunner", "JobSpec", "Limits", "accept_job", "run_item", "verify_ticket"]
+__all__ = ["JobRunner", "JobSpec", "Limits", "accept_job", "run_item", "verify_ticket"]
 
 log = logging.getLogger("ticketsolver.jobs")
 
-#: input box of the verification when neither verify_box nor the ticket's input_domain gives one
-DEFAULT_VERIFY_BOX = (-1.0, 1.0)
 _ARCHS = (None, "lenet5", "mlp", "export")
 _DTYPES = ("float32", "float64")
 
@@ -53,11 +51,11 @@ class JobSpec:
     seed: int = BuildConfig.seed  # seed of the random source (same seed -> identical tickets on any executor)
     solver: str = BuildConfig.solver  # subset-sum backend
     input_domain: tuple[float, float] | None = None  # box of the model's inputs; lo >= 0 allows construction O
-    resample: int = BuildConfig.resample  # IteRand redraw rounds for weights above `tolerance`
-    tolerance: float = BuildConfig.tolerance
+    resample: int = BuildConfig.resample  # opt-in IteRand redraw rounds (0: a pure source)
+    tolerance: float | None = BuildConfig.tolerance  # None: the default of the build's kind
     arch: str | None = None  # built-in architecture of a state_dict; None infers it
     verify: bool = True  # verify each ticket after building it
-    verify_box: tuple[float, float] | None = None  # verification box; default input_domain, else (-1, 1)
+    verify_box: tuple[float, float] | None = None  # verification box; default: the ticket's build box
     n_random: int = 256  # random inputs in the box (the service's light default; the library's is 512)
     worst_case_starts: int = 2  # gradient-ascent starts of the worst-case search (0: none)
     worst_case_steps: int = 10  # steps per start
@@ -248,11 +246,11 @@ class _Stopped(Exception):
 
 
 def verify_ticket(target: Any, ticket: Any, spec: JobSpec, device: Any = None) -> Any:
-    """Verify on ``spec.verify_box``, else the ticket's input domain, else :data:`DEFAULT_VERIFY_BOX`."""
+    """Verify on ``spec.verify_box``, else the box the ticket was built for, else the documented default
+    (:func:`ticketsolver.verification.against.choose_input_box`); the report states which."""
     from ticketsolver.verification.against import verify
 
-    box = spec.verify_box or ticket.input_domain or DEFAULT_VERIFY_BOX
-    return verify(target, ticket, input_box=tuple(box), device=device, **spec.verify_options())
+    return verify(target, ticket, input_box=spec.verify_box, device=device, **spec.verify_options())
 
 
 @dataclass

@@ -26,6 +26,7 @@ class SolveStatus(str, Enum):
     """Outcome of one problem. ``optimal`` means proven optimal (within the backend's stated tolerance)."""
 
     OPTIMAL = "optimal"
+    WITHIN_TOLERANCE = "within_tolerance"  # error <= the stated tolerance; optimality not sought
     FEASIBLE = "feasible"  # a solution, optimality not proven
     TIME_LIMIT = "time_limit"  # the time limit ended the search; the best solution found is returned
     FAILED = "failed"  # no solution; the mask is all False
@@ -44,6 +45,9 @@ class RawSolution:
     status: np.ndarray  # (B,) str, SolveStatus values
     backends: np.ndarray | None = None  # (B,) str, the backend that produced each answer (fallbacks)
     info: dict[str, Any] = field(default_factory=dict)
+    # the tolerance this batch was solved to; None: the solver's ``tolerance`` attribute. Returned rather
+    # than written to the solver, so that a batch's tolerance neither leaks into the next nor races
+    tolerance: float | None = None
 
 
 @dataclass(frozen=True)
@@ -57,7 +61,8 @@ class Solutions:
         status: (B,) str array of :class:`SolveStatus` values (compare with ``"optimal"`` or the enum).
         backends: (B,) str, which backend produced each answer (differs from ``solver`` after a fallback).
         solver: name of the solver that was asked.
-        tolerance: absolute tolerance within which an ``optimal`` status is proven (0.0 for exact ones).
+        tolerance: absolute tolerance of this batch: an ``optimal`` answer is within it of the optimum
+            (0.0 for exact backends), a ``within_tolerance`` answer has an error of at most it.
         seconds: wall-clock seconds of the whole batch.
         info: backend-specific facts (integer scale of CP-SAT, fallback reasons, device, ...).
     """
@@ -181,7 +186,7 @@ class Solver(ABC):
             status=np.asarray(raw.status, dtype=str),
             backends=np.asarray(backends, dtype=str),
             solver=self.name,
-            tolerance=self.tolerance,
+            tolerance=self.tolerance if raw.tolerance is None else float(raw.tolerance),
             seconds=seconds,
             info=dict(raw.info),
         )

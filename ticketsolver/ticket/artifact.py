@@ -5,11 +5,15 @@ regenerated on any machine), each random layer's shape, scale and construction, 
 compressed) and the draw indices where resampling kept a later draw, plus the build's statistics. It is
 stored as safetensors: one uint8 tensor per compressed mask, the manifest as JSON metadata. Loading
 regenerates the kept values and checks them against a stored SHA-256, so a ticket that does not rebuild
-exactly the network it was saved from is refused.
+exactly the network it was saved from is refused; a second SHA-256 covers the build's statistics, the sizes
+and the draw indices, and the sizes are recomputed and compared, so edited statistics are refused too.
 
 Counting, as every report states it: *target params* = weights and biases of the target's linear/conv
 layers; *source params* = every entry of the random tensors (U, beta, V); *kept params* = source entries
-whose mask is True (the rest are pruned, i.e. zero in the network).
+whose mask is True (the rest are pruned, i.e. zero in the network). *source kind* = ``iid`` when every
+random tensor is its law at draw 0 (one i.i.d. random network), ``rerandomized`` when some unit kept a later
+draw (IteRand-style, chosen with knowledge of the target); *examined values* = every random value the build
+drew and compared, discarded draws included (equal to the source params for an iid ticket).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypedDict
 
 import numpy as np
 from torch import nn
@@ -32,10 +36,12 @@ from ticketsolver.construction.steps import module_from_step
 from ticketsolver.errors import TicketFormatError
 from ticketsolver.source import RNG_LAYOUT, RandomSource
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "Ticket"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "SourceKind", "Ticket", "TicketSizes"]
 
 FORMAT = "ticketsolver.ticket"
-FORMAT_VERSION = 2  # 2: construction I records the draw of each input block (an extra row of draws)
+# 2: construction I records the draw of each input block (an extra row of draws)
+# 3: sizes state source_kind and examined_values; build_sha256 covers the build statistics, sizes and draws
+FORMAT_VERSION = 3
 #: a ticket file larger than this is not a ticket (LeNet5's is ~100 KB)
 MAX_TICKET_BYTES = 256 * 1024 * 1024
 #: default limit on the random source a ticket may describe (float32: 1.6 GB); Ticket.load(max_source_params=)
@@ -80,6 +86,25 @@ def _read_only(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     for array in tensors.values():
         array.flags.writeable = False  # shared by every caller: the ticket's network must not change under it
     return tensors
+
+
+def _canonical_json(value: Any) -> bytes:
+    """One byte string per JSON value: the in-memory build (tuples, int keys) and its loaded copy agree."""
+    return json.dumps(json.loads(json.dumps(value)), sort_keys=True, separators=(",", ":")).encode()
+
+
+SourceKind = Literal["iid", "rerandomized"]
+
+
+class TicketSizes(TypedDict):
+    """What :meth:`Ticket.sizes` reports (kept + pruned = source)."""
+
+    target_params: int  # weights and biases of the target's linear/conv layers
+    source_params: int  # every entry of the random tensors (U, beta, V)
+    kept_params: int  # source entries whose mask is True
+    pruned_params: int  # source entries whose mask is False (zero in the network)
+    source_kind: SourceKind  # iid: every tensor its law at draw 0; rerandomized: some unit kept a later draw
+    examined_values: int | None  # random values drawn and compared, discarded draws included; None = not recorded
 
 
 _KNOWN_OPS = {"pair", "relu", "maxpool2d", "avgpool2d", "flatten"}
@@ -170,16 +195,39 @@ class Ticket:
 
     # -- sizes --------------------------------------------------------------------------------------------
 
-    def sizes(self) -> dict[str, int]:
-        """Parameter counts: target, random source, kept (mask True) and pruned."""
+    def sizes(self) -> TicketSizes:
+        """Parameter counts (target, random source, kept = mask True, pruned), the source kind and the number
+        of random values the build examined.
+
+        ``source_kind`` is ``"iid"`` when no unit of any pair carries a draw index above 0 (one i.i.d. random
+        network), else ``"rerandomized"``. ``examined_values`` sums :meth:`examined_values` over the pairs; it
+        is None when a rerandomized pair's build did not record its count.
+        """
         source = sum(layout.source_params() for layout in self.layouts)
         kept = sum(int(m.sum()) for masks in self.masks for m in masks.values())
+        examined = [self.examined_values(k) for k in range(len(self.layouts))]
         return {
             "target_params": int(self.build.get("target_params", 0)),
             "source_params": source,
             "kept_params": kept,
             "pruned_params": source - kept,
+            "source_kind": "rerandomized" if any(d.any() for d in self.draws) else "iid",
+            "examined_values": None if None in examined else sum(v for v in examined if v is not None),
         }
+
+    def examined_values(self, pair: int) -> int | None:
+        """Random values the build drew and compared for ``pair``, discarded draws included.
+
+        The builder's record (``build["pairs"][pair]["examined_values"]``) where there is one; else, for a pure
+        pair (every draw index 0), exactly its source params; else None: a rerandomized pair whose count was not
+        recorded is unknown (its draw indices say which draw was kept, not how many were compared).
+        """
+        pairs = self.build.get("pairs")
+        stats = pairs[pair] if isinstance(pairs, list) and pair < len(pairs) and isinstance(pairs[pair], dict) else {}
+        recorded = stats.get("examined_values")
+        if isinstance(recorded, int) and not isinstance(recorded, bool):
+            return recorded
+        return None if self.draws[pair].any() else self.layouts[pair].source_params()
 
     def kept_hash(self) -> str:
         """SHA-256 of the network: its structure (input shape, steps, layouts as JSON) and every kept value
@@ -199,6 +247,47 @@ class Ticket:
                         digest.update(np.where(self.masks[k][name], tensors[name], np.float32(0)).tobytes())
             self._kept_hash = digest.hexdigest()
         return self._kept_hash
+
+    def build_hash(self) -> str:
+        """SHA-256 of what :meth:`kept_hash` leaves out but a report states: the canonical JSON of the build
+        section (configuration and statistics) and of :meth:`sizes`, then every pair's draw indices (uint8)."""
+        digest = hashlib.sha256(_canonical_json({"build": self.build, "sizes": self.sizes()}))
+        for k, draws in enumerate(self.draws):
+            digest.update(f"pair{k}.draws".encode())
+            digest.update(np.ascontiguousarray(draws, dtype=np.uint8).tobytes())
+        return digest.hexdigest()
+
+    def _check_statistics(self, manifest: dict[str, Any], path: Path) -> None:
+        """Refuse a manifest whose recorded statistics are not this ticket's: sizes and resampled flags are
+        recomputed and compared, the build section is checked against build_sha256, and a recorded
+        examined_values must be at least the pair's source (exactly it for a pure pair)."""
+        sizes = self.sizes()
+        stored = manifest.get("sizes")
+        if not isinstance(stored, dict) or stored != sizes:
+            differ = (
+                ", ".join(
+                    f"{key} {stored.get(key)!r} stored, {value!r} recomputed"
+                    for key, value in sizes.items()
+                    if stored.get(key) != value
+                )
+                if isinstance(stored, dict)
+                else "missing"
+            )
+            raise TicketFormatError(f"{path}: the manifest's sizes do not match the ticket ({differ or 'extra keys'})")
+        if manifest.get("resampled") != [bool(d.any()) for d in self.draws]:
+            raise TicketFormatError(f"{path}: the manifest's resampled flags do not match the stored draw indices")
+        for k, layout in enumerate(self.layouts):
+            recorded, source, pure = self.examined_values(k), layout.source_params(), not self.draws[k].any()
+            if recorded is not None and (recorded < source or (pure and recorded != source)):
+                rule = "a pure pair examines exactly its source" if pure else "every source value is examined"
+                raise TicketFormatError(
+                    f"{path}: pair {k} records examined_values {recorded:,} for a source of {source:,} values ({rule})"
+                )
+        if self.build_hash() != manifest.get("build_sha256"):
+            raise TicketFormatError(
+                f"{path}: the build statistics do not match the stored build_sha256 "
+                "(edited or corrupted build section, sizes or draw indices)"
+            )
 
     # -- file format -----------------------------------------------------------------------------------
 
@@ -224,6 +313,7 @@ class Ticket:
             "sizes": self.sizes(),
             "build": self.build,
             "kept_values_sha256": self.kept_hash(),  # covers the structure too (see kept_hash)
+            "build_sha256": self.build_hash(),  # covers build, sizes and draws (see build_hash)
         }
 
     def save(self, path: str | os.PathLike[str]) -> Path:
@@ -258,12 +348,13 @@ class Ticket:
 
         Args:
             path: the ticket file.
-            verify_hash: check the stored SHA-256 of the structure and kept values (default True).
+            verify_hash: check the stored SHA-256 of the structure and kept values, and the recorded statistics:
+                sizes recomputed, build section and draws against ``build_sha256`` (default True).
             max_source_params: refuse tickets whose random source is larger, before regenerating anything.
 
         Raises:
             TicketFormatError: not a ticket, unknown format version, malformed or inconsistent entries, a
-                source beyond ``max_source_params``, or a hash mismatch.
+                source beyond ``max_source_params``, a hash mismatch, or statistics that are not the ticket's.
         """
         from safetensors import SafetensorError
         from safetensors.numpy import load
@@ -349,6 +440,8 @@ class Ticket:
                 f"{path}: the regenerated network does not match the stored hash "
                 "(corrupted masks or manifest, or a different random generator)"
             )
+        if verify_hash:
+            ticket._check_statistics(manifest, path)
         return ticket
 
     def __repr__(self) -> str:

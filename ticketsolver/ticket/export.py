@@ -10,7 +10,9 @@
       {step}.second.weight[.source|.mask] V
 
   ``{step}`` is the module's index in the network, so the pruned names are exactly the keys of
-  ``ticket.to_module().state_dict()``; anyone can check ``weight == source * mask``.
+  ``ticket.to_module().state_dict()``; anyone can check ``weight == source * mask``. The metadata states
+  ``source_kind`` (``iid``: every source tensor its law at draw 0; ``rerandomized``: some units redrawn with
+  knowledge of the target) and ``examined_values`` (random values the build drew and compared).
 """
 
 from __future__ import annotations
@@ -50,12 +52,17 @@ def export_safetensors(ticket: Ticket, path: str | os.PathLike[str]) -> Path:
                 tensors[key] = getattr(getattr(module, layer), attr).detach().clone()
                 tensors[f"{key}.source"] = torch.from_numpy(source[name]).reshape(shape).clone()
                 tensors[f"{key}.mask"] = torch.from_numpy(ticket.masks[k][name]).reshape(shape).clone()
+    sizes = ticket.sizes()
     metadata = {
         "format": "ticketsolver.pruned-network",
         "naming": "{step}.{first|second}.{weight|bias}[.source|.mask]; pruned = source * mask",
         "steps": json.dumps(ticket.steps),
         "input_shape": json.dumps(list(ticket.input_shape)),
         "kept_values_sha256": ticket.kept_hash(),
+        # how the .source tensors came about: iid (each its law at draw 0) or rerandomized, and how many
+        # random values the build examined to get them ("unrecorded" where the build did not count them)
+        "source_kind": sizes["source_kind"],
+        "examined_values": str(sizes["examined_values"] if sizes["examined_values"] is not None else "unrecorded"),
     }
     path = Path(path)
     save_file(tensors, str(path), metadata=metadata)

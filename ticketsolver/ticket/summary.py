@@ -14,7 +14,8 @@ __all__ = ["render_ticket", "ticket_summary"]
 
 
 def ticket_summary(ticket: Ticket, file_bytes: int | None = None) -> dict[str, Any]:
-    """JSON-ready summary: sizes (target / source / kept / pruned), per-layer facts, solver statistics."""
+    """JSON-ready summary: sizes (target / source / kept / pruned, source kind, examined values), per-layer
+    facts, solver statistics."""
     pairs = ticket.build.get("pairs", [])
     layers = []
     for k, layout in enumerate(ticket.layouts):
@@ -29,6 +30,8 @@ def ticket_summary(ticket: Ticket, file_bytes: int | None = None) -> dict[str, A
                 "hidden": layout.hidden,
                 "source_params": layout.source_params(),
                 "kept_params": int(sum(m.sum() for m in ticket.masks[k].values())),
+                "source_kind": "rerandomized" if ticket.draws[k].any() else "iid",
+                "examined_values": ticket.examined_values(k),
                 "scales": layout.scales,
                 **{
                     key: stats.get(key)
@@ -63,7 +66,8 @@ def render_ticket(ticket: Ticket, console: Console | None = None, file_bytes: in
         f"{2 * len(ticket.layouts)} random layers{extra}\n"
         f"params: target {s['target_params']:,} | random source {s['source_params']:,} | "
         f"kept {s['kept_params']:,} ({s['kept_params'] / max(s['source_params'], 1):.2%} of the source; "
-        f"the rest is pruned to 0)"
+        f"the rest is pruned to 0)\n"
+        f"{_source_line(s['source_kind'], s['examined_values'], s['source_params'])}"
     )
     table = Table(
         title=(
@@ -87,6 +91,15 @@ def render_ticket(ticket: Ticket, console: Console | None = None, file_bytes: in
             _si(row["redrawn_units"]) if row["redrawn_units"] is not None else "-",
         )
     console.print(table)
+
+
+def _source_line(kind: str, examined: int | None, source: int) -> str:
+    """What the random source is, and how many random values the build drew and compared to get it."""
+    if kind == "iid":
+        law = "one i.i.d. random network, every tensor its law at draw 0"
+        return f"source: iid ({law}); examined {examined:,} random values (= the source)"
+    among = "an unrecorded number of" if examined is None else f"{examined:,} ({examined / max(source, 1):.2f}x source)"
+    return f"source: rerandomized (IteRand-style: values chosen among {among} random draws knowing the target)"
 
 
 def _si(value: int) -> str:

@@ -4,7 +4,8 @@ The last library stage of the pipeline (problems -> solvers -> construction -> t
 :func:`verify_networks` runs everything of DESIGN.md section 5 and returns a :class:`Report`; the pieces
 are usable on their own: output metrics (:func:`compare_outputs`), per-layer checks
 (:func:`check_layers`), the worst-case search (:func:`search_worst_case`) and the certified bound
-(:func:`certify_bound`).
+(:func:`certify_bound`, for exact arithmetic and for float forward passes). Without a box or data, inputs
+follow the documented default law (:mod:`ticketsolver.verification.inputs`).
 
 >>> # report = verify_networks(f, g, input_shape=(1, 28, 28), input_box=(0.0, 1.0), data=(x, y))
 >>> # report.render(); report.to_json("report.json")
@@ -12,7 +13,8 @@ are usable on their own: output metrics (:func:`compare_outputs`), per-layer che
 
 from __future__ import annotations
 
-from ticketsolver.verification.certified import CertifiedBound, CertifiedLayerBound, certify_bound
+from ticketsolver.verification.certified import CertifiedBound, CertifiedLayerBound, ForwardBound, certify_bound
+from ticketsolver.verification.inputs import default_input_box, sample_inputs
 from ticketsolver.verification.layers import (
     LayerCheck,
     LayerChecker,
@@ -28,6 +30,7 @@ from ticketsolver.verification.worst_case import WorstCase, random_starts, searc
 __all__ = [
     "CertifiedBound",
     "CertifiedLayerBound",
+    "ForwardBound",
     "LayerCheck",
     "LayerChecker",
     "OutputComparison",
@@ -37,8 +40,10 @@ __all__ = [
     "certify_bound",
     "check_layers",
     "compare_outputs",
+    "default_input_box",
     "describe_module",
     "random_starts",
+    "sample_inputs",
     "search_worst_case",
     "validate_networks",
     "verify_networks",

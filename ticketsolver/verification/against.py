@@ -1,7 +1,11 @@
 """Verify a ticket against its target: the library's ``verify(model, ticket, data)``.
 
 Materialises the ticket, checks that it was built for this target (same sequence of layers, same
-shapes), and runs :func:`verify_networks` on the data given and on random inputs of the ticket's domain.
+shapes), and runs :func:`verify_networks` on the data given and on random inputs of an input box: the one
+given, else the box the ticket was built for when it was declared at build, else the data's range, else
+the ticket's default build box (or, for a ticket without one, the documented default). A ticket built
+without a declared domain is so verified over the box its layers were built for, with the default law of
+standardised features (:mod:`ticketsolver.verification.inputs`), and never fails for want of a box.
 """
 
 from __future__ import annotations
@@ -12,10 +16,11 @@ import torch
 from torch import nn
 
 from ticketsolver.errors import VerificationError
+from ticketsolver.verification.inputs import DEFAULT_LAW, SOURCE_DECLARED, SOURCE_TICKET, SOURCE_TICKET_DEFAULT
 from ticketsolver.verification.report import Report
 from ticketsolver.verification.verify import verify_networks
 
-__all__ = ["check_ticket_matches", "verify"]
+__all__ = ["check_ticket_matches", "choose_input_box", "verify"]
 
 
 def check_ticket_matches(target: nn.Sequential, ticket: Any) -> None:
@@ -43,6 +48,30 @@ def check_ticket_matches(target: nn.Sequential, ticket: Any) -> None:
             )
 
 
+def choose_input_box(
+    ticket: Any, input_box: tuple[float, float] | None, has_data: bool
+) -> tuple[tuple[float, float] | None, str | None, str | None]:
+    """``(box, where it came from, law of the random inputs)`` for :func:`verify_networks`.
+
+    A box given here wins; then the ticket's build box when the user declared it at build (the pairs were
+    built for it); then the data (None: :func:`verify_networks` derives the per-feature range); then the
+    ticket's default build box, with the default law; all None: verify_networks' own default.
+    """
+    if input_box is not None:
+        return input_box, SOURCE_DECLARED, None
+    domain = getattr(ticket, "input_domain", None)
+    build = getattr(ticket, "build", None)
+    origin = build.get("input_domain_origin") if isinstance(build, dict) else None
+    # tickets from before the origin was recorded only had a domain when the user declared one
+    if domain is not None and origin != "default":
+        return (float(domain[0]), float(domain[1])), SOURCE_TICKET, None
+    if has_data:
+        return None, None, None
+    if domain is not None:
+        return (float(domain[0]), float(domain[1])), SOURCE_TICKET_DEFAULT, DEFAULT_LAW
+    return None, None, None
+
+
 def verify(
     model: Any,
     ticket: Any,
@@ -59,7 +88,7 @@ def verify(
         ticket: the :class:`ticketsolver.ticket.Ticket`.
         data: None, ``(x, y)`` / ``(x, None)`` tensors, or a :class:`ticketsolver.data.Dataset` (its test split).
         input_box: the input box (lo, hi) of the random inputs, the worst-case search and the certified bound;
-            default: the ticket's declared input domain, else the data's per-feature range.
+            default: see :func:`choose_input_box` (the report states which box and law were used).
         device: where to run (default: CUDA when present, else the CPU; the report says which).
         **options: passed to :func:`verify_networks` (n_random, worst_case_steps, dtypes, certify, ...).
 
@@ -72,11 +101,15 @@ def verify(
     check_ticket_matches(target.module, ticket)
     if data is not None and hasattr(data, "x_test"):
         data = (data.x_test, data.y_test)
+    box, source, law = choose_input_box(ticket, input_box, data is not None)
+    if law is not None:
+        options.setdefault("random_law", law)
     return verify_networks(
         target.module,
         ticket.to_module(),
         input_shape=tuple(ticket.input_shape),
-        input_box=input_box if input_box is not None else ticket.input_domain,
+        input_box=box,
+        box_source=source,
         data=data,
         device=device,
         **options,

@@ -5,8 +5,10 @@ input that layer receives inside f on the same inputs), and for each pruned pair
 compared on that same input: the target layer, the pair itself and the pair's effective-weights layer
 (:meth:`PrunedPair.effective`). ``pair - target`` is the approximation error of that layer alone;
 ``pair - effective`` must be at float rounding level (a construction whose structure or weights do not
-match its effective layer is a builder bug). :func:`validate_networks` checks that f and g correspond
-module by module before anything runs.
+match its effective layer is a builder bug). An offset-blocks (L) pair equals its effective layer only
+inside the box it was built for, precisely where every kept unit's pre-activation is >= 0: it is compared
+with its effective layer on those inputs only, and the inputs outside are counted.
+:func:`validate_networks` checks that f and g correspond module by module before anything runs.
 """
 
 from __future__ import annotations
@@ -171,15 +173,18 @@ class LayerCheck:
     Attributes:
         index: position of the layer in the Sequential.
         module: short name of the target layer (:func:`describe_module`).
-        construction: ``"output_blocks"`` or ``"input_blocks"``.
+        construction: ``"output_blocks"``, ``"input_blocks"`` or ``"offset_blocks"``.
         dtype: ``"float32"`` or ``"float64"``.
         n_inputs: number of network inputs the activations came from.
         input_min: smallest entry of the layer's input (O pairs need it >= 0).
         max_abs_target: max ``|target layer output|`` (the scale of the errors below).
         pair_vs_target: max ``|pair(h) - target_layer(h)|``: this layer's approximation error.
-        pair_vs_effective: max ``|pair(h) - effective(h)|``: must be float rounding.
+        pair_vs_effective: max ``|pair(h) - effective(h)|``: must be float rounding. For an L pair, over the
+            inputs where the pair is linear (every kept unit's pre-activation >= 0) only.
         pair_vs_target_relative: ``pair_vs_target / max_abs_target``.
         pair_vs_effective_relative: ``pair_vs_effective / max_abs_target``.
+        outside_linear_region: inputs at which an L pair was not linear (outside the box it was built for),
+            left out of ``pair_vs_effective``; 0 for O and I.
     """
 
     index: int
@@ -193,6 +198,7 @@ class LayerCheck:
     pair_vs_effective: float
     pair_vs_target_relative: float
     pair_vs_effective_relative: float
+    outside_linear_region: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -241,7 +247,7 @@ class LayerChecker:
         self.dtype = params[0].dtype if params else None
         self._n = 0
         self._stats = {
-            i: {"input_min": float("inf"), "target": 0.0, "pair_target": 0.0, "pair_effective": 0.0}
+            i: {"input_min": float("inf"), "target": 0.0, "pair_target": 0.0, "pair_effective": 0.0, "outside": 0}
             for i in self.pair_indices
         }
 
@@ -262,13 +268,20 @@ class LayerChecker:
                 h = layer(h)
                 continue
             out_target = layer(h)
-            out_pair = self.pruned[i](h)
+            pair = self.pruned[i]
+            assert isinstance(pair, PrunedPair)
+            out_pair, linear = _pair_forward(pair, h)
             out_effective = self.effective[i](h)
             stats = self._stats[i]
             stats["input_min"] = min(stats["input_min"], float(h.min()))
             stats["target"] = max(stats["target"], float(out_target.abs().max()))
             stats["pair_target"] = max(stats["pair_target"], float((out_pair - out_target).abs().max()))
-            stats["pair_effective"] = max(stats["pair_effective"], float((out_pair - out_effective).abs().max()))
+            gap = (out_pair - out_effective).abs().flatten(1).amax(1)
+            if linear is not None:
+                stats["outside"] += int((~linear).sum())
+                gap = gap[linear]
+            if gap.numel():
+                stats["pair_effective"] = max(stats["pair_effective"], float(gap.max()))
             h = out_target
         self._n += int(x.shape[0])
         return h
@@ -299,9 +312,24 @@ class LayerChecker:
                     pair_vs_effective=s["pair_effective"],
                     pair_vs_target_relative=_relative(s["pair_target"], s["target"]),
                     pair_vs_effective_relative=_relative(s["pair_effective"], s["target"]),
+                    outside_linear_region=int(s["outside"]),
                 )
             )
         return checks
+
+
+def _pair_forward(pair: PrunedPair, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``pair(h)``, and for an L pair which inputs it is linear at: every kept hidden unit (one with a kept
+    V entry) has a pre-activation >= 0 there, so the ReLU is the identity and the pair is its effective layer.
+    """
+    pre = pair.first(h)
+    out = pair.second(torch.relu(pre))
+    if pair.construction != "offset_blocks":
+        return out, None
+    v = pair.second.weight
+    kept = (v.reshape(v.shape[0], -1) != 0).any(0)
+    linear = (pre[:, kept] >= 0).flatten(1).all(1)
+    return out, linear
 
 
 def check_layers(target: nn.Sequential, pruned: nn.Sequential, x: torch.Tensor) -> list[LayerCheck]:

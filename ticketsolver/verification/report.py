@@ -2,8 +2,10 @@
 
 Last step of the verification stage; the CLI prints :meth:`Report.render` and the service stores
 :meth:`Report.to_dict`. The report states numbers, not verdicts: which device ran (and that it was the
-CPU when no GPU was present), the dtypes, output metrics per input set ("data", "random") and dtype, the
-per-layer table, the worst case found, the certified bound (for exact arithmetic) and seconds per step.
+CPU when no GPU was present), the input box and law of the random inputs and where they came from, the
+dtypes, output metrics per input set ("data", "random") and dtype, the per-layer table, the worst case
+found, the certified bound (for exact arithmetic, and for a forward pass in each dtype, or why none could be
+certified) and seconds per step.
 """
 
 from __future__ import annotations
@@ -49,8 +51,9 @@ class Report:
         device_note: a sentence about the device ("ran on CPU: no GPU present" when so).
         dtypes: the dtypes of the forward passes, e.g. ``["float32", "float64"]``.
         input_shape: per-sample input shape.
-        input_box: ``source`` (``"given"`` or ``"data (per-feature min/max)"``) and the extreme bounds
-            ``lo_min``, ``lo_max``, ``hi_min``, ``hi_max``.
+        input_box: ``source`` (where the box came from: declared, from data, the ticket's build box or the
+            default; see :mod:`ticketsolver.verification.inputs`), ``law_name`` and ``law`` (the law of the
+            random inputs) and the extreme bounds ``lo_min``, ``lo_max``, ``hi_min``, ``hi_max``.
         sections: input set (``"data"``, ``"random"``) -> dtype -> :class:`OutputMetrics`.
         layers: dtype -> one :class:`LayerCheck` per pruned pair.
         worst_case: dtype -> :class:`WorstCase` (empty when the search was not run).
@@ -113,10 +116,13 @@ class Report:
         console = console if console is not None else Console()
         console.print(f"[bold]verification[/bold] on {self.device}: {self.device_note}")
         box = {k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in self.input_box.items()}
-        console.print(
-            f"input box ({box.get('source', '?')}): lo in [{box.get('lo_min')}, {box.get('lo_max')}], "
-            f"hi in [{box.get('hi_min')}, {box.get('hi_max')}]; input shape {tuple(self.input_shape)}"
-        )
+        if box.get("lo_min") == box.get("lo_max") and box.get("hi_min") == box.get("hi_max"):
+            span = f"[{box.get('lo_min')}, {box.get('hi_min')}] per feature"
+        else:
+            span = f"lo in [{box.get('lo_min')}, {box.get('lo_max')}], hi in [{box.get('hi_min')}, {box.get('hi_max')}]"
+        console.print(f"input box {span} ({box.get('source', '?')}); input shape {tuple(self.input_shape)}")
+        if "law" in box:
+            console.print(f"random inputs: {box['law']}")
 
         summary = Table(title="f vs g", show_lines=False)
         summary.add_column("metric")
@@ -144,16 +150,39 @@ class Report:
                 "worst case max |f-g| (PGD)",
                 *[_sci(self.worst_case[d].max_abs_error) if d in self.worst_case else "-" for d in self.dtypes],
             )
-        if self.certified is not None:
-            cells = ["-"] * len(self.dtypes)
-            cells[-1] = _sci(self.certified.max_bound)
-            summary.add_row("certified sup |f-g| (exact arithmetic)", *cells)
+        certified = self.certified
+        if certified is not None:
+            # exact arithmetic holds whatever the dtype: the same figure under each, for comparison
+            summary.add_row("certified sup |f-g|, exact arithmetic", *[_bound(certified.max_bound)] * len(self.dtypes))
+            if certified.forward:
+                summary.add_row(
+                    "certified sup |f-g|, forward pass in this dtype",
+                    *[_bound(certified.forward[d].max_bound) if d in certified.forward else "-" for d in self.dtypes],
+                )
         console.print(summary)
-        if self.certified is not None:
-            console.print(f"certified bound: {self.certified.note}")
+        if certified is not None:
+            console.print(
+                "certified: 'exact arithmetic' holds on the stored weights over the whole box, rounding excluded; "
+                "'forward pass' adds the rounding of f's and g's forward passes in that dtype on its inputs of "
+                "the box (gamma_k per dot product, any summation order; Winograd/FFT convolutions excluded)"
+                + "".join(
+                    f"; {name} rounding up to {_sci(forward.rounding_max)}"
+                    for name, forward in certified.forward.items()
+                    if forward.rounding_max is not None
+                )
+            )
+            if certified.not_certified is not None:
+                console.print(f"[yellow]not certified:[/yellow] {certified.not_certified}")
 
         if self.layers:
             console.print(self._layer_table(Table))
+            outside = {c.index: c.outside_linear_region for c in list(self.layers.values())[-1]}
+            if any(outside.values()):
+                counts = ", ".join(f"layer {i}: {k}" for i, k in outside.items() if k)
+                console.print(
+                    f"L pairs compared with their effective layer only where linear (inside their build box); "
+                    f"inputs outside: {counts}"
+                )
         if self.seconds:
             console.print("seconds: " + ", ".join(f"{name} {sec:.2f}" for name, sec in self.seconds.items()))
 
@@ -185,6 +214,10 @@ class Report:
             row += [_sci2(by_dtype[d][i].pair_vs_effective_relative) for d in dtypes]
             table.add_row(*row)
         return table
+
+
+def _bound(value: float | None) -> str:
+    return "not certified" if value is None else _sci(value)
 
 
 def _short_module(text: str) -> str:

@@ -5,7 +5,9 @@ report. It validates that g corresponds to f module by module and computes the c
 (cheap, so first), then, in each dtype (float32 and float64 by default) on deep copies of both networks on
 the device (GPU when present): compares outputs on the given data and on random inputs of the box, checks
 every pruned pair against its target layer and its effective layer, and searches for a worst case by
-projected gradient ascent. The caller's modules and tensors are never changed.
+projected gradient ascent. The box is the one given, else the data's range, else the documented default
+(:mod:`ticketsolver.verification.inputs`); the report says which. The caller's modules and tensors are
+never changed.
 """
 
 from __future__ import annotations
@@ -22,10 +24,19 @@ from torch.nn.utils import prune
 
 from ticketsolver.errors import VerificationError
 from ticketsolver.verification.certified import certify_bound
+from ticketsolver.verification.inputs import (
+    DEFAULT_LAW,
+    LAWS,
+    SOURCE_DATA,
+    SOURCE_DECLARED,
+    SOURCE_DEFAULT,
+    default_input_box,
+    sample_inputs,
+)
 from ticketsolver.verification.layers import LayerChecker, validate_networks
 from ticketsolver.verification.metrics import OutputComparison
 from ticketsolver.verification.report import Report
-from ticketsolver.verification.worst_case import random_starts, search_worst_case
+from ticketsolver.verification.worst_case import search_worst_case
 
 __all__ = ["verify_networks"]
 
@@ -39,6 +50,8 @@ def verify_networks(
     input_shape: tuple[int, ...],
     input_box: tuple[float, float] | None = None,
     data: tuple[torch.Tensor, torch.Tensor | None] | None = None,
+    box_source: str | None = None,
+    random_law: str | None = None,
     n_random: int = 512,
     batch_size: int = 1024,
     dtypes: tuple[str, ...] = ("float32", "float64"),
@@ -56,16 +69,21 @@ def verify_networks(
         target: f, an ``nn.Sequential`` in normal form (Linear, Conv2d, ReLU, MaxPool2d, AvgPool2d, Flatten).
         pruned: g, the same Sequential with each Linear/Conv2d replaced by a ``PrunedPair``.
         input_shape: per-sample input shape, e.g. ``(1, 28, 28)`` or ``(13,)``.
-        input_box: ``(lo, hi)`` bounding every input feature; None: per-feature min/max of ``data``.
+        input_box: ``(lo, hi)`` bounding every input feature; None: per-feature min/max of ``data``, and
+            without data the default box (:func:`~ticketsolver.verification.inputs.default_input_box`).
         data: ``(inputs (N, *input_shape), labels (N,) int or None)`` or None.
-        n_random: inputs drawn uniformly in the box for the "random" section (0: none).
+        box_source: where ``input_box`` came from, as the report states it (default ``"declared"``).
+        random_law: law of the random inputs, ``"uniform"`` in the box or ``"normal"`` (standard normal per
+            feature, clipped to the box); None: normal on the default box, uniform on any other.
+        n_random: inputs drawn from ``random_law`` in the box for the "random" section (0: none).
         batch_size: inputs per forward pass.
         dtypes: dtypes of the forward passes, from ``"float32"`` and ``"float64"``.
         worst_case_starts: starts of the gradient ascent (0: no search); half are the data points with the
             largest errors when data is given, the rest the random inputs with the largest errors, then
-            fresh uniform points.
+            fresh points of ``random_law``.
         worst_case_steps: gradient steps per start.
-        certify: compute the certified bound (float64, exact-arithmetic guarantee).
+        certify: compute the certified bound (in float64): for exact arithmetic, and for forward passes in
+            each of ``dtypes`` (their rounding included).
         layer_check_inputs: how many inputs (per dtype, data first) also run through the per-layer check
             of each pair against its target layer and its effective-weights layer.
         device: the torch device; cuda when available if None.
@@ -77,8 +95,9 @@ def verify_networks(
 
     Raises:
         VerificationError: the networks do not correspond, inputs have the wrong shape, labels are
-            malformed, a dtype or device is unknown or absent, there is neither a box nor data to derive
-            one from, or (with ``certify``) an O pair's input is not provably >= 0.
+            malformed, a dtype, law or device is unknown or absent, or the box is empty or infinite. A bound
+            that cannot be certified (an O pair whose input is not provably >= 0, an L pair not linear on
+            the box) is no error: the report says so.
     """
     begin = time.perf_counter()
     seconds: dict[str, float] = {}
@@ -93,14 +112,15 @@ def verify_networks(
         )
     validate_networks(target, pruned)
     data_x, data_y = _check_data(data, shape)
-    lo, hi, box_info = _make_box(input_box, data_x, shape)
+    lo, hi, box_info = _make_box(input_box, data_x, shape, box_source, random_law)
+    law = box_info["law_name"]
     dev = _resolve_device(device)
 
     sections: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
     if data_x is not None:
         sections["data"] = (data_x, data_y)
     if n_random > 0:
-        sections["random"] = (random_starts(lo, hi, n_random, shape, seed), None)
+        sections["random"] = (sample_inputs(lo, hi, n_random, shape, seed, law), None)
     seconds["setup"] = time.perf_counter() - begin
 
     n_batches = sum(-(-x.shape[0] // batch_size) for x, _ in sections.values())
@@ -124,9 +144,11 @@ def verify_networks(
     )
     with _ieee_float32(dev):
         if certify:
-            # first: it is cheap, and a box it cannot certify (O on a signed input) fails before the long part
+            # first: it is cheap, and it validates every pair's effective layer before the long part
             step_begin = time.perf_counter()
-            report.certified = certify_bound(target, pruned, (lo, hi), input_shape=shape, device=dev)
+            report.certified = certify_bound(
+                target, pruned, (lo, hi), input_shape=shape, device=dev, forward_dtypes=tuple(dtypes)
+            )
             seconds["certified"] = time.perf_counter() - step_begin
             tick("certified")
         for name in dtypes:
@@ -152,7 +174,7 @@ def verify_networks(
                 report.layers[name] = checker.result()
             if worst_case_starts:
                 step_begin = time.perf_counter()
-                starts, kinds = _choose_starts(sections, per_input, worst_case_starts, lo, hi, shape, seed)
+                starts, kinds = _choose_starts(sections, per_input, worst_case_starts, lo, hi, shape, seed, law)
                 with _single_thread_on_cpu(dev):
                     report.worst_case[name] = search_worst_case(
                         f, g, starts, (lo, hi), steps=worst_case_steps, start_kinds=kinds
@@ -217,28 +239,38 @@ def _check_data(
 
 
 def _make_box(
-    input_box: tuple[float, float] | None, data_x: torch.Tensor | None, shape: tuple[int, ...]
+    input_box: tuple[float, float] | None,
+    data_x: torch.Tensor | None,
+    shape: tuple[int, ...],
+    box_source: str | None,
+    random_law: str | None,
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
-    if input_box is None:
-        if data_x is None:
-            raise VerificationError(
-                "no input box: pass input_box=(lo, hi) (e.g. (0.0, 1.0) for images) or data to derive a "
-                "per-feature box from"
-            )
+    """The box (per-feature lo, hi in float64) and the report's record of it: where it came from, the law
+    of the random inputs. Without a box or data, the default box: verification never fails for want of one."""
+    if random_law is not None and random_law not in LAWS:
+        raise VerificationError(f"unknown random_law {random_law!r}; expected one of {sorted(LAWS)}")
+    if input_box is None and data_x is not None:
         lo, hi = data_x.amin(0).double(), data_x.amax(0).double()
-        source = "data (per-feature min/max)"
+        source = SOURCE_DATA
     else:
+        if input_box is None:
+            input_box, source = default_input_box(), SOURCE_DEFAULT
+            random_law = random_law or DEFAULT_LAW
+        else:
+            source = box_source or SOURCE_DECLARED
         try:
             lo_value, hi_value = input_box
             lo = torch.as_tensor(lo_value, dtype=torch.float64).expand(shape).clone()
             hi = torch.as_tensor(hi_value, dtype=torch.float64).expand(shape).clone()
         except (TypeError, ValueError, RuntimeError) as exc:
             raise VerificationError(f"input_box must be (lo, hi), got {input_box!r}") from exc
-        source = "given"
     if not (torch.isfinite(lo).all() and torch.isfinite(hi).all()) or (lo > hi).any():
         raise VerificationError("the input box must be finite with lo <= hi")
+    law = random_law or "uniform"
     info = {
         "source": source,
+        "law_name": law,
+        "law": LAWS[law],
         "lo_min": float(lo.min()),
         "lo_max": float(lo.max()),
         "hi_min": float(hi.min()),
@@ -335,8 +367,9 @@ def _choose_starts(
     hi: torch.Tensor,
     shape: tuple[int, ...],
     seed: int,
+    law: str,
 ) -> tuple[torch.Tensor, list[str]]:
-    """The data points and random inputs with the largest observed errors, then fresh uniform points."""
+    """The data points and random inputs with the largest observed errors, then fresh points of ``law``."""
     chosen: list[torch.Tensor] = []
     kinds: list[str] = []
     budget = {"data": n_starts // 2 if "random" in sections else n_starts, "random": n_starts}
@@ -352,6 +385,6 @@ def _choose_starts(
     fresh = n_starts - len(kinds)
     if fresh > 0:
         # a stream of its own so that fresh starts never repeat the random section's inputs
-        chosen.append(random_starts(lo, hi, fresh, shape, seed + 1))
-        kinds += [f"uniform:{i}" for i in range(fresh)]
+        chosen.append(sample_inputs(lo, hi, fresh, shape, seed + 1, law))
+        kinds += [f"{law}:{i}" for i in range(fresh)]
     return torch.cat(chosen), kinds

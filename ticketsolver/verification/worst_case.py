@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ticketsolver.errors import VerificationError
+from ticketsolver.verification.inputs import sample_inputs
 
 __all__ = ["WorstCase", "random_starts", "search_worst_case"]
 
@@ -83,10 +84,7 @@ def random_starts(lo: torch.Tensor, hi: torch.Tensor, n: int, input_shape: tuple
     Returns:
         (n, *input_shape) float64 tensor on the CPU.
     """
-    generator = torch.Generator().manual_seed(seed)
-    u = torch.rand((n, *input_shape), generator=generator, dtype=torch.float64)
-    lo64, hi64 = lo.to("cpu", torch.float64), hi.to("cpu", torch.float64)
-    return lo64 + (hi64 - lo64) * u
+    return sample_inputs(lo, hi, n, input_shape, seed, "uniform")
 
 
 def search_worst_case(

@@ -1,0 +1,149 @@
+"""Construction L — input blocks with kept offsets: every coefficient usable, exactly linear on a box.
+
+Pensia's input blocks (construction I) feed hidden unit (j, t) from input x_j alone, but its ReLU splits
+the unit's use by the sign of u·x_j, so each weight gets two problems of about n/2 coefficients each (and
+construction O wastes the half with U < 0). Here each unit also keeps a non-negative random offset beta:
+
+    relu(u·x_j + beta) = u·x_j + beta    whenever  beta >= need(u, j) = max(0, -u·lo_j, -u·hi_j),
+
+i.e. for every x_j in the layer's input box [lo_j, hi_j] (:mod:`ticketsolver.construction.box` computes
+boxes that hold for g's own activations). Where need = 0 (u > 0 on a box with lo_j >= 0, or u < 0 with
+hi_j <= 0) the offset is pruned: the unit is linear without it. Otherwise the unit is *usable* iff its
+random beta covers the need, and then beta is kept. With beta ~ U[0, a_beta] and
+a_beta = OFFSET_FACTOR · a_U · max_j max(|lo_j|, |hi_j|), a unit of a signed column qualifies with
+probability >= 1 - 1/(2·OFFSET_FACTOR) (0.875 at 4), and on a non-negative column every u > 0 qualifies
+too, so a weight gets ~0.9·n usable coefficients instead of ~n/2.
+
+Weight w_ij is then one subset sum over c_t = V[i,(j,t)]·u_(j,t) for the usable t: the pair computes
+y_i = sum_j (sum_S c_t) x_j + K_i with the constant K_i = sum of V[i,(j,t)]·beta_(j,t) over the chosen t whose
+offset is kept. A bias block of ``bias_units`` units relu(beta_b) = beta_b (fed by nothing, beta_b >= 0 so
+always linear) matches the target bias *minus that constant*: one subset sum per output over
+c_t = V[i,(b,t)]·beta_(b,t), target b_i - K_i. The bias block exists whether or not the target has a bias.
+
+All tensors are draw 0 of their law (U, V uniform on [-a, a]; beta uniform on [0, a_beta]): the ticket is a
+pruning of one i.i.d. random network, chosen without re-randomisation.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ticketsolver.construction.layout import DrawCache, PairLayout
+from ticketsolver.construction.output_blocks import _stats
+from ticketsolver.construction.rounds import RoundProgress, solve_with_resampling
+from ticketsolver.construction.solution import PairSolution
+from ticketsolver.solvers import Solver
+from ticketsolver.source import RandomSource
+
+__all__ = ["OFFSET_FACTOR", "offset_scales", "solve_offset_blocks"]
+
+#: a_beta / (a_U · h_max): larger qualifies more units but makes the constants to cancel larger
+OFFSET_FACTOR = 4.0
+#: a unit's offset must exceed its need by this relative margin (float32 rounding of u·x + beta)
+NEED_MARGIN = 1e-5
+#: the bias block reaches this multiple of the estimated constant (4 standard deviations) plus |b|
+BIAS_REACH_MARGIN = 1.25
+
+
+def offset_scales(
+    weight: np.ndarray, bias: np.ndarray | None, lo: np.ndarray, hi: np.ndarray, n: int, margin: float
+) -> tuple[dict[str, float], int]:
+    """Scales of U, V, beta and the bias block's width for target ``weight`` (d_out, d_in) on box [lo, hi].
+
+    With all ~n coefficients c = v·u (v, u uniform on [-a, a]) usable, the positive ones sum to ~n·a²/8, so
+    a² = 8·margin·max|w| / n puts the largest |w| at 1/margin of the reach. The bias block must reach
+    |b_i - K_i|: K_i sums ~m terms v·beta of standard deviation a·a_beta/3 (m = n/2 chosen units per
+    column times the fraction whose offset is kept), and the bias block's positive coefficients sum to
+    ~bias_units·a·a_beta/8.
+    """
+    w_max = max(float(np.abs(weight).max()), 1e-12)
+    a = math.sqrt(8.0 * margin * w_max / n)
+    h = np.maximum(np.abs(lo), np.abs(hi))
+    h_max = float(h.max()) if h.size else 0.0
+    a_beta = OFFSET_FACTOR * a * h_max if h_max > 0 else a
+    signed = (lo < 0) & (hi > 0)
+    one_sided = ~signed & (h > 0)
+    offset_terms = n / 2 * (float(signed.sum()) + 0.5 * float(one_sided.sum()))
+    b_max = 0.0 if bias is None else float(np.abs(bias).max())
+    reach = BIAS_REACH_MARGIN * (4.0 * math.sqrt(offset_terms) / 3.0 + b_max / (a * a_beta))
+    bias_units = max(n, math.ceil(8.0 * reach))
+    return {"U": a, "V": a, "beta": a_beta}, bias_units
+
+
+def solve_offset_blocks(
+    layout: PairLayout,
+    source: RandomSource,
+    weight: np.ndarray,
+    bias: np.ndarray | None,
+    solver: Solver,
+    lo: np.ndarray,
+    hi: np.ndarray,
+    progress: RoundProgress | None = None,
+) -> tuple[PairSolution, np.ndarray, np.ndarray]:
+    """Choose the masks of an L pair for the dense-view target ``weight`` (d_out, d_in) on box [lo, hi].
+
+    Returns the solution and the pair's effective weights (d_out, d_in) and bias (d_out,) in float64, the
+    exact linear map the pruned pair computes on the box (the builder propagates the box through it).
+    """
+    d_out, d_in, n, nb = layout.d_out, layout.d_in, layout.n, layout.bias_units
+    split = d_in * n  # hidden units of the input blocks; the bias block follows
+    tensor = DrawCache(layout, source)
+    cols = np.arange(d_in)
+    u = tensor("U").reshape(layout.hidden, d_in)[:split].reshape(d_in, n, d_in)[cols, :, cols].astype(np.float64)
+    beta_all = tensor("beta").astype(np.float64)
+    beta, beta_bias = beta_all[:split].reshape(d_in, n), beta_all[split:]
+    v_all = tensor("V")
+    v = v_all[:, :split].reshape(d_out, d_in, n)
+
+    need = np.maximum(0.0, np.maximum(-u * lo[:, None], -u * hi[:, None]))  # (d_in, n)
+    offset = need > 0  # units whose offset must be kept
+    usable = ~offset | (beta >= need * (1.0 + NEED_MARGIN))
+
+    def weight_problems(units: np.ndarray, draw: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        out, col = np.divmod(units, d_in)
+        coeffs = v[out, col].astype(np.float64) * u[col]
+        return coeffs[:, None], usable[col][:, None], weight[out, col][:, None]
+
+    w = solve_with_resampling(solver, d_out * d_in, weight_problems, 0, 0.0, progress)
+    chosen = w.masks[:, 0].reshape(d_out, d_in, n)
+    products = v.astype(np.float64) * u  # (d_out, d_in, n): c_t of every weight
+    effective_weight = (products * chosen).sum(2)
+    constants = (v.astype(np.float64) * np.where(offset, beta, 0.0) * chosen).sum((1, 2))  # K_i
+
+    target_bias = -constants if bias is None else bias - constants
+    coeffs_bias = v_all[:, split:].astype(np.float64) * beta_bias
+    usable_bias = beta_bias > 0
+
+    def bias_problems(units: np.ndarray, draw: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return (
+            coeffs_bias[units][:, None],
+            np.broadcast_to(usable_bias, (units.size, nb))[:, None],
+            target_bias[units][:, None],
+        )
+
+    b = solve_with_resampling(solver, d_out, bias_problems, 0, 0.0, progress)
+    bias_chosen = b.masks[:, 0]  # (d_out, nb)
+    effective_bias = constants + (coeffs_bias * bias_chosen).sum(1)
+
+    v_mask = np.concatenate([chosen.reshape(d_out, split), bias_chosen], axis=1)
+    used = v_mask.any(0)  # (hidden,): units that feed some output
+    u_mask = np.zeros((layout.hidden, d_in), dtype=bool)
+    u_mask[:split].reshape(d_in, n, d_in)[cols, :, cols] = used[:split].reshape(d_in, n)
+    beta_mask = np.concatenate([(used[:split].reshape(d_in, n) & offset).reshape(-1), used[split:]])
+    bias_errors = np.abs(effective_bias - (0.0 if bias is None else bias))
+    stats = _stats(w, b)
+    stats["examined_values"] = layout.source_params()
+    stats["offsets_kept"] = int(beta_mask[:split].sum())
+    stats["constant_abs_max"] = float(np.abs(constants).max())
+    stats["bias_units"] = nb
+    solution = PairSolution(
+        masks={"U": u_mask, "beta": beta_mask, "V": v_mask},
+        draws=np.zeros(layout.draw_shape, dtype=np.uint8),
+        weight_errors=w.errors.reshape(d_out, d_in),
+        bias_errors=bias_errors,
+        usable=np.broadcast_to(usable.sum(1), (d_out, d_in)).copy(),
+        stats=stats,
+    )
+    return solution, effective_weight, effective_bias
