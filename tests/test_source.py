@@ -149,9 +149,22 @@ def test_rng_layout_text_states_the_algorithm_key_and_transform() -> None:
     assert "first block is generated at counter 1" in RNG_LAYOUT["algorithm"]
     assert "[seed, pair * 2**32 + tensor * 2**16 + draw]" in RNG_LAYOUT["key"]
     assert "U=0, beta=1, V=2" in RNG_LAYOUT["key"] and TENSOR_IDS == {"U": 0, "beta": 1, "V": 2}
-    assert RNG_LAYOUT["values"] == (
-        "float32(scale * (2 * Generator(Philox(key=key)).random(size, dtype=float64) - 1)), C order"
-    )
+    assert "law symmetric: float32(scale * (2 * r - 1))" in RNG_LAYOUT["values"]
+    assert "law nonnegative: float32(scale * r)" in RNG_LAYOUT["values"]
+
+
+def test_both_laws_follow_the_documented_formula() -> None:
+    """What RNG_LAYOUT says is what RandomSource does, for each law."""
+    source = RandomSource(seed=5)
+    gen = np.random.Generator(np.random.Philox(key=source.key(2, "beta", 0)))
+    r = gen.random(12, dtype=np.float64)
+    nonnegative = source.tensor(2, "beta", (3, 4), 0.75, law="nonnegative")
+    symmetric = source.tensor(2, "beta", (3, 4), 0.75, law="symmetric")
+    assert np.array_equal(nonnegative.ravel(), (0.75 * r).astype(np.float32))
+    assert np.array_equal(symmetric.ravel(), (0.75 * (2 * r - 1)).astype(np.float32))
+    assert nonnegative.min() >= 0 and symmetric.min() < 0
+    with pytest.raises(ValueError, match="law"):
+        source.tensor(2, "beta", (3,), 0.75, law="gaussian")  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(

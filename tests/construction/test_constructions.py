@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ticketsolver import ConstructionError, Ticket, build_ticket
+from ticketsolver.construction.pair import CONSTRUCTIONS as LETTERS
 from ticketsolver.construction.pair import PrunedPair
 
 from .reference import effective_weights, optimal_errors, realised_errors, tensors_with_draws
@@ -258,12 +259,18 @@ def test_kept_entries_are_the_pruned_network_weights() -> None:
 # -- (d) which construction each layer gets ------------------------------------------------------------------------
 
 
-def constructions(module: nn.Module, shape: tuple[int, ...], **options: object) -> list[str]:
-    ticket = build_ticket(module, 4, input_shape=shape, resample=0, solver="mitm", **options)
-    letters = {"output_blocks": "O", "input_blocks": "I"}
+def constructions(module: nn.Module, shape: tuple[int, ...], resample: int = 1, **options: object) -> list[str]:
+    """The letters of the constructions chosen per layer (re-randomised builds by default: O/I by sign)."""
+    ticket = build_ticket(module, 4, input_shape=shape, resample=resample, solver="mitm", **options)
     recorded = [p["construction"] for p in ticket.manifest()["pairs"]]
     assert recorded == [layout.construction for layout in ticket.layouts]
-    return [letters[c] for c in recorded]
+    return [LETTERS[c] for c in recorded]
+
+
+def test_a_pure_build_uses_L_for_every_layer_whatever_the_sign() -> None:
+    net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    assert constructions(net, (3,), resample=0) == ["L", "L"]
+    assert constructions(net, (3,), resample=0, input_domain=(0.0, 1.0)) == ["L", "L"]
 
 
 def test_signed_input_gets_I_and_the_layer_after_relu_gets_O() -> None:

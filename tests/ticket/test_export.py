@@ -141,7 +141,7 @@ def test_a_pure_tickets_export_states_iid_and_holds_every_source_at_draw_0(tmp_p
     with safe_open(str(path), "np") as f:
         meta = f.metadata()
     identity = {"format", "naming", "steps", "input_shape", "kept_values_sha256"}  # what every export states
-    assert set(meta) == identity | {"source_kind", "examined_values"}
+    assert set(meta) == identity | {"source_kind", "examined_values", "source_laws"}
     assert meta["source_kind"] == "iid" and meta["examined_values"] == str(ticket.sizes()["source_params"])
     tensors = load_file(str(path))
     pair_steps = [i for i, step in enumerate(ticket.steps) if step["op"] == "pair"]

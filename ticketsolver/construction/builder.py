@@ -47,7 +47,7 @@ from ticketsolver.source import RandomSource
 if TYPE_CHECKING:
     from ticketsolver.ticket import Ticket
 
-__all__ = ["BuildConfig", "LayerProgress", "build_ticket", "choose_scales"]
+__all__ = ["BuildConfig", "LayerProgress", "build_ticket", "choose_scales", "solver_options"]
 
 log = logging.getLogger("ticketsolver.construction")
 
@@ -248,7 +248,12 @@ def _solve_pair(
     assert config.tolerance is not None
     if layout.construction == "offset_blocks":
         assert column_box is not None
-        solution, _, _ = solve_offset_blocks(layout, source, weight, bias, solver, *column_box, on_round)
+        bias_solver = None
+        if solver.name in _SMALL_EXACT and layout.bias_units > 40:
+            bias_solver = get_solver("auto", tolerance=config.tolerance or PURE_TOLERANCE)
+        solution, _, _ = solve_offset_blocks(
+            layout, source, weight, bias, solver, *column_box, on_round, bias_solver=bias_solver
+        )
         return solution
     if layout.construction == "output_blocks":
         solution = solve_output_blocks(
@@ -269,11 +274,20 @@ def _solve_pair(
     return solution
 
 
-def _make_solver(config: BuildConfig) -> Solver:
-    """The configured backend; ``auto`` of a pure build solves to the build's tolerance (see solvers.auto)."""
+def solver_options(config: BuildConfig) -> dict[str, Any]:
+    """Constructor options of the configured backend: ``auto`` of a pure build solves to the build's
+    tolerance (the ladder of :mod:`ticketsolver.solvers.ladder`); every other backend solves exactly."""
     if config.solver == "auto" and config.pure and config.tolerance:
-        return get_solver("auto", tolerance=config.tolerance)
-    return get_solver(config.solver)
+        return {"tolerance": config.tolerance}
+    return {}
+
+
+def _make_solver(config: BuildConfig) -> Solver:
+    return get_solver(config.solver, **solver_options(config))
+
+
+#: exact backends limited to 40 usable coefficients: L's bias block (hundreds of units) goes to the ladder
+_SMALL_EXACT = ("mitm", "mitm_numba", "mitm_torch", "bruteforce")
 
 
 def build_ticket(
@@ -312,9 +326,9 @@ def build_ticket(
     Example:
         >>> from torch import nn
         >>> net = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
-        >>> ticket = build_ticket(net, n=12, input_shape=(4,), resample=0)
-        >>> [p.construction for p in ticket.layouts]
-        ['input_blocks', 'output_blocks']
+        >>> ticket = build_ticket(net, n=12, input_shape=(4,), input_domain=(-1.0, 1.0))
+        >>> [p.construction for p in ticket.layouts], ticket.sizes()["source_kind"]
+        (['offset_blocks', 'offset_blocks'], 'iid')
     """
     from ticketsolver.models import Target
     from ticketsolver.ticket import Ticket
@@ -353,6 +367,7 @@ def build_ticket(
             continue
         pair = len(layouts)
         construction = _choose_construction(config, nonnegative, index)
+        _target_arrays(pair, module)  # refuse NaN/inf and unsupported convs before anything else
         column_box = None
         if construction == "offset_blocks":
             assert walk is not None

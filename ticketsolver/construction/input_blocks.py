@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from ticketsolver.construction.layout import DrawCache, PairLayout
-from ticketsolver.construction.output_blocks import _stats
+from ticketsolver.construction.output_blocks import _stats, examined_values
 from ticketsolver.construction.rounds import RoundProgress, RoundsResult, solve_with_resampling
 from ticketsolver.construction.solution import PairSolution
 from ticketsolver.solvers import Solver
@@ -125,5 +125,9 @@ def solve_input_blocks(
         weight_errors=w.errors.reshape(d_out, d_in, 2).max(axis=2),
         bias_errors=None if b is None else b.errors,
         usable=w.usable[:, 0].reshape(d_out, d_in, 2).min(axis=2),
-        stats=_stats(w, b),
+        stats={
+            **_stats(w, b),
+            # each extra block draw compares the n diagonal U values of every input block (and the bias block's beta)
+            "examined_values": examined_values(layout, w, b, extra=block_draws * n * (d_in + int(bias is not None))),
+        },
     )

@@ -81,8 +81,12 @@ def solve_offset_blocks(
     lo: np.ndarray,
     hi: np.ndarray,
     progress: RoundProgress | None = None,
+    bias_solver: Solver | None = None,
 ) -> tuple[PairSolution, np.ndarray, np.ndarray]:
     """Choose the masks of an L pair for the dense-view target ``weight`` (d_out, d_in) on box [lo, hi].
+
+    ``bias_solver`` solves the bias block's problems (``bias_units`` coefficients each) when ``solver``
+    cannot take that many (the exact engines stop at 40); default ``solver``.
 
     Returns the solution and the pair's effective weights (d_out, d_in) and bias (d_out,) in float64, the
     exact linear map the pruned pair computes on the box (the builder propagates the box through it).
@@ -123,7 +127,7 @@ def solve_offset_blocks(
             target_bias[units][:, None],
         )
 
-    b = solve_with_resampling(solver, d_out, bias_problems, 0, 0.0, progress)
+    b = solve_with_resampling(bias_solver or solver, d_out, bias_problems, 0, 0.0, progress)
     bias_chosen = b.masks[:, 0]  # (d_out, nb)
     effective_bias = constants + (coeffs_bias * bias_chosen).sum(1)
 

@@ -68,8 +68,16 @@ def solve_output_blocks(
         weight_errors=w.errors.reshape(d_out, d_in),
         bias_errors=None if b is None else b.errors,
         usable=w.usable[:, 0].reshape(d_out, d_in),
-        stats=_stats(w, b),
+        stats={**_stats(w, b), "examined_values": examined_values(layout, w, b)},
     )
+
+
+def examined_values(layout: PairLayout, *results: RoundsResult | None, extra: int = 0) -> int:
+    """Random values the build drew and compared for this pair: the source once, plus the n values of each
+    unit redraw (O: a weight's U column in its block, a bias's beta block; I: a problem's V entries of its
+    block), plus ``extra`` (I's block draws). Equals ``source_params`` when nothing was redrawn."""
+    redraws = sum(r.redraws for r in results if r is not None)
+    return layout.source_params() + redraws * layout.n + extra
 
 
 def _stats(*results: RoundsResult | None) -> dict[str, object]:

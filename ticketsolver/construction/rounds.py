@@ -39,6 +39,7 @@ class RoundsResult:
     draws: np.ndarray  # (U,) uint8
     usable: np.ndarray  # (U, P) int: usable coefficients per problem, at the kept draw
     problems_solved: int = 0
+    redraws: int = 0  # unit redraws over rounds 1.. (each examines one more draw of the unit's values)
     status_counts: dict[str, int] = field(default_factory=dict)
     backends: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
@@ -104,6 +105,8 @@ def solve_with_resampling(
                 break
         coeffs, usable, targets = make_problems(redo, draw)
         count, n_problems, n = coeffs.shape
+        if result is not None:
+            result.redraws += count
         if result is None:  # every unit starts unsolved (error +inf), so round 0 keeps all its answers
             result = RoundsResult(
                 masks=np.zeros((n_units, n_problems, n), dtype=bool),

@@ -189,22 +189,24 @@ def connect_ray(address: str | None) -> Any:
     return ray
 
 
-def _task_solver(name: str) -> Solver:
+def _task_solver(name: str, tolerance: float = 0.0) -> Solver:
     # Inside a task: the CPU engine with one thread (the task holds one CPU), whatever hardware the
     # node has, so that every chunk is solved by the same exact code as the local pool's CPU engine.
     from ticketsolver.solvers.mitm import NumbaMitmSolver
 
     if name == "mitm":
         return NumbaMitmSolver(threads=1)
-    solver = get_solver(name)
+    solver = get_solver(name, tolerance=tolerance) if name == "auto" else get_solver(name)
     if name == "auto":
         solver.exact = NumbaMitmSolver(threads=1)  # type: ignore[attr-defined]
     return solver
 
 
-def _solve_chunk(name: str, coeffs: np.ndarray, targets: np.ndarray, usable: np.ndarray) -> tuple[Any, ...]:
-    """One Ray task: solve a chunk exactly; returns masks, status and backends."""
-    sol = _task_solver(name).solve(coeffs, targets, usable)
+def _solve_chunk(
+    name: str, coeffs: np.ndarray, targets: np.ndarray, usable: np.ndarray, tolerance: float = 0.0
+) -> tuple[Any, ...]:
+    """One Ray task: solve a chunk (exactly, or ``auto`` to ``tolerance``); returns masks, status and backends."""
+    sol = _task_solver(name, tolerance).solve(coeffs, targets, usable)
     return sol.masks, sol.status, sol.backends
 
 
@@ -238,8 +240,12 @@ class RaySolver(Solver):
 
     tolerance = 0.0
 
-    def __init__(self, solver: str = "mitm", address: str | None = None, chunk: int | None = None) -> None:
-        get_solver(solver)  # refuse unknown names here, not in a remote task
+    def __init__(
+        self, solver: str = "mitm", address: str | None = None, chunk: int | None = None, tolerance: float = 0.0
+    ) -> None:
+        # refuse unknown names and bad tolerances here, not in a remote task
+        get_solver(solver, tolerance=tolerance) if solver == "auto" else get_solver(solver)
+        self.tolerance = tolerance
         if chunk is not None and chunk < 1:
             raise ValueError(f"chunk must be positive, got {chunk}")
         self.name = solver
@@ -257,7 +263,7 @@ class RaySolver(Solver):
         size = self.chunk_size(len(targets), float(ray.cluster_resources().get("CPU", 1.0)))
         task = _remote(_solve_chunk, num_cpus=1)
         refs = [
-            task.remote(self.name, coeffs[s : s + size], targets[s : s + size], usable[s : s + size])
+            task.remote(self.name, coeffs[s : s + size], targets[s : s + size], usable[s : s + size], self.tolerance)
             for s in range(0, len(targets), size)
         ]
         self.tasks += len(refs)
@@ -270,10 +276,11 @@ class RaySolver(Solver):
         )
 
 
-def solver_for(context: dict[str, Any], name: str) -> Solver | None:
-    """The solver a worker hands to ``build_ticket(solve_with=...)``: None (local) or a RaySolver."""
+def solver_for(context: dict[str, Any], name: str, tolerance: float = 0.0) -> Solver | None:
+    """The solver a worker hands to ``build_ticket(solve_with=...)``: None (local) or a RaySolver (``auto``
+    solving to ``tolerance``, as :func:`ticketsolver.construction.builder.solver_options` says)."""
     if context.get("kind") == "ray":
-        return RaySolver(name, context.get("address"), context.get("chunk"))
+        return RaySolver(name, context.get("address"), context.get("chunk"), tolerance)
     return None
 
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from ticketsolver.construction.builder import BuildConfig
+from ticketsolver.construction.builder import BuildConfig, solver_options
 from ticketsolver.errors import JobError, TicketSolverError
 from ticketsolver.jobs.executors import LocalExecutor, parent_alive, solver_for, verify_on_cluster, verify_remotely
 from ticketsolver.jobs.store import ItemTask, JobStore, JobView, new_id
@@ -335,7 +335,11 @@ def _run_item(store: JobStore, task: ItemTask, context: dict[str, Any]) -> str:
         target,
         task.n,
         progress=progress,
-        solve_with=solver_for(context, spec.solver),
+        solve_with=solver_for(
+            context,
+            spec.solver,
+            **solver_options(BuildConfig(n=task.n, **spec.build_options())),
+        ),
         resume_dir=resume,
         **spec.build_options(),
     )

@@ -10,7 +10,8 @@
       {step}.second.weight[.source|.mask] V
 
   ``{step}`` is the module's index in the network, so the pruned names are exactly the keys of
-  ``ticket.to_module().state_dict()``; anyone can check ``weight == source * mask``. The metadata states
+  ``ticket.to_module().state_dict()``; anyone can check ``weight == source * mask``. The metadata gives
+  each source tensor's law (``source_laws``: uniform on [-s, s] or on [0, s]) and states
   ``source_kind`` (``iid``: every source tensor its law at draw 0; ``rerandomized``: some units redrawn with
   knowledge of the target) and ``examined_values`` (random values the build drew and compared).
 """
@@ -22,6 +23,7 @@ import io
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,6 +41,7 @@ def export_safetensors(ticket: Ticket, path: str | os.PathLike[str]) -> Path:
     from safetensors.torch import save_file
 
     tensors: dict[str, torch.Tensor] = {}
+    laws: dict[str, list[Any]] = {}
     pair_steps = [i for i, step in enumerate(ticket.steps) if step["op"] == "pair"]
     for k, (step, layout) in enumerate(zip(pair_steps, ticket.layouts, strict=True)):
         source = ticket.source_tensors(k)
@@ -50,7 +53,8 @@ def export_safetensors(ticket: Ticket, path: str | os.PathLike[str]) -> Path:
                 shape = getattr(getattr(module, layer), attr).shape
                 key = f"{step}.{layer}.{attr}"
                 tensors[key] = getattr(getattr(module, layer), attr).detach().clone()
-                tensors[f"{key}.source"] = torch.from_numpy(source[name]).reshape(shape).clone()
+                tensors[f"{key}.source"] = torch.tensor(np.array(source[name])).reshape(shape)
+                laws[f"{key}.source"] = [layout.law(name), layout.scales[name]]
                 tensors[f"{key}.mask"] = torch.from_numpy(ticket.masks[k][name]).reshape(shape).clone()
     sizes = ticket.sizes()
     metadata = {
@@ -59,6 +63,8 @@ def export_safetensors(ticket: Ticket, path: str | os.PathLike[str]) -> Path:
         "steps": json.dumps(ticket.steps),
         "input_shape": json.dumps(list(ticket.input_shape)),
         "kept_values_sha256": ticket.kept_hash(),
+        # each .source tensor's law: [symmetric, s] = uniform on [-s, s]; [nonnegative, s] = uniform on [0, s]
+        "source_laws": json.dumps(laws),
         # how the .source tensors came about: iid (each its law at draw 0) or rerandomized, and how many
         # random values the build examined to get them ("unrecorded" where the build did not count them)
         "source_kind": sizes["source_kind"],
