@@ -349,7 +349,7 @@ def serve(
 
 @app.command()
 def demo(
-    n: Annotated[int, typer.Option(help="random hidden units per block")] = 20,
+    n: Annotated[int, typer.Option(help="random hidden units per block (da Cunha et al. used 30 for LeNet5)")] = 30,
     workdir: Annotated[Path, typer.Option(help="where lenet5.pt, the ticket and the report go")] = Path("runs/demo"),
     retrain: Annotated[bool, typer.Option(help="train LeNet5 again even if workdir/lenet5.pt exists")] = False,
     resample: Annotated[int, typer.Option(help="opt-in re-randomisation rounds (IteRand); 0 = a pure source")] = 0,

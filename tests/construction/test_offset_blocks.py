@@ -157,3 +157,24 @@ def test_pure_mlp_matches_its_target_closely(n: int) -> None:
         f, g = net.double()(x), ticket.to_module().double()(x)
     rel = float(((f - g).abs().amax(1) / f.abs().amax(1)).max())
     assert rel < (1e-2 if n == 20 else 1e-4), rel
+
+
+@pytest.mark.parametrize(("make", "shape", "box"), [(_mlp, (5,), (-2.0, 3.0)), (_cnn, (2, 6, 6), (0.0, 1.0))])
+def test_each_pair_is_linear_on_the_box_the_builder_propagated_to_it(make, shape, box) -> None:
+    """Every kept unit's pre-activation is >= 0 on the whole (replayed) box of its pair, corners included."""
+    from ticketsolver.construction.box import pair_input_boxes
+
+    ticket = build_ticket(make(6), 14, input_shape=shape, input_domain=box, solver="mitm")
+    boxes = pair_input_boxes(ticket)
+    pairs = list(ticket.pairs())
+    assert len(boxes) == len(pairs)
+    for pair, layout, (lo, hi) in zip(pairs, ticket.layouts, boxes, strict=True):
+        assert (lo <= hi).all()
+        u = pair.first.weight.detach().double().reshape(layout.hidden, -1)
+        beta = pair.first.bias.detach().double()
+        kept = (u != 0).any(1)
+        column = (u != 0).double().argmax(1)
+        # one input per unit: its least pre-activation sits at a corner of that input's interval
+        at_lo = u[torch.arange(layout.hidden), column] * torch.from_numpy(lo)[column] + beta
+        at_hi = u[torch.arange(layout.hidden), column] * torch.from_numpy(hi)[column] + beta
+        assert bool((torch.minimum(at_lo, at_hi)[kept] >= 0).all())

@@ -22,6 +22,7 @@ Both are sound, so their intersection is.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,7 +32,7 @@ from torch import nn
 from ticketsolver.construction.layout import ConvGeometry, PairLayout
 from ticketsolver.errors import ConstructionError
 
-__all__ = ["DEFAULT_INPUT_BOX", "SLACK_ABS", "SLACK_REL", "IntervalWalk"]
+__all__ = ["DEFAULT_INPUT_BOX", "SLACK_ABS", "SLACK_REL", "IntervalWalk", "pair_input_boxes"]
 
 #: the input box assumed when none is declared: standardised features, six standard deviations each way
 DEFAULT_INPUT_BOX: tuple[float, float] = (-6.0, 6.0)
@@ -87,6 +88,31 @@ class _DenseRun:
         return pos @ self.lo + neg @ self.hi + const
 
 
+@dataclass(frozen=True)
+class _Geometry:
+    """What the walk needs of a pair when there is no layout: its kind, conv geometry and outputs."""
+
+    kind: str
+    conv: ConvGeometry | None
+    d_out: int
+
+    @classmethod
+    def of(cls, pair: nn.Module) -> _Geometry:
+        first, second = pair.first, pair.second
+        assert isinstance(first, nn.Linear | nn.Conv2d) and isinstance(second, nn.Linear | nn.Conv2d)
+        d_out = int(second.weight.shape[0])
+        if isinstance(first, nn.Linear):
+            return cls("linear", None, d_out)
+        geometry = ConvGeometry(
+            in_channels=int(first.in_channels),
+            kernel_size=tuple(first.kernel_size),  # type: ignore[arg-type]
+            stride=tuple(first.stride),  # type: ignore[arg-type]
+            padding=tuple(first.padding),  # type: ignore[arg-type]
+            dilation=tuple(first.dilation),  # type: ignore[arg-type]
+        )
+        return cls("conv2d", geometry, d_out)
+
+
 @dataclass
 class IntervalWalk:
     """Elementwise bounds ``lo <= x <= hi`` of the current activation (per-sample shape, float64)."""
@@ -98,8 +124,13 @@ class IntervalWalk:
     @classmethod
     def from_box(cls, box: tuple[float, float], input_shape: tuple[int, ...]) -> IntervalWalk:
         lo, hi = (torch.full((1, *input_shape), float(v), dtype=torch.float64) for v in box)
-        walk = cls(lo, hi)
-        if len(input_shape) == 1:
+        return cls.from_bounds(lo, hi)
+
+    @classmethod
+    def from_bounds(cls, lo: torch.Tensor, hi: torch.Tensor) -> IntervalWalk:
+        """Start from elementwise bounds of shape (1, *input_shape), float64."""
+        walk = cls(lo.clone(), hi.clone())
+        if lo.dim() == 2:
             walk.dense = _DenseRun(lo[0].clone(), hi[0].clone())
         return walk
 
@@ -120,7 +151,7 @@ class IntervalWalk:
 
     def through_affine(
         self,
-        layout: PairLayout,
+        layout: PairLayout | _Geometry,
         weight_pos: np.ndarray,
         weight_neg: np.ndarray | None,
         bias: np.ndarray | None,
@@ -152,7 +183,7 @@ class IntervalWalk:
 
     @staticmethod
     def _affine(
-        layout: PairLayout, weight: np.ndarray, bias: np.ndarray | None, lo: torch.Tensor, hi: torch.Tensor
+        layout: PairLayout | _Geometry, weight: np.ndarray, bias: np.ndarray | None, lo: torch.Tensor, hi: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         w = torch.from_numpy(np.ascontiguousarray(weight, dtype=np.float64))
         b = None if bias is None else torch.from_numpy(np.ascontiguousarray(bias, dtype=np.float64))
@@ -166,6 +197,22 @@ class IntervalWalk:
             args = (g.stride, g.padding, g.dilation)
             centre, radius = F.conv2d(mid, w, b, *args), F.conv2d(rad, w.abs(), None, *args)
         return centre - radius, centre + radius
+
+    def through_pair(self, layout: PairLayout | None, pair: nn.Module) -> None:
+        """A built pair (a :class:`PrunedPair`), through the effective layer computed from its own tensors.
+
+        ``layout`` gives the pair's kind and conv geometry; None reads them from the pair's layers.
+        """
+        if layout is None:
+            layout = _Geometry.of(pair)
+        effective = pair.effective()  # type: ignore[operator]
+        weight_neg = effective.weight_neg
+        self.through_affine(
+            layout,
+            effective.weight_pos.reshape(layout.d_out, -1).numpy(),
+            None if weight_neg is None else weight_neg.reshape(layout.d_out, -1).numpy(),
+            None if effective.bias is None else effective.bias.numpy(),
+        )
 
     def column_box(self, conv: ConvGeometry | None, d_in: int) -> tuple[np.ndarray, np.ndarray]:
         """Bounds of each dense-view input column of a layer: (d_in,) lo and hi.
@@ -187,3 +234,27 @@ class IntervalWalk:
         if lo_cols.numel() != d_in:
             raise ConstructionError(f"a layer reads {d_in} input columns, its input has {lo_cols.numel()}")
         return lo_cols.numpy().copy(), hi_cols.numpy().copy()
+
+
+def pair_input_boxes(ticket: Any) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The column box of every pair of a pure ticket, replayed as the builder computed it.
+
+    Walks the ticket's steps from its input box through the pairs it holds; the result is what
+    construction L was built on (used by benchmarks, and by tests that check each pair is linear there).
+    """
+    from ticketsolver.construction.steps import module_from_step
+
+    if ticket.input_domain is None:
+        raise ConstructionError("the ticket records no input box")
+    walk = IntervalWalk.from_box(ticket.input_domain, tuple(ticket.input_shape))
+    pairs = list(ticket.pairs())
+    boxes = []
+    for step in ticket.steps:
+        if step["op"] != "pair":
+            walk.through_module(module_from_step(step))
+            continue
+        k = int(step["pair"])
+        layout = ticket.layouts[k]
+        boxes.append(walk.column_box(layout.conv, layout.d_in))
+        walk.through_pair(layout, pairs[k])
+    return boxes

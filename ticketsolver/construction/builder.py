@@ -61,7 +61,7 @@ PURE_TOLERANCE = 1e-8
 #: default tolerance of a re-randomised build: a unit is redrawn while its error exceeds it
 RESAMPLE_TOLERANCE = 1e-7
 #: default scale margins (reach of a block's subset sums in units of the layer's max |w|), pure / re-randomised
-PURE_SCALE_MARGIN = 4.0
+PURE_SCALE_MARGIN = 8.0
 RESAMPLE_SCALE_MARGIN = 1.5
 #: construction I's default extra block draws when re-randomising (a pure build draws each block once)
 RESAMPLE_BLOCK_DRAWS = 8
@@ -86,7 +86,7 @@ class BuildConfig:
     # pure: a subset sum within it is accepted (1e-8); re-randomised: units above it are redrawn (1e-7)
     tolerance: float | None = None
     block_draws: int | None = None  # construction I: draws of each input block's U rows (8 re-randomised, 0 pure)
-    scale_margin: float | None = None  # reach of a block's subset sums in units of max |w| (4.0 pure, 1.5 re-rand.)
+    scale_margin: float | None = None  # reach of a block's subset sums in units of max |w| (8.0 pure, 1.5 re-rand.)
     construction: Choice = "auto"  # force one where valid (auto: L when pure, else O where x >= 0 and I)
 
     def __post_init__(self) -> None:
@@ -372,7 +372,9 @@ def build_ticket(
         if construction == "offset_blocks":
             assert walk is not None
             column_box = walk.column_box(_geometry(module), int(module.weight[0].numel()))
-        layout, weight, bias = _layout_for(pair, module, construction, config.n, config.scale_margin, column_box)
+        margin = config.scale_margin
+        assert margin is not None  # resolved by BuildConfig
+        layout, weight, bias = _layout_for(pair, module, construction, config.n, margin, column_box)
         _check_source_size(layout, construction)
         target_params += weight.size + (0 if bias is None else bias.size)
 
@@ -391,14 +393,7 @@ def build_ticket(
         if walk is not None:
             # the box of the next layer holds for g: propagate through the pair just built (exactly linear on
             # its own box), not through the target layer
-            effective = layout.to_module(layout.source_tensors(source), solution.masks).effective()
-            weight_neg = None if effective.weight_neg is None else effective.weight_neg.reshape(layout.d_out, -1)
-            walk.through_affine(
-                layout,
-                effective.weight_pos.reshape(layout.d_out, -1).numpy(),
-                None if weight_neg is None else weight_neg.numpy(),
-                None if effective.bias is None else effective.bias.numpy(),
-            )
+            walk.through_pair(layout, layout.to_module(layout.source_tensors(source), solution.masks))
         report(pair, 1.0, "done")
         steps.append({"op": "pair", "pair": pair})
         layouts.append(layout)

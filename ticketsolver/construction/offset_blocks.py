@@ -27,6 +27,7 @@ pruning of one i.i.d. random network, chosen without re-randomisation.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -37,7 +38,7 @@ from ticketsolver.construction.solution import PairSolution
 from ticketsolver.solvers import Solver
 from ticketsolver.source import RandomSource
 
-__all__ = ["OFFSET_FACTOR", "offset_scales", "solve_offset_blocks"]
+__all__ = ["OFFSET_FACTOR", "OffsetBlocks", "offset_scales", "solve_offset_blocks"]
 
 #: a_beta / (a_U · h_max): larger qualifies more units but makes the constants to cancel larger
 OFFSET_FACTOR = 4.0
@@ -72,6 +73,52 @@ def offset_scales(
     return {"U": a, "V": a, "beta": a_beta}, bias_units
 
 
+@dataclass(frozen=True)
+class OffsetBlocks:
+    """An L pair's random values as its subset sums see them (draw 0), and which units are usable.
+
+    ``u`` (d_in, n): the diagonal U[(j, t), j]; ``beta`` (d_in, n) their offsets and ``beta_bias`` (bias_units,)
+    the bias block's; ``v_all`` (d_out, hidden) V and ``v`` (d_out, d_in, n) its input-block part; ``offset``
+    (d_in, n): the unit needs its offset on [lo, hi]; ``usable`` (d_in, n): it is linear there (no need, or
+    its offset covers the need with NEED_MARGIN).
+    """
+
+    u: np.ndarray
+    beta: np.ndarray
+    beta_bias: np.ndarray
+    v_all: np.ndarray
+    v: np.ndarray
+    offset: np.ndarray
+    usable: np.ndarray
+
+    @classmethod
+    def draw(cls, layout: PairLayout, source: RandomSource, lo: np.ndarray, hi: np.ndarray) -> OffsetBlocks:
+        d_out, d_in, n = layout.d_out, layout.d_in, layout.n
+        split = d_in * n
+        tensor = DrawCache(layout, source)
+        cols = np.arange(d_in)
+        u = tensor("U")[:split].reshape(d_in, n, d_in)[cols, :, cols].astype(np.float64)
+        beta_all = tensor("beta").astype(np.float64)
+        v_all = tensor("V")
+        need = np.maximum(0.0, np.maximum(-u * lo[:, None], -u * hi[:, None]))  # (d_in, n)
+        offset = need > 0
+        beta = beta_all[:split].reshape(d_in, n)
+        return cls(
+            u=u,
+            beta=beta,
+            beta_bias=beta_all[split:],
+            v_all=v_all,
+            v=v_all[:, :split].reshape(d_out, d_in, n),
+            offset=offset,
+            usable=~offset | (beta >= need * (1.0 + NEED_MARGIN)),
+        )
+
+    def weight_problems(self, units: np.ndarray, weight: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Coefficients (S, n), usable (S, n) and targets (S,) of weights ``units`` (flat index i·d_in + j)."""
+        out, col = np.divmod(units, weight.shape[1])
+        return self.v[out, col].astype(np.float64) * self.u[col], self.usable[col], weight[out, col]
+
+
 def solve_offset_blocks(
     layout: PairLayout,
     source: RandomSource,
@@ -93,22 +140,14 @@ def solve_offset_blocks(
     """
     d_out, d_in, n, nb = layout.d_out, layout.d_in, layout.n, layout.bias_units
     split = d_in * n  # hidden units of the input blocks; the bias block follows
-    tensor = DrawCache(layout, source)
+    blocks = OffsetBlocks.draw(layout, source, lo, hi)
+    u, v, v_all, usable, offset = blocks.u, blocks.v, blocks.v_all, blocks.usable, blocks.offset
+    beta, beta_bias = blocks.beta, blocks.beta_bias
     cols = np.arange(d_in)
-    u = tensor("U").reshape(layout.hidden, d_in)[:split].reshape(d_in, n, d_in)[cols, :, cols].astype(np.float64)
-    beta_all = tensor("beta").astype(np.float64)
-    beta, beta_bias = beta_all[:split].reshape(d_in, n), beta_all[split:]
-    v_all = tensor("V")
-    v = v_all[:, :split].reshape(d_out, d_in, n)
-
-    need = np.maximum(0.0, np.maximum(-u * lo[:, None], -u * hi[:, None]))  # (d_in, n)
-    offset = need > 0  # units whose offset must be kept
-    usable = ~offset | (beta >= need * (1.0 + NEED_MARGIN))
 
     def weight_problems(units: np.ndarray, draw: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        out, col = np.divmod(units, d_in)
-        coeffs = v[out, col].astype(np.float64) * u[col]
-        return coeffs[:, None], usable[col][:, None], weight[out, col][:, None]
+        coeffs, use, targets = blocks.weight_problems(units, weight)
+        return coeffs[:, None], use[:, None], targets[:, None]
 
     w = solve_with_resampling(solver, d_out * d_in, weight_problems, 0, 0.0, progress)
     chosen = w.masks[:, 0].reshape(d_out, d_in, n)
@@ -132,7 +171,7 @@ def solve_offset_blocks(
     effective_bias = constants + (coeffs_bias * bias_chosen).sum(1)
 
     v_mask = np.concatenate([chosen.reshape(d_out, split), bias_chosen], axis=1)
-    used = v_mask.any(0)  # (hidden,): units that feed some output
+    used = np.asarray(v_mask.any(0), dtype=bool)  # (hidden,): units that feed some output
     u_mask = np.zeros((layout.hidden, d_in), dtype=bool)
     u_mask[:split].reshape(d_in, n, d_in)[cols, :, cols] = used[:split].reshape(d_in, n)
     beta_mask = np.concatenate([(used[:split].reshape(d_in, n) & offset).reshape(-1), used[split:]])

@@ -9,7 +9,7 @@ per-layer check the verifier runs.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -64,6 +64,15 @@ class EffectiveLayer(nn.Module):
         )
 
 
+#: hidden activations computed at once by the kept-entries forward of an L conv pair
+_HIDDEN_CHUNK = 1 << 20
+
+
+def _tracing() -> bool:
+    """True while torch traces or exports the module (the dense layers are then the graph to record)."""
+    return bool(torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export())
+
+
 class PrunedPair(nn.Module):
     """``second(relu(first(x)))``: the two pruned random layers standing for one target layer.
 
@@ -93,7 +102,76 @@ class PrunedPair(nn.Module):
         self.construction: Construction = construction
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.construction == "offset_blocks" and not _tracing() and not hasattr(self.first, "weight_orig"):
+            return self._forward_one_input_units(x)
         return self.second(F.relu(self.first(x)))
+
+    def forward_with_margin(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(pair(x), m)`` with ``m`` per input the least pre-activation of a kept hidden unit (one with a kept
+        V entry): where ``m >= 0`` every ReLU is the identity and an O or L pair equals its effective layer."""
+        if self.construction == "offset_blocks" and not hasattr(self.first, "weight_orig"):
+            out, least = self._forward_one_input_units(x, track_margin=True)
+            assert least is not None
+            return out, least
+        pre = self.first(x)
+        v = self.second.weight
+        kept = (v.reshape(v.shape[0], -1) != 0).any(0)
+        least = pre[:, kept].flatten(1).amin(1) if bool(kept.any()) else torch.full_like(pre[:, 0, ...], torch.inf)
+        return self.second(F.relu(pre)), least.reshape(x.shape[0], -1).amin(1)
+
+    def _forward_one_input_units(self, x: torch.Tensor, track_margin: bool = False) -> Any:
+        """The same network, computed over its kept entries only (construction L).
+
+        Each hidden unit of L reads at most one input (one im2col column for a conv), so the first layer is
+        a gather and an elementwise affine map, and units whose V column is pruned contribute nothing. The
+        pruned entries are exact zeros, so this equals the dense forward up to the order of summation;
+        tracing and export (ONNX) use the dense layers.
+        """
+        index, scale, offset, v = self._kept_units(x)
+        if isinstance(self.first, nn.Linear):
+            hidden = x[..., index] * scale + offset
+            out = F.relu(hidden) @ v.T
+            if track_margin:
+                least = hidden.amin(-1) if index.numel() else torch.full(out.shape[:-1], torch.inf, dtype=x.dtype)
+                return out, least.reshape(x.shape[0], -1).amin(1)
+            return out
+        conv = self.first
+        assert isinstance(conv, nn.Conv2d)
+        pad, dil, ker, stride = conv.padding, conv.dilation, conv.kernel_size, conv.stride
+        assert not isinstance(pad, str)  # numeric padding (checked in __init__)
+        height = (x.shape[-2] + 2 * pad[0] - dil[0] * (ker[0] - 1) - 1) // stride[0] + 1
+        width = (x.shape[-1] + 2 * pad[1] - dil[1] * (ker[1] - 1) - 1) // stride[1] + 1
+        # samples per step so that the hidden activations stay near _HIDDEN_CHUNK values (cache-sized work)
+        step = max(1, _HIDDEN_CHUNK // max(1, index.numel() * height * width))
+        outs, margins = [], []
+        for start in range(0, x.shape[0], step):
+            patches = F.unfold(x[start : start + step], ker, dil, pad, stride)  # (b, d_in, L)
+            hidden = patches[:, index, :] * scale[:, None] + offset[:, None]
+            outs.append(v @ F.relu(hidden))  # (b, d_out, L)
+            if track_margin:
+                empty = torch.full((hidden.shape[0],), torch.inf, dtype=x.dtype, device=x.device)
+                margins.append(hidden.flatten(1).amin(1) if hidden.numel() else empty)
+        out = torch.cat(outs).reshape(x.shape[0], -1, height, width)
+        return (out, torch.cat(margins)) if track_margin else out
+
+    def _kept_units(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(input column, u, beta, V columns) of the hidden units that feed an output; cached per weights."""
+        u = self.first.weight
+        v = self.second.weight
+        key = (u.data_ptr(), v.data_ptr(), u._version, v._version, u.dtype, u.device)
+        if getattr(self, "_units_key", None) != key:
+            with torch.no_grad():
+                u_flat = u.reshape(u.shape[0], -1)
+                v_flat = v.reshape(v.shape[0], -1)
+                alive = torch.nonzero(v_flat.ne(0).any(0)).flatten()
+                rows = u_flat[alive]
+                index = rows.ne(0).to(torch.int8).argmax(1)  # 0 for a bias unit: its scale is 0
+                scale = rows.gather(1, index[:, None]).flatten()
+                bias = self.first.bias
+                offset = torch.zeros_like(scale) if bias is None else bias[alive]
+                self._units = (index, scale.clone(), offset.clone(), v_flat[:, alive].contiguous())
+                self._units_key = key
+        return self._units
 
     @torch.no_grad()
     def preactivation_min(self, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
@@ -111,8 +189,13 @@ class PrunedPair(nn.Module):
             low = F.linear(lo, u.clamp(min=0)) - F.linear(hi, (-u).clamp(min=0))
             dims: tuple[int, ...] = ()
         else:
-            args = (first.stride, first.padding, first.dilation)
-            low = F.conv2d(lo, u.clamp(min=0), None, *args) - F.conv2d(hi, (-u).clamp(min=0), None, *args)
+            conv = (first.stride, first.padding, first.dilation)  # numeric padding (checked in __init__)
+            low = F.conv2d(lo, u.clamp(min=0), None, *conv) - F.conv2d(  # type: ignore[arg-type]
+                hi,
+                (-u).clamp(min=0),
+                None,
+                *conv,  # type: ignore[arg-type]
+            )
             dims = (1, 1)
         if beta is not None:
             low = low + beta.reshape(-1, *dims)

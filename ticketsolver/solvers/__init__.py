@@ -6,7 +6,8 @@
 
 Backends: ``mitm`` (exact, n <= 40), ``mitm_numba`` / ``mitm_torch`` (the two mitm engines by name),
 ``gurobi`` (MIP, falls back to ``cpsat``), ``cpsat`` (OR-Tools, integer scaling), ``cbc`` (PuLP's CBC),
-``bruteforce`` (reference), ``auto`` (``mitm`` where it applies, else the MIP chain).
+``bruteforce`` (reference), ``auto`` (exact: ``mitm`` where it applies, else the MIP chain; with
+``tolerance > 0``: the ladder of exact engines over growing free subsets, see ``ladder.py``).
 Optional dependencies are imported by the backend that needs them.
 """
 

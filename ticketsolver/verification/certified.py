@@ -55,6 +55,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ticketsolver.construction.box import IntervalWalk
 from ticketsolver.construction.pair import PrunedPair
 from ticketsolver.errors import ConstructionError, VerificationError
 from ticketsolver.verification.layers import describe_module, validate_networks
@@ -327,6 +328,8 @@ class _Propagation:
     def __init__(self, lo: torch.Tensor, hi: torch.Tensor, dev: torch.device, rounding: torch.dtype | None):
         self.lo, self.hi, self.dev = lo, hi, dev
         self.g_lo, self.g_hi = lo.clone(), hi.clone()
+        # the builder's own bounds of g (construction/box.py), replayed: L pairs were built linear on exactly these
+        self.g_walk = IntervalWalk.from_bounds(lo.detach().double().cpu(), hi.detach().double().cpu())
         # g's activation, exact and computed, is >= 0 out of a ReLU (then pooled/flattened) or a box with lo >= 0
         self.nonneg = bool((lo >= 0).all())
         self.err = torch.zeros_like(lo)
@@ -371,12 +374,14 @@ class _Propagation:
         self.err = torch.minimum(self.err, F.relu(self.hi + self.err))
         self.lo, self.hi = F.relu(self.lo), F.relu(self.hi)
         self.g_lo, self.g_hi = F.relu(self.g_lo), F.relu(self.g_hi)
+        self.g_walk.through_module(nn.ReLU())
         self.nonneg = True
 
     def _monotone(self, layer: nn.Module) -> None:
         """Max pooling and Flatten: exact in any dtype, monotone, and |max a - max b| <= max |a - b|."""
         self.err, self.lo, self.hi = layer(self.err), layer(self.lo), layer(self.hi)
         self.g_lo, self.g_hi = layer(self.g_lo), layer(self.g_hi)
+        self.g_walk.through_module(layer)
         self.round_f, self.round_g = layer(self.round_f), layer(self.round_g)
 
     def _average(self, layer: nn.AvgPool2d) -> None:
@@ -397,6 +402,7 @@ class _Propagation:
         self.lo, self.hi = layer(self.lo) - slack, layer(self.hi) + slack
         g_slack = gamma64 * layer(torch.maximum(self.g_lo.abs(), self.g_hi.abs()))
         self.g_lo, self.g_hi = layer(self.g_lo) - g_slack, layer(self.g_hi) + g_slack
+        self.g_walk.through_module(layer)
         self.gamma_total += gamma64
 
     def _pair(self, index: int, layer: nn.Linear | nn.Conv2d, pair: PrunedPair) -> None:
@@ -420,6 +426,9 @@ class _Propagation:
             self.round_g = self._rounding_through_pair(pair, lip, op)
         new_lo, new_hi = _interval_affine(op, weight, _bias_view(bias_or_zero, layer), self.lo, self.hi)
         g_lo, g_hi = effective.interval(self.g_lo, self.g_hi, op, layer)
+        self.g_walk.through_pair(None, pair)
+        g_lo = torch.maximum(g_lo, self.g_walk.lo.to(g_lo))
+        g_hi = torch.minimum(g_hi, self.g_walk.hi.to(g_hi))
         self.layers.append(
             CertifiedLayerBound(
                 index=index,

@@ -322,14 +322,10 @@ def _pair_forward(pair: PrunedPair, h: torch.Tensor) -> tuple[torch.Tensor, torc
     """``pair(h)``, and for an L pair which inputs it is linear at: every kept hidden unit (one with a kept
     V entry) has a pre-activation >= 0 there, so the ReLU is the identity and the pair is its effective layer.
     """
-    pre = pair.first(h)
-    out = pair.second(torch.relu(pre))
     if pair.construction != "offset_blocks":
-        return out, None
-    v = pair.second.weight
-    kept = (v.reshape(v.shape[0], -1) != 0).any(0)
-    linear = (pre[:, kept] >= 0).flatten(1).all(1)
-    return out, linear
+        return pair(h), None
+    out, least = pair.forward_with_margin(h)
+    return out, least >= 0
 
 
 def check_layers(target: nn.Sequential, pruned: nn.Sequential, x: torch.Tensor) -> list[LayerCheck]:
