@@ -48,7 +48,6 @@ def _build(kind: str, construction: str, resample: int, tolerance: float) -> Tic
         solver="mitm",
         seed=SEED,
         block_draws=0,  # these tests follow V's resampling rounds alone; block draws have their own tests
-        scale_margin=1.5,  # the same scales with and without rounds (the default margin differs per kind of build)
     )
 
 
