@@ -4,8 +4,9 @@ Trains each example target (or reuses it from --workdir), builds its ticket at e
 (the default: one i.i.d. random network, construction L) and, at the --resample-n values, with opt-in
 re-randomisation (IteRand, --resample rounds, constructions O/I: today's re-randomised default), verifies
 every ticket on the bundled test data and on random inputs of the box, and prints one table: source kind,
-examined random values, accuracy of f and g, top-1 agreement, max relative output error (float64 on data
-and random inputs, float32 on data), max weight error, ticket size, build and verify seconds.
+examined random values, the smallest KS p-value of a source tensor against its documented law, accuracy of
+f and g, top-1 agreement, max relative output error (float64 on data and random inputs, float32 on data),
+max weight error, ticket size, build and verify seconds.
 
 A second table compares the solve engines on LeNet5's pure problems: the ladder that the pure build uses
 (``auto`` solving to the build's tolerance) against today's exact engine (``mitm``, the exact optimum of
@@ -49,6 +50,11 @@ TARGETS = {
     "mlp": (["examples/train_mlp.py"], "mlp.pt", data.load_digits_flat),
     "mlp-wine": (["examples/train_mlp.py", "--dataset", "wine"], "mlp_wine.pt", data.load_wine_standardized),
     "cnn-bn": (["examples/train_cnn_export.py"], "cnn_bn.pt2", data.load_digits_28),
+    "cnn-bn-signed": (
+        ["examples/train_cnn_export.py", "--signed"],
+        "cnn_bn_signed.pt2",
+        data.load_digits_28_signed,
+    ),
 }
 
 
@@ -83,12 +89,27 @@ def _row(name: str, target: Any, dataset: Any, n: int, resample: int, workdir: P
         "rel_random": r.relative_error_max,
         "rel_data_f32": d32.relative_error_max,
         "weight_error_max": max(p["weight_error_max"] for p in pairs),
+        "ks_min_p": _ks_min_p(ticket),
         "kb": path.stat().st_size / 1000,
         "build_s": build_s,
         "verify_s": verify_s,
         **sizes,
     }
     return row, ticket
+
+
+def _ks_min_p(ticket: Any) -> float:
+    """Smallest KS p-value of a source tensor of the ticket against its documented law (draws applied)."""
+    from scipy import stats
+
+    worst = 1.0
+    for k, layout in enumerate(ticket.layouts):
+        for name, values in ticket.source_tensors(k).items():
+            unit = values.astype(np.float64).ravel() / layout.scales[name]
+            if layout.law(name) == "symmetric":
+                unit = (unit + 1.0) / 2.0
+            worst = min(worst, float(stats.kstest(unit, "uniform").pvalue))
+    return worst
 
 
 def _engine_rows(target: Any, ticket: Any, sample: int) -> dict[str, Any]:
@@ -216,6 +237,7 @@ def main() -> None:
         "KB",
         "kept / source params",
         "examined values",
+        "KS p min",
         "build s",
         "verify s",
     )
@@ -237,6 +259,7 @@ def main() -> None:
             f"{r['kb']:.0f}",
             f"{r['kept_params']:,} / {r['source_params']:,}",
             f"{r['examined_values']:,}",
+            f"{r['ks_min_p']:.0e}",
             f"{r['build_s']:.1f}",
             f"{r['verify_s']:.1f}",
         )

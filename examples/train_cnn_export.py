@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ticketsolver.data import load_digits_28
+from ticketsolver.data import load_digits_28, load_digits_28_signed
 from ticketsolver.models import load_target, train_classifier
 
 
@@ -43,9 +43,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("cnn_bn.pt2"))
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--signed", action="store_true", help="train on the images mapped to [-1, 1] (signed inputs)")
     args = parser.parse_args(argv)
 
-    dataset = load_digits_28(seed=args.seed)
+    dataset = load_digits_28_signed(seed=args.seed) if args.signed else load_digits_28(seed=args.seed)
     torch.manual_seed(args.seed)
     model = SmallCNN()
     metrics = train_classifier(model, dataset, epochs=args.epochs, lr=3e-3, batch_size=32, seed=args.seed)
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     target = load_target(args.out)
     print(
-        f"SmallCNN (BatchNorm, stride 2, AvgPool) on digits-28: train accuracy "
+        f"SmallCNN (BatchNorm, stride 2, AvgPool) on {dataset.name}: train accuracy "
         f"{metrics['train_accuracy']:.4f}, test accuracy {metrics['test_accuracy']:.4f}, "
         f"{metrics['seconds']:.1f} s"
     )

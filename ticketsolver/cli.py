@@ -30,7 +30,8 @@ console = Console()
 err_console = Console(stderr=True)
 
 DATA_HELP = (
-    "evaluation data: 'digits' (28x28, in [0,1]), 'digits-flat', 'wine', or an .npz/.safetensors file with x (and y)"
+    "evaluation data: 'digits' (28x28, in [0,1]), 'digits-signed' (in [-1,1]), 'digits-flat', 'wine', or an "
+    ".npz/.safetensors file with x (and y)"
 )
 
 
@@ -50,7 +51,12 @@ def _load_data(spec: str | None) -> Any:
         return None
     from ticketsolver import data
 
-    bundled = {"digits": data.load_digits_28, "digits-flat": data.load_digits_flat, "wine": data.load_wine_standardized}
+    bundled = {
+        "digits": data.load_digits_28,
+        "digits-signed": data.load_digits_28_signed,
+        "digits-flat": data.load_digits_flat,
+        "wine": data.load_wine_standardized,
+    }
     if spec in bundled:
         return bundled[spec]()
     path = Path(spec)

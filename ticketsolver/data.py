@@ -106,6 +106,18 @@ def load_digits_28(test_fraction: float = 0.3, seed: int = 0) -> Dataset:
     return Dataset(resize(x_train), y_train, resize(x_test), y_test, (0.0, 1.0), "digits28")
 
 
+def load_digits_28_signed(test_fraction: float = 0.3, seed: int = 0) -> Dataset:
+    """:func:`load_digits_28` mapped to [-1, 1] (x -> 2x - 1): the same images as signed inputs.
+
+    Returns:
+        Dataset with x of shape (N, 1, 28, 28) float32, labels int64, ``input_domain=(-1.0, 1.0)``.
+    """
+    unit = load_digits_28(test_fraction, seed)
+    return Dataset(
+        2.0 * unit.x_train - 1.0, unit.y_train, 2.0 * unit.x_test - 1.0, unit.y_test, (-1.0, 1.0), "digits28-signed"
+    )
+
+
 def load_digits_flat(test_fraction: float = 0.3, seed: int = 0) -> Dataset:
     """scikit-learn's 8x8 digits as 64 features in [0, 1], for MLPs (same split as ``load_digits_28``).
 

@@ -71,8 +71,8 @@ def render_ticket(ticket: Ticket, console: Console | None = None, file_bytes: in
     )
     table = Table(
         title=(
-            "layers: O/I = output/input blocks; err = |w - subset sum| per weight; redrawn = units kept at a later "
-            "draw (weights and biases; I: a weight's x+ and x- problems apart, and input blocks)"
+            "layers: L = input blocks with kept offsets, O/I = output/input blocks; usable = coefficients per "
+            "weight; err = |w - subset sum| per weight; redrawn = units kept at a later draw (re-randomised only)"
         ),
         box=box.SIMPLE_HEAD,
     )
