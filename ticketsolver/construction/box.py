@@ -203,14 +203,13 @@ class IntervalWalk:
 
         ``layout`` gives the pair's kind and conv geometry; None reads them from the pair's layers.
         """
-        if layout is None:
-            layout = _Geometry.of(pair)
+        shape: PairLayout | _Geometry = _Geometry.of(pair) if layout is None else layout
         effective = pair.effective()  # type: ignore[operator]
         weight_neg = effective.weight_neg
         self.through_affine(
-            layout,
-            effective.weight_pos.reshape(layout.d_out, -1).numpy(),
-            None if weight_neg is None else weight_neg.reshape(layout.d_out, -1).numpy(),
+            shape,
+            effective.weight_pos.reshape(shape.d_out, -1).numpy(),
+            None if weight_neg is None else weight_neg.reshape(shape.d_out, -1).numpy(),
             None if effective.bias is None else effective.bias.numpy(),
         )
 
