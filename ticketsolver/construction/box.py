@@ -100,17 +100,8 @@ class _Geometry:
     def of(cls, pair: nn.Module) -> _Geometry:
         first, second = pair.first, pair.second
         assert isinstance(first, nn.Linear | nn.Conv2d) and isinstance(second, nn.Linear | nn.Conv2d)
-        d_out = int(second.weight.shape[0])
-        if isinstance(first, nn.Linear):
-            return cls("linear", None, d_out)
-        geometry = ConvGeometry(
-            in_channels=int(first.in_channels),
-            kernel_size=tuple(first.kernel_size),  # type: ignore[arg-type]
-            stride=tuple(first.stride),  # type: ignore[arg-type]
-            padding=tuple(first.padding),  # type: ignore[arg-type]
-            dilation=tuple(first.dilation),  # type: ignore[arg-type]
-        )
-        return cls("conv2d", geometry, d_out)
+        conv = ConvGeometry.of(first)
+        return cls("linear" if conv is None else "conv2d", conv, int(second.weight.shape[0]))
 
 
 @dataclass

@@ -39,7 +39,7 @@ from ticketsolver.construction.output_blocks import solve_output_blocks
 from ticketsolver.construction.resume import fingerprint, load_pair, save_pair
 from ticketsolver.construction.rounds import MAX_RESAMPLE
 from ticketsolver.construction.solution import PairSolution
-from ticketsolver.construction.steps import as_pair, describe_step
+from ticketsolver.construction.steps import describe_step
 from ticketsolver.errors import ConstructionError
 from ticketsolver.solvers import Solver, get_solver
 from ticketsolver.source import RandomSource
@@ -172,28 +172,16 @@ def _target_arrays(pair: int, module: nn.Linear | nn.Conv2d) -> tuple[np.ndarray
     return weight.reshape(weight.shape[0], -1), bias
 
 
-def _geometry(module: nn.Linear | nn.Conv2d) -> ConvGeometry | None:
-    if not isinstance(module, nn.Conv2d):
-        return None
-    return ConvGeometry(
-        in_channels=int(module.in_channels),
-        kernel_size=tuple(as_pair(module.kernel_size)),  # type: ignore[arg-type]
-        stride=tuple(as_pair(module.stride)),  # type: ignore[arg-type]
-        padding=tuple(as_pair(module.padding)),  # type: ignore[arg-type]
-        dilation=tuple(as_pair(module.dilation)),  # type: ignore[arg-type]
-    )
-
-
 def _layout_for(
     pair: int,
-    module: nn.Linear | nn.Conv2d,
+    flat: np.ndarray,
+    bias: np.ndarray | None,
+    conv: ConvGeometry | None,
     construction: str,
     n: int,
     margin: float,
     box: tuple[np.ndarray, np.ndarray] | None = None,
-) -> tuple[PairLayout, np.ndarray, np.ndarray | None]:
-    flat, bias = _target_arrays(pair, module)
-    conv = _geometry(module)
+) -> PairLayout:
     bias_units = 0
     if construction == "offset_blocks":
         assert box is not None
@@ -212,7 +200,7 @@ def _layout_for(
         conv=conv,
         bias_units=bias_units,
     )
-    return layout, flat, bias
+    return layout
 
 
 def _check_source_size(layout: PairLayout, construction: str) -> None:
@@ -256,10 +244,7 @@ def _solve_pair(
         bias_solver = None
         if solver.name in _SMALL_EXACT and layout.bias_units > 40:
             bias_solver = get_solver("auto", tolerance=config.tolerance or PURE_TOLERANCE)
-        solution, _, _ = solve_offset_blocks(
-            layout, source, weight, bias, solver, *column_box, on_round, bias_solver=bias_solver
-        )
-        return solution
+        return solve_offset_blocks(layout, source, weight, bias, solver, *column_box, on_round, bias_solver=bias_solver)
     if layout.construction == "output_blocks":
         solution = solve_output_blocks(
             layout, source, weight, bias, solver, config.resample, config.tolerance, on_round
@@ -372,13 +357,14 @@ def build_ticket(
             continue
         pair = len(layouts)
         construction = _choose_construction(config, nonnegative, index)
-        _target_arrays(pair, module)  # refuse NaN/inf and unsupported convs before anything else
+        weight, bias = _target_arrays(pair, module)  # refuses NaN/inf and unsupported convs before anything else
+        conv = ConvGeometry.of(module)
         column_box = None
         if construction == "offset_blocks":
             assert walk is not None
-            column_box = walk.column_box(_geometry(module), int(module.weight[0].numel()))
+            column_box = walk.column_box(conv, weight.shape[1])
         margin = config.scale_margin if config.scale_margin is not None else SCALE_MARGINS[construction]
-        layout, weight, bias = _layout_for(pair, module, construction, config.n, margin, column_box)
+        layout = _layout_for(pair, weight, bias, conv, construction, config.n, margin, column_box)
         _check_source_size(layout, construction)
         target_params += weight.size + (0 if bias is None else bias.size)
 

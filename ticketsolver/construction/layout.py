@@ -26,6 +26,7 @@ from torch import nn
 from torch.nn.utils import skip_init
 
 from ticketsolver.construction.pair import Construction, PrunedPair
+from ticketsolver.construction.steps import as_pair
 from ticketsolver.errors import TicketFormatError
 from ticketsolver.source import Law, RandomSource
 
@@ -41,6 +42,19 @@ class ConvGeometry:
     stride: tuple[int, int]
     padding: tuple[int, int]
     dilation: tuple[int, int]
+
+    @classmethod
+    def of(cls, module: nn.Module) -> ConvGeometry | None:
+        """The geometry of a conv (None for anything else, e.g. a Linear)."""
+        if not isinstance(module, nn.Conv2d):
+            return None
+        return cls(
+            in_channels=int(module.in_channels),
+            kernel_size=tuple(as_pair(module.kernel_size)),  # type: ignore[arg-type]
+            stride=tuple(as_pair(module.stride)),  # type: ignore[arg-type]
+            padding=tuple(as_pair(module.padding)),  # type: ignore[arg-type]
+            dilation=tuple(as_pair(module.dilation)),  # type: ignore[arg-type]
+        )
 
 
 @dataclass(frozen=True)

@@ -129,19 +129,16 @@ def solve_offset_blocks(
     hi: np.ndarray,
     progress: RoundProgress | None = None,
     bias_solver: Solver | None = None,
-) -> tuple[PairSolution, np.ndarray, np.ndarray]:
+) -> PairSolution:
     """Choose the masks of an L pair for the dense-view target ``weight`` (d_out, d_in) on box [lo, hi].
 
     ``bias_solver`` solves the bias block's problems (``bias_units`` coefficients each) when ``solver``
     cannot take that many (the exact engines stop at 40); default ``solver``.
-
-    Returns the solution and the pair's effective weights (d_out, d_in) and bias (d_out,) in float64, the
-    exact linear map the pruned pair computes on the box (the builder propagates the box through it).
     """
     d_out, d_in, n, nb = layout.d_out, layout.d_in, layout.n, layout.bias_units
     split = d_in * n  # hidden units of the input blocks; the bias block follows
     blocks = OffsetBlocks.draw(layout, source, lo, hi)
-    u, v, v_all, usable, offset = blocks.u, blocks.v, blocks.v_all, blocks.usable, blocks.offset
+    v, v_all, usable, offset = blocks.v, blocks.v_all, blocks.usable, blocks.offset
     beta, beta_bias = blocks.beta, blocks.beta_bias
     cols = np.arange(d_in)
 
@@ -151,8 +148,6 @@ def solve_offset_blocks(
 
     w = solve_with_resampling(solver, d_out * d_in, weight_problems, 0, 0.0, progress)
     chosen = w.masks[:, 0].reshape(d_out, d_in, n)
-    products = v.astype(np.float64) * u  # (d_out, d_in, n): c_t of every weight
-    effective_weight = (products * chosen).sum(2)
     constants = (v.astype(np.float64) * np.where(offset, beta, 0.0) * chosen).sum((1, 2))  # K_i
 
     target_bias = -constants if bias is None else bias - constants
@@ -181,7 +176,7 @@ def solve_offset_blocks(
     stats["offsets_kept"] = int(beta_mask[:split].sum())
     stats["constant_abs_max"] = float(np.abs(constants).max())
     stats["bias_units"] = nb
-    solution = PairSolution(
+    return PairSolution(
         masks={"U": u_mask, "beta": beta_mask, "V": v_mask},
         draws=np.zeros(layout.draw_shape, dtype=np.uint8),
         weight_errors=w.errors.reshape(d_out, d_in),
@@ -189,4 +184,3 @@ def solve_offset_blocks(
         usable=np.broadcast_to(usable.sum(1), (d_out, d_in)).copy(),
         stats=stats,
     )
-    return solution, effective_weight, effective_bias

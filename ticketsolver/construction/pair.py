@@ -127,7 +127,7 @@ class PrunedPair(nn.Module):
         pruned entries are exact zeros, so this equals the dense forward up to the order of summation;
         tracing and export (ONNX) use the dense layers.
         """
-        index, scale, offset, v = self._kept_units(x)
+        index, scale, offset, v = self._kept_units()
         if isinstance(self.first, nn.Linear):
             hidden = x[..., index] * scale + offset
             out = F.relu(hidden) @ v.T
@@ -154,7 +154,7 @@ class PrunedPair(nn.Module):
         out = torch.cat(outs).reshape(x.shape[0], -1, height, width)
         return (out, torch.cat(margins)) if track_margin else out
 
-    def _kept_units(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _kept_units(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(input column, u, beta, V columns) of the hidden units that feed an output; cached per weights."""
         u = self.first.weight
         v = self.second.weight
