@@ -216,9 +216,9 @@ def test_kept_hash_covers_the_structure_and_exactly_the_kept_values(mlp_ticket: 
     assert mlp_ticket.kept_hash() == digest.hexdigest()
 
 
-def _with_sources(ticket: Ticket, edit: Callable[[dict[str, np.ndarray]], None], pair: int = 0) -> Ticket:
-    """A copy of ``ticket`` whose regenerated tensors of ``pair`` are edited (as if the generator had drawn them)."""
-    copy = Ticket(
+def _copy(ticket: Ticket, build: dict[str, Any] | None = None) -> Ticket:
+    """A fresh Ticket with the same contents (no cached sources or hashes), optionally another build record."""
+    return Ticket(
         seed=ticket.seed,
         input_shape=ticket.input_shape,
         input_domain=ticket.input_domain,
@@ -226,8 +226,13 @@ def _with_sources(ticket: Ticket, edit: Callable[[dict[str, np.ndarray]], None],
         layouts=ticket.layouts,
         masks=ticket.masks,
         draws=ticket.draws,
-        build=ticket.build,
+        build=ticket.build if build is None else build,
     )
+
+
+def _with_sources(ticket: Ticket, edit: Callable[[dict[str, np.ndarray]], None], pair: int = 0) -> Ticket:
+    """A copy of ``ticket`` whose regenerated tensors of ``pair`` are edited (as if the generator had drawn them)."""
+    copy = _copy(ticket)
     tensors = {name: t.copy() for name, t in ticket.source_tensors(pair).items()}
     edit(tensors)
     copy._sources[pair] = tensors
@@ -248,16 +253,7 @@ def test_kept_hash_changes_with_a_kept_value_and_not_with_a_pruned_one(mlp_ticke
 def test_build_hash_covers_the_statistics_and_leaves_the_kept_hash_alone(mlp_ticket: Ticket) -> None:
     build = json.loads(json.dumps(mlp_ticket.build))
     build["pairs"][0]["weight_error_max"] /= 2
-    edited = Ticket(
-        seed=mlp_ticket.seed,
-        input_shape=mlp_ticket.input_shape,
-        input_domain=mlp_ticket.input_domain,
-        steps=mlp_ticket.steps,
-        layouts=mlp_ticket.layouts,
-        masks=mlp_ticket.masks,
-        draws=mlp_ticket.draws,
-        build=build,
-    )
+    edited = _copy(mlp_ticket, build)
     assert edited.build_hash() != mlp_ticket.build_hash()
     assert edited.kept_hash() == mlp_ticket.kept_hash()
 

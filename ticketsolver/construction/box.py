@@ -189,20 +189,23 @@ class IntervalWalk:
             centre, radius = F.conv2d(mid, w, b, *args), F.conv2d(rad, w.abs(), None, *args)
         return centre - radius, centre + radius
 
-    def through_pair(self, layout: PairLayout | None, pair: nn.Module) -> None:
+    def through_pair(self, layout: PairLayout | None, pair: nn.Module, effective: Any = None) -> None:
         """A built pair (a :class:`PrunedPair`), through the effective layer computed from its own tensors.
 
         ``layout`` gives the pair's kind and conv geometry; None reads them from the pair's layers.
+        ``effective``: the pair's effective layer in float64 when the caller has it already (anything with
+        ``weight_pos``, ``weight_neg`` and ``bias`` tensors); None computes it.
         """
         shape: PairLayout | _Geometry = _Geometry.of(pair) if layout is None else layout
-        effective = pair.effective()  # type: ignore[operator]
-        weight_neg = effective.weight_neg
-        self.through_affine(
-            shape,
-            effective.weight_pos.reshape(shape.d_out, -1).numpy(),
-            None if weight_neg is None else weight_neg.reshape(shape.d_out, -1).numpy(),
-            None if effective.bias is None else effective.bias.numpy(),
-        )
+        if effective is None:
+            effective = pair.effective()  # type: ignore[operator]
+
+        def dense(t: torch.Tensor | None, *shape_: int) -> np.ndarray | None:
+            return None if t is None else t.detach().cpu().reshape(*shape_).numpy()
+
+        weight_pos = dense(effective.weight_pos, shape.d_out, -1)
+        assert weight_pos is not None
+        self.through_affine(shape, weight_pos, dense(effective.weight_neg, shape.d_out, -1), dense(effective.bias, -1))
 
     def column_box(self, conv: ConvGeometry | None, d_in: int) -> tuple[np.ndarray, np.ndarray]:
         """Bounds of each dense-view input column of a layer: (d_in,) lo and hi.

@@ -265,7 +265,8 @@ def certify_bound(
             raise VerificationError(f"unknown forward dtype {name!r}; expected one of {sorted(_FORWARD_DTYPES)}")
     dev = torch.device(device) if device is not None else _default_device()
     lo, hi = _box_tensors(input_box, tuple(input_shape), dev)
-    exact = _Propagation(lo, hi, dev, rounding=None)
+    effectives: dict[int, _Effective] = {}  # each pair's effective layer, computed once for every pass
+    exact = _Propagation(lo, hi, dev, None, effectives)
     exact.run(target, pruned, pair_indices, input_shape)
     forward: dict[str, ForwardBound] = {}
     for name in forward_dtypes:
@@ -276,7 +277,7 @@ def certify_bound(
             continue
         # an input of that dtype in the box lies between the box's rounded ends (rounding is monotone)
         lo_r, hi_r = torch.minimum(lo, lo.to(dtype).double()), torch.maximum(hi, hi.to(dtype).double())
-        rounded = _Propagation(lo_r, hi_r, dev, rounding=dtype)
+        rounded = _Propagation(lo_r, hi_r, dev, dtype, effectives)
         rounded.run(target, pruned, pair_indices, input_shape)
         if rounded.not_certified is not None:
             forward[name] = ForwardBound(name, [], None, None, 0.0, rounded.not_certified, note)
@@ -325,8 +326,16 @@ class _Propagation:
     Stops at the first pair that cannot be certified, with the reason in ``not_certified``.
     """
 
-    def __init__(self, lo: torch.Tensor, hi: torch.Tensor, dev: torch.device, rounding: torch.dtype | None):
+    def __init__(
+        self,
+        lo: torch.Tensor,
+        hi: torch.Tensor,
+        dev: torch.device,
+        rounding: torch.dtype | None,
+        effectives: dict[int, _Effective],
+    ):
         self.lo, self.hi, self.dev = lo, hi, dev
+        self.effectives = effectives  # by layer index, shared between the passes of one certify_bound
         self.g_lo, self.g_hi = lo.clone(), hi.clone()
         # the builder's own bounds of g (construction/box.py), replayed: L pairs were built linear on exactly these
         self.g_walk = IntervalWalk.from_bounds(lo.detach().double().cpu(), hi.detach().double().cpu())
@@ -417,7 +426,9 @@ class _Propagation:
         weight = layer.weight.detach().to(dev, f64)
         bias = layer.bias.detach().to(dev, f64) if layer.bias is not None else None
         bias_or_zero = bias if bias is not None else torch.zeros(weight.shape[0], dtype=f64, device=dev)
-        effective = _Effective.of(pair, weight.shape, dev, where)
+        if index not in self.effectives:
+            self.effectives[index] = _Effective.of(pair, weight.shape, dev, where)
+        effective = self.effectives[index]
         lip, delta = effective.error_terms(weight, bias_or_zero, self.lo, self.hi, op, layer)
         new_err = op(lip, self.err) + delta
         if self.rounding is not None:
@@ -426,7 +437,7 @@ class _Propagation:
             self.round_g = self._rounding_through_pair(pair, lip, op)
         new_lo, new_hi = _interval_affine(op, weight, _bias_view(bias_or_zero, layer), self.lo, self.hi)
         g_lo, g_hi = effective.interval(self.g_lo, self.g_hi, op, layer)
-        self.g_walk.through_pair(None, pair)
+        self.g_walk.through_pair(None, pair, effective)
         g_lo = torch.maximum(g_lo, self.g_walk.lo.to(g_lo))
         g_hi = torch.minimum(g_hi, self.g_walk.hi.to(g_hi))
         self.layers.append(

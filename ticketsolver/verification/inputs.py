@@ -16,6 +16,8 @@ from typing import Final
 
 import torch
 
+from ticketsolver.construction.box import DEFAULT_INPUT_BOX
+
 __all__ = [
     "DEFAULT_LAW",
     "LAWS",
@@ -43,17 +45,10 @@ SOURCE_TICKET: Final = "ticket's build box, declared at build"
 SOURCE_TICKET_DEFAULT: Final = "ticket's build box, the default: nothing was declared at build"
 SOURCE_DEFAULT: Final = "default: nothing declared, no data"
 
-# the builder's default box, for builds that predate ticketsolver.construction.box
-_FALLBACK_BOX: Final = (-6.0, 6.0)
-
 
 def default_input_box() -> tuple[float, float]:
     """The box used when nothing declares one: the builder's ``DEFAULT_INPUT_BOX``, so that a ticket built
     without a declared domain is verified over the very box its layers were built for."""
-    try:
-        from ticketsolver.construction.box import DEFAULT_INPUT_BOX
-    except ImportError:  # a builder without default box: the same documented value
-        return _FALLBACK_BOX
     return (float(DEFAULT_INPUT_BOX[0]), float(DEFAULT_INPUT_BOX[1]))
 
 

@@ -72,18 +72,8 @@ class WorstCase:
 
 
 def random_starts(lo: torch.Tensor, hi: torch.Tensor, n: int, input_shape: tuple[int, ...], seed: int) -> torch.Tensor:
-    """``n`` points uniform in the box ``[lo, hi]`` (float64, CPU), reproducible from ``seed``.
-
-    Args:
-        lo: lower bounds, broadcastable to ``input_shape``.
-        hi: upper bounds, same.
-        n: number of points.
-        input_shape: per-sample shape.
-        seed: seed of the CPU generator (the same points on every machine and device).
-
-    Returns:
-        (n, *input_shape) float64 tensor on the CPU.
-    """
+    """``n`` points uniform in the box ``[lo, hi]``: :func:`~ticketsolver.verification.inputs.sample_inputs`
+    with the uniform law (float64, CPU, reproducible from ``seed``)."""
     return sample_inputs(lo, hi, n, input_shape, seed, "uniform")
 
 
