@@ -8,8 +8,9 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from api.settings import Settings
 from ticketsolver.jobs import JobRunner, JobStore
+
+from .settings import Settings
 
 _bearer = HTTPBearer(auto_error=False, description="required when TICKETSOLVER_TOKEN is set")
 

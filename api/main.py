@@ -9,10 +9,12 @@ from fastapi import FastAPI, Request, status
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 
-from api.routes import health, jobs
-from api.settings import Settings
-from ticketsolver import TicketSolverError, __version__
+from ticketsolver import TicketSolverError
+from ticketsolver._version import __version__
 from ticketsolver.jobs import JobRunner, JobStore, make_executor
+
+from .routes import health, jobs
+from .settings import Settings
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -1,13 +1,17 @@
-"""Run the service with uvicorn: ``api.server.run(...)`` (used by ``ticketsolver serve``) or
-``python -m api.server --port 8000 --data-dir DIR [--executor local|ray]``."""
+"""Run the service with uvicorn: ``ticketsolver_api.server.run(...)`` (used by ``ticketsolver serve``) or
+``python -m ticketsolver_api.server --port 8000 --data-dir DIR [--executor local|ray]``."""
 
 from __future__ import annotations
 
 import argparse
 import os
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated
 
-__all__ = ["run", "main"]
+import typer
+
+__all__ = ["main", "run", "serve_command"]
 
 
 def run(
@@ -26,16 +30,30 @@ def run(
     """
     import uvicorn
 
-    from api.main import create_app
-    from api.settings import Settings
+    from .main import create_app
+    from .settings import Settings
 
     overrides = {key: value for key, value in {"data_dir": data_dir, "executor": executor}.items() if value is not None}
     settings = Settings.model_validate(overrides)
     uvicorn.run(create_app(settings), host=host, port=port, log_level=settings.log_level, timeout_graceful_shutdown=5)
 
 
+def serve_command(
+    host: Annotated[str, typer.Option(help="interface to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port")] = 8000,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="job store, uploads and tickets (default from TICKETSOLVER_DATA_DIR)")
+    ] = None,
+    executor: Annotated[str | None, typer.Option(help="local (process pool) or ray (TICKETSOLVER_RAY_ADDRESS)")] = None,
+) -> None:
+    """Run the batch-job service: POST /approximate, job status, ticket and report downloads (FastAPI)."""
+    if executor is not None and executor not in ("local", "ray"):
+        raise typer.BadParameter("--executor must be local or ray")
+    run(host=host, port=port, data_dir=data_dir, executor=executor)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m api.server", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m ticketsolver_api.server", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--data-dir", default=None)

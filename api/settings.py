@@ -1,4 +1,5 @@
-"""Service settings, read from the environment (prefix ``TICKETSOLVER_``) or given to :func:`api.main.create_app`.
+"""Service settings, read from the environment (prefix ``TICKETSOLVER_``) or given to
+:func:`ticketsolver_api.main.create_app`.
 
 ``TICKETSOLVER_TOKEN=secret`` requires ``Authorization: Bearer secret``; ``TICKETSOLVER_CORS_ORIGINS``
 takes a JSON list or comma-separated origins; every other field maps to ``TICKETSOLVER_<NAME>``.

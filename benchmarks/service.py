@@ -1,6 +1,6 @@
 """The batch-job service under load, and Ray against the local pool.
 
-1. Service: starts a real server (``python -m api.server``) on 127.0.0.1, submits ``--jobs`` small jobs at
+1. Service: starts a real server (``python -m ticketsolver_api.server``) on 127.0.0.1, submits ``--jobs`` small jobs at
    once (an MLP 8-16-4 each, its own seed), and while they run keeps asking for job status, timing every
    answer. Prints jobs succeeded / failed / lost, p50 / p95 / max status latency while solving, seconds.
 2. Ray: the same LeNet5 build through the local exact engine (what a pool worker runs) and through a real
@@ -63,7 +63,7 @@ def service_benchmark(jobs: int, timeout: float) -> None:
     env = {**os.environ, "TICKETSOLVER_POLL_INTERVAL": "0.2"}
     log = (data_dir / "server.log").open("wb")
     server = subprocess.Popen(
-        [sys.executable, "-m", "api.server", "--port", str(port), "--data-dir", str(data_dir / "data")],
+        [sys.executable, "-m", "ticketsolver_api.server", "--port", str(port), "--data-dir", str(data_dir / "data")],
         cwd=ROOT,
         env=env,
         stdout=log,

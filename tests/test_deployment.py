@@ -18,7 +18,7 @@ import pytest
 import typer
 import yaml
 
-from ticketsolver.cli import app
+from ticketsolver.cli import _plugin_commands, app
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker" / "docker-compose.yml"
@@ -63,6 +63,7 @@ def test_every_dockerfile_the_compose_file_builds_exists_and_copies_only_existin
 def test_the_api_container_runs_the_serve_command_of_this_cli(compose: dict[str, Any]) -> None:
     command = _command(compose["services"]["api"])
     assert command[:2] == ["ticketsolver", "serve"]
+    _plugin_commands()  # what main() does: the service contributes `serve` through its entry point
     click_app = typer.main.get_command(app)
     ctx = click_app.make_context("ticketsolver", command[1:], resilient_parsing=False)
     sub = click_app.get_command(ctx, "serve")
@@ -72,7 +73,7 @@ def test_the_api_container_runs_the_serve_command_of_this_cli(compose: dict[str,
 
 
 def test_the_api_environment_is_read_by_the_service_settings(compose: dict[str, Any], monkeypatch) -> None:  # noqa: ANN001
-    from api.settings import Settings
+    from ticketsolver_api.settings import Settings
 
     env = compose["services"]["api"]["environment"]
     for key in [k for k in os.environ if k.startswith("TICKETSOLVER_")]:

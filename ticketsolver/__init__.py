@@ -11,8 +11,7 @@ verification -> jobs/service.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
+from ticketsolver._version import __version__
 from ticketsolver.construction.builder import BuildConfig, build_ticket
 from ticketsolver.errors import (
     CheckpointError,

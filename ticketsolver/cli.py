@@ -334,26 +334,6 @@ def bench(
 
 
 @app.command()
-def serve(
-    host: Annotated[str, typer.Option(help="interface to listen on")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="TCP port")] = 8000,
-    data_dir: Annotated[
-        Path | None, typer.Option(help="job store, uploads and tickets (default from TICKETSOLVER_DATA_DIR)")
-    ] = None,
-    executor: Annotated[str | None, typer.Option(help="local (process pool) or ray (TICKETSOLVER_RAY_ADDRESS)")] = None,
-) -> None:
-    """Run the batch-job service: POST /approximate, job status, ticket and report downloads (FastAPI)."""
-    try:
-        from api.server import run
-    except ImportError as exc:
-        err_console.print(f"[red]error:[/red] the service needs the api extra: pip install 'ticketsolver[api]' ({exc})")
-        raise typer.Exit(1) from None
-    if executor is not None and executor not in ("local", "ray"):
-        raise typer.BadParameter("--executor must be local or ray")
-    _run(lambda: run(host=host, port=port, data_dir=data_dir, executor=executor))
-
-
-@app.command()
 def demo(
     n: Annotated[int, typer.Option(help="random hidden units per block (da Cunha et al. used 30 for LeNet5)")] = 30,
     workdir: Annotated[Path, typer.Option(help="where lenet5.pt, the ticket and the report go")] = Path("runs/demo"),
@@ -398,7 +378,33 @@ def demo(
     _run(run)
 
 
+def _plugin_commands() -> None:
+    """Add the commands other installed packages contribute (entry-point group ``ticketsolver.commands``):
+    the service adds ``serve``. The library itself never imports the service."""
+    from importlib.metadata import entry_points
+
+    for entry in entry_points(group="ticketsolver.commands"):
+        if any(command.name == entry.name for command in app.registered_commands):
+            continue
+        try:
+            command = entry.load()
+        except ImportError as exc:  # the package is there but an extra it needs is not
+            _missing_extra(entry.name, exc)
+            continue
+        app.command(name=entry.name)(command)
+
+
+def _missing_extra(name: str, exc: ImportError) -> None:
+    def command() -> None:
+        err_console.print(f"[red]error:[/red] `{name}` needs the api extra: pip install 'ticketsolver[api]' ({exc})")
+        raise typer.Exit(1)
+
+    command.__doc__ = f"(unavailable: {exc})"
+    app.command(name=name)(command)
+
+
 def main() -> None:
+    _plugin_commands()
     app()
 
 

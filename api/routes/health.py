@@ -11,9 +11,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.deps import Authorized, RunnerDep, SettingsDep, StoreDep
-from ticketsolver import __version__
+from ticketsolver._version import __version__
 from ticketsolver.jobs import JobStore
+
+from ..deps import Authorized, RunnerDep, SettingsDep, StoreDep
 
 router = APIRouter(tags=["health"])
 

@@ -8,8 +8,8 @@ from fastapi import APIRouter, File, Form, HTTPException, Path, Query, Response,
 from fastapi.responses import FileResponse
 from pydantic import ValidationError
 
-from api.deps import Authorized, RunnerDep, StoreDep
-from api.schemas import (
+from ..deps import Authorized, RunnerDep, StoreDep
+from ..schemas import (
     ItemReport,
     JobCreate,
     JobCreated,
@@ -47,7 +47,7 @@ def approximate(
     except ValidationError as exc:
         detail = [{"loc": ["params", *e["loc"]], "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail) from None
-    # ticketsolver errors (hostile or unreadable checkpoint, limits) become 422 in api.main
+    # ticketsolver errors (hostile or unreadable checkpoint, limits) become 422 in ticketsolver_api.main
     job_id = runner.submit([(upload.filename, upload.file) for upload in checkpoint], spec)
     response.headers["Location"] = f"/jobs/{job_id}"
     return JobCreated(job_id=job_id)

@@ -18,7 +18,7 @@ import pytest
 import torch
 from torch import nn
 
-from api.settings import Settings
+from ticketsolver_api.settings import Settings
 
 if TYPE_CHECKING:
     from fastapi.testclient import TestClient
@@ -68,7 +68,7 @@ def client_factory(tmp_path: Path) -> Iterator[Callable[..., TestClient]]:
     """``client_factory(**settings)`` -> a started TestClient on a fresh data dir; closed at the end."""
     from fastapi.testclient import TestClient  # imported here so that pytest_configure's filter applies
 
-    from api.main import create_app
+    from ticketsolver_api.main import create_app
 
     clients: list[TestClient] = []
 
@@ -108,7 +108,7 @@ def free_port() -> int:
 
 
 class Server:
-    """A real ``python -m api.server`` on 127.0.0.1 in its own process group."""
+    """A real ``python -m ticketsolver_api.server`` on 127.0.0.1 in its own process group."""
 
     def __init__(self, data_dir: Path, env: dict[str, str] | None = None) -> None:
         self.data_dir = data_dir
@@ -121,7 +121,7 @@ class Server:
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "api.server", "--port", str(port), "--data-dir", str(self.data_dir)],
+            [sys.executable, "-m", "ticketsolver_api.server", "--port", str(port), "--data-dir", str(self.data_dir)],
             cwd=ROOT,
             env=self.env,
             start_new_session=True,

@@ -138,7 +138,7 @@ def test_cors_is_closed_unless_configured(client_factory):
 
 
 def test_cors_origins_from_the_environment(monkeypatch):
-    from api.settings import Settings
+    from ticketsolver_api.settings import Settings
 
     monkeypatch.setenv("TICKETSOLVER_CORS_ORIGINS", "https://a.example, https://b.example")
     monkeypatch.setenv("TICKETSOLVER_TOKEN", "t")

@@ -49,7 +49,7 @@ MAX_SOURCE_PARAMS = 400_000_000
 
 
 def _package_version() -> str:
-    from ticketsolver import __version__
+    from ticketsolver._version import __version__
 
     return __version__
 

@@ -1,0 +1,1 @@
+"""Construction: the pruned pair of random layers that replaces each target layer."""
