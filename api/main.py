@@ -1,20 +1,59 @@
-"""The FastAPI app: settings, the job runner's lifetime, middleware and routers. Nothing else."""
+"""The FastAPI app: settings, the job runner's lifetime, middleware, error handlers and routers. Nothing else."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager, suppress
+from typing import Any
 
-from fastapi import FastAPI, Request, status
+from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse
+from fastapi.openapi.utils import get_openapi
+from starlette.concurrency import run_in_threadpool
 
-from ticketsolver import TicketSolverError
 from ticketsolver._version import __version__
-from ticketsolver.jobs import JobRunner, JobStore, make_executor
+from ticketsolver.jobs import JobRunner, JobSpec, JobStore, make_executor
 
+from .auth import BearerTokenMiddleware
+from .errors import install_error_handlers
 from .routes import health, jobs
 from .settings import Settings
+
+log = logging.getLogger("ticketsolver.api")
+
+#: how often finished jobs past the retention period are looked for
+RETENTION_CHECK_S = 3600.0
+
+
+async def _purge_expired(store: JobStore, days: float) -> None:
+    """Every :data:`RETENTION_CHECK_S`: delete finished jobs older than ``days`` with their files."""
+    while True:
+        try:
+            purged = await run_in_threadpool(store.purge_older_than, days * 86400.0)
+            if purged:
+                log.info("retention: purged %d finished job(s) older than %g days", len(purged), days)
+        except Exception:  # a failed sweep is retried at the next one; the service keeps serving
+            log.exception("retention: purging old jobs failed")
+        await asyncio.sleep(RETENTION_CHECK_S)
+
+
+def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
+    """FastAPI's OpenAPI document plus :class:`JobSpec`, the schema of ``POST /approximate``'s ``params``
+    field (the route reads its multipart body itself, see :mod:`ticketsolver_api.forms`)."""
+
+    def document() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
+            spec = JobSpec.model_json_schema(ref_template="#/components/schemas/{model}")
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            components.update(spec.pop("$defs", {}))
+            components["JobSpec"] = spec
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    return document
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -26,10 +65,28 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # nothing else writes uploads yet (the server holds the data dir's lock): any age is an orphan
+        orphans = await run_in_threadpool(store.collect_orphan_uploads, 0.0)
+        if orphans:
+            log.info("removed %d upload(s) that no job refers to", orphans)
         runner.start()
+        retention = None
+        if settings.retention_days is not None:
+            retention = asyncio.create_task(_purge_expired(store, settings.retention_days))
+        log.info(
+            "serving jobs from %s with the %s executor (%d worker(s)); authentication %s",
+            settings.data_dir,
+            settings.executor,
+            settings.workers,
+            "on" if settings.token is not None else "OFF",
+        )
         try:
             yield
         finally:
+            if retention is not None:
+                retention.cancel()
+                with suppress(asyncio.CancelledError):
+                    await retention
             runner.stop()
             store.close()
 
@@ -43,7 +100,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.runner = runner
     app.state.metrics = health.Metrics(store)
-    app.add_middleware(health.LatencyMiddleware, metrics=app.state.metrics)
+    app.openapi = _openapi(app)  # type: ignore[method-assign]
+    # added innermost first: latency (outermost) -> CORS (answers preflights) -> token check -> routes
+    token = settings.token.get_secret_value() if settings.token is not None else None
+    app.add_middleware(BearerTokenMiddleware, token=token)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -51,12 +111,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_methods=["GET", "POST", "DELETE"],
             allow_headers=["Authorization", "Content-Type"],
         )
-
-    @app.exception_handler(TicketSolverError)
-    async def refused(_: Request, exc: TicketSolverError) -> JSONResponse:
-        # raised while accepting a job: a hostile or unreadable checkpoint, a limit, bad parameters
-        return JSONResponse({"detail": str(exc)}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
-
+    app.add_middleware(health.LatencyMiddleware, metrics=app.state.metrics)
+    install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(jobs.router)
     return app

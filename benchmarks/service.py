@@ -1,14 +1,18 @@
-"""The batch-job service under load, and Ray against the local pool.
+"""The batch-job service under load and under faults, and Ray against the local workers.
 
-1. Service: starts a real server (``python -m ticketsolver_api.server``) on 127.0.0.1, submits ``--jobs`` small jobs at
-   once (an MLP 8-16-4 each, its own seed), and while they run keeps asking for job status, timing every
-   answer. Prints jobs succeeded / failed / lost, p50 / p95 / max status latency while solving, seconds.
-2. Ray: the same LeNet5 build through the local exact engine (what a pool worker runs) and through a real
-   local Ray cluster with 1 and 2 CPUs; prints subset-sum problems solved per second and whether the
-   tickets are bit-identical (kept-value hash, masks, draws).
+1. Latency: starts a real server (``python -m ticketsolver_api.server``) on 127.0.0.1, submits ``--jobs``
+   small jobs at once (an MLP 8-16-4 each, its own seed) and, while they are queued or running, asks for job
+   status for ``--window`` seconds, timing every answer: p50 / p95 / max of GET /jobs/{id}.
+2. Faults: ``--fault-jobs`` small jobs run twice: once on a clean server, once on a server that is killed
+   with SIGKILL at ``--kills`` random moments and started again on the same data dir each time. Prints jobs
+   lost (accepted but missing or unfinished after the last restart; goal 0), and the tickets identical to
+   the clean run by ``kept_values_sha256`` (goal: all).
+3. Ray: the same LeNet5 build through the local exact engine (what a worker runs) and through a real local
+   Ray cluster with 1 and 2 CPUs; problems solved per second and whether the tickets are bit-identical.
 
-    python benchmarks/service.py                      # both parts
-    python benchmarks/service.py --jobs 20 --skip-ray
+    python benchmarks/service.py                       # latency and faults (a few minutes on 2 cores)
+    python benchmarks/service.py --ray                 # and the Ray comparison
+    python benchmarks/service.py --jobs 50 --window 20 --fault-jobs 10 --kills 3
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import argparse
 import io
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -36,7 +41,12 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 console = Console(width=150)
 FINISHED = {"succeeded", "failed", "cancelled"}
-LIGHT = {"n": 12, "resample": 4, "n_random": 64, "worst_case_starts": 1, "worst_case_steps": 3, "dtypes": ["float32"]}
+#: a small job: n = 12, re-randomised (so that it takes a moment), cheap verification
+SMALL = {
+    "n": 12,
+    "build": {"resample": 4},
+    "verify": {"n_random": 64, "worst_case_starts": 1, "worst_case_steps": 3, "dtypes": ["float32"]},
+}
 
 
 def _mlp_bytes(seed: int) -> bytes:
@@ -56,112 +66,185 @@ def _percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
 
-def service_benchmark(jobs: int, timeout: float) -> None:
-    data_dir = Path(tempfile.mkdtemp(prefix="ticketsolver-bench-"))
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "TICKETSOLVER_POLL_INTERVAL": "0.2"}
-    log = (data_dir / "server.log").open("wb")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "ticketsolver_api.server", "--port", str(port), "--data-dir", str(data_dir / "data")],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=log,
-        start_new_session=True,
-    )
-    try:
-        client = httpx.Client(base_url=url, timeout=30)
-        deadline = time.monotonic() + 120
+class Server:
+    """A real server on 127.0.0.1 in its own process group, on ``data_dir``; restartable."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.process: subprocess.Popen | None = None
+        self.url = ""
+
+    def start(self, timeout: float = 120) -> Server:
+        port = _free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        log = (self.data_dir.parent / f"server-{port}.log").open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "ticketsolver_api.server", "--port", str(port), "--data-dir", str(self.data_dir)],
+            cwd=ROOT,
+            env={**os.environ, "TICKETSOLVER_POLL_INTERVAL": "0.2"},
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
         while True:
             try:
-                if client.get("/healthz").status_code == 200:
-                    break
+                if httpx.get(f"{self.url}/healthz", timeout=5).status_code == 200:
+                    return self
             except httpx.HTTPError:
                 pass
-            if time.monotonic() > deadline or server.poll() is not None:
-                raise SystemExit(f"the server did not start; see {data_dir / 'server.log'}")
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                raise SystemExit(f"the server did not start; see {log.name}")
             time.sleep(0.2)
-        workers = client.get("/healthz").json()
-        console.print(f"server up at {url} (executor {workers['executor']}); submitting {jobs} jobs at once")
 
-        def submit(seed: int) -> str | None:
-            with httpx.Client(base_url=url, timeout=60) as c:
-                response = c.post(
-                    "/approximate",
-                    files=[("checkpoint", (f"mlp{seed}.pt", _mlp_bytes(seed)))],
-                    data={"params": json.dumps({**LIGHT, "seed": seed})},
-                )
-            return response.json()["job_id"] if response.status_code == 202 else None
+    def kill(self) -> None:
+        """SIGKILL the server process alone, as a crash would."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(30)
 
-        start = time.perf_counter()
-        with ThreadPoolExecutor(jobs) as pool:
-            ids = list(pool.map(submit, range(jobs)))
-        submitted = time.perf_counter() - start
-        accepted = [i for i in ids if i is not None]
-
-        latencies: list[float] = []  # status requests answered while some job was still running
-        states: dict[str, str] = {}
-        deadline = time.monotonic() + timeout
-        k = 0
-        while time.monotonic() < deadline:
-            job_id = accepted[k % len(accepted)]
-            k += 1
-            t0 = time.perf_counter()
-            response = client.get(f"/jobs/{job_id}")
-            elapsed = time.perf_counter() - t0
-            states[job_id] = response.json()["state"]
-            active = any(s not in FINISHED for s in states.values()) or len(states) < len(accepted)
-            if active:
-                latencies.append(elapsed)
-            elif len(states) == len(accepted):
-                break
-            time.sleep(0.02)
-        total = time.perf_counter() - start
-        listed = {j["id"]: j["state"] for j in client.get("/jobs", params={"limit": 500}).json()["data"]}
-        metrics = client.get("/metrics").text
-    finally:
-        server.send_signal(signal.SIGTERM)
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                pass
         try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-        log.close()
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
-    counts = {s: sum(1 for i in accepted if listed.get(i) == s) for s in ("succeeded", "failed", "cancelled")}
-    lost = len(ids) - sum(1 for i in accepted if i in listed)
-    table = Table(title=f"Service: {jobs} concurrent small jobs (MLP 8-16-4, n=12) on {os.cpu_count()} cores")
+    def submit(self, seed: int) -> str | None:
+        with httpx.Client(base_url=self.url, timeout=120) as client:
+            response = client.post(
+                "/approximate",
+                files=[("checkpoint", (f"mlp{seed}.pt", _mlp_bytes(seed)))],
+                data={"params": json.dumps({**SMALL, "build": {**SMALL["build"], "seed": seed}})},
+            )
+        return response.json()["job_id"] if response.status_code == 202 else None
+
+
+def latency_benchmark(jobs: int, window: float) -> None:
+    server = Server(Path(tempfile.mkdtemp(prefix="ticketsolver-bench-")) / "data").start()
+    try:
+        start = time.perf_counter()
+        with ThreadPoolExecutor(min(jobs, 16)) as pool:
+            ids = [i for i in pool.map(server.submit, range(jobs)) if i is not None]
+        submitted = time.perf_counter() - start
+        latencies: list[float] = []
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            active_at_start = sum(client.get(f"/jobs/{i}").json()["state"] not in FINISHED for i in ids)
+            deadline = time.monotonic() + window
+            k = 0
+            while time.monotonic() < deadline:
+                t0 = time.perf_counter()
+                client.get(f"/jobs/{ids[k % len(ids)]}").raise_for_status()
+                latencies.append(time.perf_counter() - t0)
+                k += 1
+                time.sleep(0.01)
+            active_at_end = sum(client.get(f"/jobs/{i}").json()["state"] not in FINISHED for i in ids)
+    finally:
+        server.stop()
+    table = Table(title=f"GET /jobs/{{id}} while {jobs} small jobs are queued or running ({os.cpu_count()} cores)")
     for column in (
-        "submitted",
         "accepted",
-        "succeeded",
-        "failed",
-        "lost",
-        "status requests",
+        "active at start",
+        "active at end",
+        "requests",
         "p50 ms",
         "p95 ms",
         "max ms",
         "submit s",
-        "total s",
     ):
         table.add_column(column, justify="right")
     ms = [1000 * v for v in latencies]
     table.add_row(
-        str(jobs),
-        str(len(accepted)),
-        str(counts["succeeded"]),
-        str(counts["failed"]),
-        str(lost),
+        str(len(ids)),
+        str(active_at_start),
+        str(active_at_end),
         str(len(ms)),
         f"{_percentile(ms, 50):.1f}",
         f"{_percentile(ms, 95):.1f}",
         f"{max(ms, default=float('nan')):.1f}",
         f"{submitted:.1f}",
-        f"{total:.1f}",
     )
     console.print(table)
-    solved = [line for line in metrics.splitlines() if line.startswith("ticketsolver_problems_solved_total")]
-    console.print(f"{solved[0] if solved else ''}; goal: all succeed, none lost, p95 < 50 ms")
+    console.print("goal: p95 < 50 ms")
+
+
+def _hashes(server: Server, ids: list[str], timeout: float) -> dict[str, tuple[str, str | None]]:
+    """Per job id: (state, kept_values_sha256 of its ticket) once every job has finished (or ``timeout``)."""
+    found: dict[str, tuple[str, str | None]] = {}
+    deadline = time.monotonic() + timeout
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        while time.monotonic() < deadline:
+            listed = {j["id"]: j["state"] for j in client.get("/jobs", params={"limit": 500}).json()["data"]}
+            if all(listed.get(i) in FINISHED for i in ids):
+                break
+            time.sleep(0.5)
+        for job_id in ids:
+            answer = client.get(f"/jobs/{job_id}")
+            if answer.status_code != 200:
+                continue
+            state = answer.json()["state"]
+            items = client.get(f"/jobs/{job_id}/report").json()["items"]
+            found[job_id] = (state, items[0]["kept_values_sha256"] if items and items[0] else None)
+    return found
+
+
+def fault_benchmark(jobs: int, kills: int, timeout: float, seed: int) -> None:
+    workdir = Path(tempfile.mkdtemp(prefix="ticketsolver-faults-"))
+    (workdir / "clean").mkdir()
+    (workdir / "faulty").mkdir()
+    t0 = time.perf_counter()
+    clean = Server(workdir / "clean" / "data").start()
+    try:
+        clean_ids = [clean.submit(s) for s in range(jobs)]
+        reference = _hashes(clean, [i for i in clean_ids if i], timeout)
+    finally:
+        clean.stop()
+    clean_seconds = time.perf_counter() - t0
+    by_seed = {s: reference.get(i or "", ("missing", None))[1] for s, i in enumerate(clean_ids)}
+
+    rng = random.Random(seed)
+    t0 = time.perf_counter()
+    server = Server(workdir / "faulty" / "data").start()
+    accepted: dict[str, int] = {}
+    try:
+        for s in range(jobs):
+            job_id = server.submit(s)
+            if job_id is not None:
+                accepted[job_id] = s
+        for _ in range(kills):
+            time.sleep(rng.uniform(0.5, 4.0))  # somewhere in the middle of the queue's work
+            server.kill()
+            server.start()
+        final = _hashes(server, list(accepted), timeout)
+    finally:
+        server.stop()
+    faulty_seconds = time.perf_counter() - t0
+
+    lost = sum(1 for i in accepted if final.get(i, ("missing", None))[0] != "succeeded") + (jobs - len(accepted))
+    identical = sum(
+        1 for i, s in accepted.items() if by_seed[s] is not None and final.get(i, ("", None))[1] == by_seed[s]
+    )
+    table = Table(title=f"{jobs} small jobs, the server killed with SIGKILL {kills} times and restarted")
+    for column in ("jobs", "kills", "accepted", "lost", "tickets identical to a clean run", "clean s", "with kills s"):
+        table.add_column(column, justify="right")
+    table.add_row(
+        str(jobs),
+        str(kills),
+        str(len(accepted)),
+        str(lost),
+        f"{identical}/{jobs}",
+        f"{clean_seconds:.1f}",
+        f"{faulty_seconds:.1f}",
+    )
+    console.print(table)
+    console.print("goal: 0 lost, every ticket identical (kept_values_sha256)")
 
 
 def ray_benchmark(n: int, resample: int, heavy_problems: int) -> None:
@@ -176,11 +259,12 @@ def ray_benchmark(n: int, resample: int, heavy_problems: int) -> None:
         torch.manual_seed(0)
         torch.save(LeNet5().state_dict(), Path(tmp) / "lenet5.pt")
         target = ts.load_target(Path(tmp) / "lenet5.pt")
-    options = {"seed": 0, "solver": "mitm", "resample": resample, "input_domain": (0.0, 1.0)}
+    config = ts.BuildConfig(n=n, seed=0, solver="mitm", resample=resample, input_domain=(0.0, 1.0))
+    warm = ts.BuildConfig(n=8, seed=0, solver="mitm", input_domain=(0.0, 1.0))  # a quick pure build
 
     def timed(solve_with: object | None) -> tuple[object, float, int]:
         t0 = time.perf_counter()
-        ticket = ts.build_ticket(target, n, solve_with=solve_with, **options)
+        ticket = ts.build_ticket(target, config, solve_with=solve_with)  # type: ignore[arg-type]
         seconds = time.perf_counter() - t0
         return ticket, seconds, sum(p["problems_solved"] for p in ticket.build["pairs"])
 
@@ -193,15 +277,15 @@ def ray_benchmark(n: int, resample: int, heavy_problems: int) -> None:
         masks = solver.solve(*heavy).masks  # type: ignore[attr-defined]
         return masks, time.perf_counter() - t0
 
-    ts.build_ticket(target, 8, **{**options, "resample": 0})  # load the compiled engine once
+    ts.build_ticket(target, warm)  # load the compiled engine once
     reference, seconds, problems = timed(None)
     reference_masks, batch_seconds = timed_batch(get_solver("mitm"))
-    rows = [("local engine (pool worker, all cores)", seconds, problems, True, "-", batch_seconds, True)]
+    rows = [("local engine (a worker, all cores)", seconds, problems, True, "-", batch_seconds, True)]
     for cpus in (1, 2):
         ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
         try:
             solver = RaySolver("mitm")
-            ts.build_ticket(target, 8, solve_with=solver, **{**options, "resample": 0})  # start Ray's workers
+            ts.build_ticket(target, warm, solve_with=solver)  # start Ray's workers
             solver.tasks = 0
             ticket, seconds, problems = timed(solver)
             same = (
@@ -227,7 +311,7 @@ def ray_benchmark(n: int, resample: int, heavy_problems: int) -> None:
         finally:
             ray.shutdown()
     table = Table(
-        title=f"Ray vs local pool ({os.cpu_count()} cores): LeNet5 ticket at n={n}, resample={resample}; "
+        title=f"Ray vs local workers ({os.cpu_count()} cores): LeNet5 ticket at n={n}, resample={resample}; "
         f"{heavy_problems:,} problems with 28 coefficients"
     )
     for column in (
@@ -264,17 +348,24 @@ def ray_benchmark(n: int, resample: int, heavy_problems: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--jobs", type=int, default=20, help="concurrent small jobs")
-    parser.add_argument("--timeout", type=float, default=900, help="seconds before the service part gives up")
+    parser.add_argument("--jobs", type=int, default=50, help="jobs queued or running while status is timed")
+    parser.add_argument("--window", type=float, default=15, help="seconds of status requests")
+    parser.add_argument("--fault-jobs", type=int, default=10, help="jobs of the fault run")
+    parser.add_argument("--kills", type=int, default=3, help="SIGKILLs of the server during the fault run")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the kill moments")
+    parser.add_argument("--timeout", type=float, default=900, help="seconds before a run gives up waiting")
+    parser.add_argument("--skip-latency", action="store_true")
+    parser.add_argument("--skip-faults", action="store_true")
+    parser.add_argument("--ray", action="store_true", help="also compare Ray with the local workers")
     parser.add_argument("--n", type=int, default=20, help="n of the Ray comparison")
     parser.add_argument("--resample", type=int, default=8, help="resampling rounds of the Ray comparison")
     parser.add_argument("--heavy", type=int, default=4000, help="problems of the n=28 batch of the Ray comparison")
-    parser.add_argument("--skip-service", action="store_true")
-    parser.add_argument("--skip-ray", action="store_true")
     args = parser.parse_args()
-    if not args.skip_service:
-        service_benchmark(args.jobs, args.timeout)
-    if not args.skip_ray:
+    if not args.skip_latency:
+        latency_benchmark(args.jobs, args.window)
+    if not args.skip_faults:
+        fault_benchmark(args.fault_jobs, args.kills, args.timeout, args.seed)
+    if args.ray:
         try:
             import ray  # noqa: F401
         except ImportError:

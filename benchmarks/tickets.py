@@ -37,11 +37,8 @@ from torch import nn
 
 import ticketsolver as ts
 from ticketsolver import data
-from ticketsolver.construction.box import pair_input_boxes
-from ticketsolver.construction.offset_blocks import OffsetBlocks
-from ticketsolver.construction.pair import CONSTRUCTIONS
+from ticketsolver.construction import CONSTRUCTIONS, OffsetBlocks, pair_input_boxes
 from ticketsolver.solvers import get_solver
-from ticketsolver.verification.against import verify
 
 ROOT = Path(__file__).resolve().parents[1]
 #: name -> (training command, checkpoint file, dataset loader)
@@ -64,12 +61,12 @@ def _ints(text: str) -> list[int]:
 
 def _row(name: str, target: Any, dataset: Any, n: int, resample: int, workdir: Path) -> tuple[dict[str, Any], Any]:
     t0 = time.perf_counter()
-    ticket = ts.build_ticket(target, n, input_domain=dataset.input_domain, resample=resample)
+    ticket = ts.build_ticket(target, ts.BuildConfig(n=n, input_domain=dataset.input_domain, resample=resample))
     build_s = time.perf_counter() - t0
     kind = "iid" if resample == 0 else "rerand"
     path = ticket.save(workdir / f"{name}.n{n}.{kind}.ticket")
     t1 = time.perf_counter()
-    report = verify(target, ticket, dataset)
+    report = ts.verify(target, ticket, ts.VerifyConfig(), data=dataset)
     verify_s = time.perf_counter() - t1
     d, r = report.sections["data"]["float64"], report.sections["random"]["float64"]
     d32 = report.sections["data"]["float32"]

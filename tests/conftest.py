@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from ticketsolver import Ticket, build_ticket
+from ticketsolver import BuildConfig, Ticket, build_ticket
 
 
 @dataclass(frozen=True)
@@ -80,10 +80,10 @@ def cnn() -> Net:
 @pytest.fixture(scope="session")
 def mlp_ticket(mlp: Net) -> Ticket:
     """The MLP's ticket at n = 24 with up to 8 resampling rounds (so some units carry a later draw)."""
-    return build_ticket(mlp.module, 24, input_shape=mlp.input_shape, solver="mitm", resample=8, seed=0)
+    return build_ticket(mlp.module, BuildConfig(n=24, solver="mitm", resample=8), input_shape=mlp.input_shape)
 
 
 @pytest.fixture(scope="session")
 def cnn_ticket(cnn: Net) -> Ticket:
     """The CNN's ticket at n = 24 with up to 8 resampling rounds; signed inputs, so its first pair is I."""
-    return build_ticket(cnn.module, 24, input_shape=cnn.input_shape, solver="mitm", resample=8, seed=0)
+    return build_ticket(cnn.module, BuildConfig(n=24, solver="mitm", resample=8), input_shape=cnn.input_shape)

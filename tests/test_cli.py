@@ -11,17 +11,18 @@ import pickle
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 from click.testing import Result
+from ticket.checks import check_pruned_equals_source_times_mask
 from typer.testing import CliRunner
 
-from ticketsolver import Ticket, build_ticket
+from ticketsolver import BuildConfig, Ticket, build_ticket
 from ticketsolver.cli import app
 from ticketsolver.models import MLP
-from ticketsolver.ticket.export import check_pruned_equals_source_times_mask
 
 runner = CliRunner()
 
@@ -111,7 +112,7 @@ def test_inspect_prints_sizes_and_layers(built: tuple[Result, Path]) -> None:
 def test_inspect_says_a_pure_ticket_is_one_iid_network(workdir: Path) -> None:
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
-    ticket = build_ticket(net, 8, input_shape=(3,), input_domain=(0, 1), solver="mitm", resample=0)
+    ticket = build_ticket(net, BuildConfig(n=8, input_domain=(0, 1), solver="mitm"), input_shape=(3,))
     result = invoke("inspect", ticket.save(workdir / "pure.ticket"))
     assert result.exit_code == 0, result.output
     source = ticket.sizes()["source_params"]
@@ -229,9 +230,11 @@ def test_mismatched_arch(checkpoint: Path, tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("option", "value", "message"),
     [
-        ("--n", 0, "n must be an integer in [1, 64], got 0"),
-        ("--resample", -1, "resample must be an integer in [0, 255], got -1"),
-        ("--input-domain", "1,0", "input_domain must be finite with lo < hi"),
+        ("--n", 0, "BuildConfig: n must be an integer in [1, 64], got 0"),
+        ("--resample", -1, "BuildConfig: resample must be an integer in [0, 255], got -1"),
+        ("--input-domain", "1,0", "BuildConfig: input_domain must be (lo, hi), finite with lo < hi, got (1.0, 0.0)"),
+        ("--solver", "bogus", "BuildConfig: solver must be one of auto, bruteforce"),
+        ("--block-draws", 3, "BuildConfig: block_draws > 0 redraws random values: it needs resample > 0"),
     ],
 )
 def test_bad_build_parameters(checkpoint: Path, tmp_path: Path, option: str, value: object, message: str) -> None:
@@ -273,22 +276,45 @@ def test_ticket_verified_against_another_network(built: tuple[Result, Path], tmp
     assert_fails_cleanly(invoke("verify", built[1], "--against", other), "built for another network")
 
 
+def _npz_without_x(tmp_path: Path) -> Path:
+    np.savez(tmp_path / "d.npz", inputs=np.zeros((2, 6), np.float32))
+    return tmp_path / "d.npz"
+
+
+def _csv(tmp_path: Path) -> Path:
+    (tmp_path / "d.csv").write_text("1,2,3\n")
+    return tmp_path / "d.csv"
+
+
 @pytest.mark.parametrize(
-    "case", ["npz-without-x", "data-not-npz-or-safetensors", "ticket-is-a-directory", "output-directory-missing"]
+    ("make_data", "message"),
+    [
+        (_npz_without_x, "d.npz has no array named 'x' (inputs; 'y' holds optional labels)"),
+        (_csv, "d.csv as .npz or .safetensors"),
+    ],
+    ids=["npz-without-x", "data-not-npz-or-safetensors"],
 )
-def test_bad_files_are_reported_without_a_traceback(
-    case: str, built: tuple[Result, Path], checkpoint: Path, tmp_path: Path
+def test_unreadable_data_file_exits_1_with_the_reason(
+    make_data: Any, message: str, built: tuple[Result, Path], checkpoint: Path, tmp_path: Path
 ) -> None:
-    if case == "npz-without-x":
-        np.savez(tmp_path / "d.npz", inputs=np.zeros((2, 6), np.float32))
-        result = invoke("verify", built[1], "--against", checkpoint, "--data", tmp_path / "d.npz")
-    elif case == "data-not-npz-or-safetensors":
-        (tmp_path / "d.csv").write_text("1,2,3\n")
-        result = invoke("verify", built[1], "--against", checkpoint, "--data", tmp_path / "d.csv")
-    elif case == "ticket-is-a-directory":
-        result = invoke("inspect", tmp_path)
-    else:
-        out = tmp_path / "missing-directory" / "t.ticket"
-        result = invoke("build", checkpoint, "--n", 4, "--resample", 0, "--no-verify", "-o", out)
-    assert result.exit_code != 0
-    assert isinstance(result.exception, SystemExit), repr(result.exception)
+    result = invoke("verify", built[1], "--against", checkpoint, "--data", make_data(tmp_path))
+    assert_fails_cleanly(result, message)
+
+
+def test_data_that_is_neither_a_bundled_name_nor_a_file_is_a_usage_error(
+    built: tuple[Result, Path], checkpoint: Path
+) -> None:
+    result = invoke("verify", built[1], "--against", checkpoint, "--data", "nowhere")
+    assert_fails_cleanly(result, "'nowhere' is neither a bundled dataset", code=2)  # rich boxes the rest
+    assert flat(result.output).startswith("Usage: ticketsolver verify")
+
+
+def test_ticket_that_is_a_directory_exits_1(tmp_path: Path) -> None:
+    assert_fails_cleanly(invoke("inspect", tmp_path), f"cannot read ticket {tmp_path}")
+
+
+def test_ticket_into_a_missing_directory_exits_1_and_names_it(checkpoint: Path, tmp_path: Path) -> None:
+    out = tmp_path / "missing-directory" / "t.ticket"
+    result = invoke("build", checkpoint, "--n", 4, "--no-verify", "-o", out)
+    assert_fails_cleanly(result, "missing-directory")
+    assert not out.parent.exists()

@@ -8,6 +8,7 @@ to the API is read by the real service settings.
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -19,6 +20,7 @@ import typer
 import yaml
 
 from ticketsolver.cli import _plugin_commands, app
+from ticketsolver.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker" / "docker-compose.yml"
@@ -72,24 +74,56 @@ def test_the_api_container_runs_the_serve_command_of_this_cli(compose: dict[str,
     assert params["host"] == "0.0.0.0" and params["port"] == 8000 and params["executor"] == "ray"
 
 
-def test_the_api_environment_is_read_by_the_service_settings(compose: dict[str, Any], monkeypatch) -> None:  # noqa: ANN001
+def _expand_defaults(value: object) -> str:
+    """A compose value as the shell expands it with no variable set: ``${VAR:-default}`` -> default."""
+    return re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", str(value))
+
+
+def _compose_settings(compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch, **overrides: str) -> Any:
+    """The service settings the api container reads with the compose defaults (and ``overrides``)."""
     from ticketsolver_api.settings import Settings
 
-    env = compose["services"]["api"]["environment"]
     for key in [k for k in os.environ if k.startswith("TICKETSOLVER_")]:
         monkeypatch.delenv(key)
     known = set(Settings.model_fields)
-    for key, value in env.items():
+    for key, value in compose["services"]["api"]["environment"].items():
         if key.startswith("TICKETSOLVER_"):
             assert key.removeprefix("TICKETSOLVER_").lower() in known, f"{key} is not a setting"
-            # the compose defaults, as the shell would expand ${VAR:-default}
-            default = str(value).split(":-", 1)[1].rstrip("}") if "${" in str(value) else str(value)
-            monkeypatch.setenv(key, default)
-    settings = Settings()
+            monkeypatch.setenv(key, _expand_defaults(value))
+    for key, value in overrides.items():
+        monkeypatch.setenv(key, value)
+    return Settings()
+
+
+def test_the_api_environment_is_read_by_the_service_settings(
+    compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = _compose_settings(compose, monkeypatch)
     assert settings.ray_address == "ray://ray-head:10001"
     assert settings.token is None  # an empty TICKETSOLVER_TOKEN means no token, never the empty token
+    assert settings.allow_no_token is False
+    assert settings.retention_days is None  # an empty TICKETSOLVER_RETENTION_DAYS keeps every job
     assert settings.cors_origins == []
     assert settings.max_upload_bytes == 64 * 1024**2
+
+
+def test_the_api_port_is_published_on_the_hosts_loopback_only_by_default(compose: dict[str, Any]) -> None:
+    (published,) = compose["services"]["api"]["ports"]
+    assert _expand_defaults(published) == "127.0.0.1:8000:8000"
+
+
+def test_the_api_container_refuses_to_serve_without_a_token_unless_told_so(
+    compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ticketsolver_api.server import check_exposure
+
+    command = _command(compose["services"]["api"])
+    host = command[command.index("--host") + 1]
+    assert host == "0.0.0.0"
+    with pytest.raises(ConfigError, match="refusing to serve on 0.0.0.0 without authentication.*TICKETSOLVER_TOKEN"):
+        check_exposure(host, _compose_settings(compose, monkeypatch))
+    check_exposure(host, _compose_settings(compose, monkeypatch, TICKETSOLVER_TOKEN="s3cret"))
+    check_exposure(host, _compose_settings(compose, monkeypatch, TICKETSOLVER_ALLOW_NO_TOKEN="true"))
 
 
 @pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose is not installed here")

@@ -17,6 +17,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
+from ticketsolver.config import BuildConfig, VerifyConfig
 from ticketsolver.errors import TicketSolverError
 
 app = typer.Typer(
@@ -46,7 +47,8 @@ def _parse_domain(text: str | None) -> tuple[float, float] | None:
 
 
 def _load_data(spec: str | None) -> Any:
-    """A Dataset (bundled) or an (x, y|None) pair from a file; None when no data is asked for."""
+    """A Dataset (bundled) or an (x, y|None) pair from a file; None when no data is asked for. A name that is
+    neither is bad usage (exit 2); a file that cannot be read is the library's error (exit 1)."""
     if spec is None:
         return None
     from ticketsolver import data
@@ -59,27 +61,9 @@ def _load_data(spec: str | None) -> Any:
     }
     if spec in bundled:
         return bundled[spec]()
-    path = Path(spec)
-    if not path.is_file():
+    if not Path(spec).is_file():
         raise typer.BadParameter(f"--data: {spec!r} is neither a bundled dataset ({', '.join(bundled)}) nor a file")
-    import numpy as np
-    import torch
-
-    try:
-        if path.suffix == ".npz":
-            with np.load(path, allow_pickle=False) as arrays:  # never unpickle
-                x, y = arrays["x"], arrays["y"] if "y" in arrays else None
-        else:
-            from safetensors.numpy import load_file
-
-            arrays = load_file(str(path))
-            x, y = arrays["x"], arrays.get("y")
-    except KeyError:
-        raise typer.BadParameter(f"--data: {spec} has no array named 'x' (inputs; 'y' holds optional labels)") from None
-    except Exception as exc:  # numpy and safetensors raise several types for unreadable files
-        raise typer.BadParameter(f"--data: cannot read {spec} as .npz or .safetensors ({exc})") from None
-    labels = None if y is None else torch.from_numpy(np.asarray(y)).long()
-    return torch.from_numpy(np.asarray(x, dtype=np.float32)), labels
+    return data.load_arrays(spec)
 
 
 @contextmanager
@@ -136,60 +120,45 @@ def _run(fn: Any) -> Any:
 
 def _build_and_verify(
     model: Path,
-    n: int,
-    seed: int,
-    solver: str,
-    input_domain: tuple[float, float] | None,
-    resample: int,
-    tolerance: float | None,
-    arch: str | None,
-    out: Path | None,
-    data_spec: str | None,
-    verify_after: bool,
-    report_path: Path | None,
-    block_draws: int | None = None,
+    build: BuildConfig,
+    verify: VerifyConfig | None,
+    *,
+    arch: str | None = None,
+    out: Path | None = None,
+    data_spec: str | None = None,
+    report_path: Path | None = None,
 ) -> dict[str, Any]:
+    """Load the target, build and save its ticket, verify it (``verify`` None: not), write the JSON report."""
     from ticketsolver import build_ticket, load_target
+    from ticketsolver import verify as verify_ticket
+    from ticketsolver.construction import DEFAULT_INPUT_BOX
     from ticketsolver.ticket.summary import render_ticket, ticket_summary
-    from ticketsolver.verification.against import verify
 
     with _stage(f"loaded {model}"):
         target = load_target(model, arch=arch)
     dataset = _load_data(data_spec)
-    if input_domain is None and getattr(dataset, "input_domain", None) is not None:
-        input_domain = dataset.input_domain
-        console.print(f"input domain {list(input_domain)} taken from the data ({data_spec})")
-    if input_domain is None and resample == 0:
-        from ticketsolver.construction.box import DEFAULT_INPUT_BOX
-
+    if build.input_domain is None and getattr(dataset, "input_domain", None) is not None:
+        build = build.replace(input_domain=dataset.input_domain)
+        console.print(f"input domain {list(build.input_domain or ())} taken from the data ({data_spec})")
+    if build.input_domain is None and build.pure:
         console.print(
             f"[yellow]no input domain declared:[/yellow] the ticket is built exact over the default box "
             f"{list(DEFAULT_INPUT_BOX)} (standardised features); pass --input-domain LO,HI for another"
         )
     t0 = time.perf_counter()
     with _layer_progress(_layer_names(target)) as progress:
-        ticket = build_ticket(
-            target,
-            n,
-            seed=seed,
-            solver=solver,
-            input_domain=input_domain,
-            resample=resample,
-            tolerance=tolerance,
-            block_draws=block_draws,
-            progress=progress,
-        )
+        ticket = build_ticket(target, build, progress=progress)
     build_seconds = time.perf_counter() - t0
-    out = out or model.with_suffix(f".n{n}.ticket")
+    out = out or model.with_suffix(f".n{build.n}.ticket")
     ticket.save(out)
     size = out.stat().st_size
     console.print(f"built in {build_seconds:.1f} s -> [bold]{out}[/bold] ({size / 1024:.1f} KiB)")
     render_ticket(ticket, console, size)
     result: dict[str, Any] = {"ticket": ticket_summary(ticket, size), "build_seconds": build_seconds}
-    if verify_after:
+    if verify is not None:
         t1 = time.perf_counter()
         with _stage("verified"):
-            report = verify(target, ticket, dataset)
+            report = verify_ticket(target, ticket, verify, data=dataset)
         result["verify_seconds"] = time.perf_counter() - t1
         report.render(console)
         result["verification"] = report.to_dict()
@@ -235,23 +204,22 @@ def build(
     report: Annotated[Path | None, typer.Option(help="JSON report path (default TICKET.report.json)")] = None,
 ) -> None:
     """Build the ticket of a trained network, save it, verify it and print the report."""
-    _run(
-        lambda: _build_and_verify(
-            model,
-            n,
-            seed,
-            solver,
-            _parse_domain(input_domain),
-            resample,
-            tolerance,
-            arch,
-            out,
-            data,
-            verify,
-            report,
+    domain = _parse_domain(input_domain)
+
+    def run() -> None:
+        config = BuildConfig(
+            n=n,
+            seed=seed,
+            solver=solver,
+            input_domain=domain,
+            resample=resample,
+            tolerance=tolerance,
             block_draws=block_draws,
         )
-    )
+        checks = VerifyConfig() if verify else None
+        _build_and_verify(model, config, checks, arch=arch, out=out, data_spec=data, report_path=report)
+
+    _run(run)
 
 
 @app.command("verify")
@@ -262,15 +230,24 @@ def verify_cmd(
     arch: Annotated[str | None, typer.Option(help="built-in architecture of a state_dict")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="write the report as JSON")] = None,
     device: Annotated[str | None, typer.Option(help="torch device (default: cuda when present, else cpu)")] = None,
+    input_box: Annotated[
+        str | None,
+        typer.Option(
+            help="box LO,HI of the random inputs, the worst-case search and the certified bound (default: the "
+            "ticket's declared build box, else the data's range, else the ticket's default box)"
+        ),
+    ] = None,
 ) -> None:
     """Verify a ticket against its target on data and random inputs; print the report."""
+    box = _parse_domain(input_box)
 
     def run() -> None:
         from ticketsolver import Ticket, load_target
-        from ticketsolver.verification.against import verify
+        from ticketsolver import verify as verify_ticket
 
         target = load_target(against, arch=arch)
-        report = verify(target, Ticket.load(ticket), _load_data(data), device=device)
+        config = VerifyConfig(input_box=box)
+        report = verify_ticket(target, Ticket.load(ticket), config, data=_load_data(data), device=device)
         report.render(console)
         if json_out:
             report.to_json(json_out)
@@ -362,17 +339,10 @@ def demo(
             console.print(f"reusing {checkpoint} (--retrain to train again)")
         _build_and_verify(
             checkpoint,
-            n,
-            0,
-            "auto",
-            (0.0, 1.0),
-            resample,
-            None,
-            None,
-            workdir / f"lenet5.n{n}.ticket",
-            "digits",
-            True,
-            None,
+            BuildConfig(n=n, input_domain=(0.0, 1.0), resample=resample),
+            VerifyConfig(),
+            out=workdir / f"lenet5.n{n}.ticket",
+            data_spec="digits",
         )
 
     _run(run)

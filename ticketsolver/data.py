@@ -8,16 +8,20 @@ arguments returns the same tensors on every machine.
 * ``load_digits_flat``: the same digits as 64 features in [0, 1], for MLPs.
 * ``load_wine_standardized``: 13 signed features standardised with training-set statistics, for
   targets whose first layer sees signed inputs (the input-block construction).
+* ``load_arrays``: the user's own evaluation data, ``x`` (and ``y``) from an ``.npz`` or ``.safetensors`` file.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
-__all__ = ["Dataset", "load_digits_28", "load_digits_flat", "load_wine_standardized"]
+from ticketsolver.errors import VerificationError
+
+__all__ = ["Dataset", "load_arrays", "load_digits_28", "load_digits_flat", "load_wine_standardized"]
 
 
 @dataclass(frozen=True)
@@ -165,3 +169,30 @@ def load_wine_standardized(test_fraction: float = 0.3, seed: int = 0) -> Dataset
         return torch.from_numpy(((x - mean) / std).astype(np.float32))
 
     return Dataset(scale(x_train), torch.from_numpy(y_train), scale(x_test), torch.from_numpy(y_test), None, "wine")
+
+
+def load_arrays(path: str | Path) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Evaluation data from a file: inputs ``x`` (float32) and optional integer labels ``y``.
+
+    ``.npz`` files are read without unpickling (object arrays are refused); any other suffix is read as
+    ``.safetensors``. Shapes are checked against the network later, by verification.
+
+    Raises:
+        VerificationError: the file cannot be read, is neither format, or has no array named ``x``.
+    """
+    path = Path(path)
+    try:
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as arrays:  # never unpickle
+                x, y = arrays["x"], arrays["y"] if "y" in arrays else None
+        else:
+            from safetensors.numpy import load_file
+
+            arrays = load_file(str(path))
+            x, y = arrays["x"], arrays.get("y")
+    except KeyError:
+        raise VerificationError(f"{path} has no array named 'x' (inputs; 'y' holds optional labels)") from None
+    except Exception as exc:  # numpy and safetensors raise several types for unreadable files
+        raise VerificationError(f"cannot read {path} as .npz or .safetensors ({exc})") from None
+    labels = None if y is None else torch.from_numpy(np.asarray(y)).long()
+    return torch.from_numpy(np.asarray(x, dtype=np.float32)), labels

@@ -5,6 +5,7 @@ the service) can catch one type and show the message. Errors caused by bad input
 ``ValueError`` so that generic code treating them as bad values keeps working::
 
     TicketSolverError
+    ├── ConfigError (ValueError)              a BuildConfig / VerifyConfig field has a bad value (names it)
     ├── InvalidProblemError (ValueError)     NaN/inf coefficients, wrong shapes, empty batches
     ├── SolverError
     │   ├── SolverUnavailableError           backend's package missing or unlicensed (names the extra)
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 __all__ = [
     "CheckpointError",
+    "ConfigError",
     "ConstructionError",
     "InvalidProblemError",
     "JobError",
@@ -36,6 +38,11 @@ __all__ = [
 
 class TicketSolverError(Exception):
     """Base class of every error ticketsolver raises on purpose."""
+
+
+class ConfigError(TicketSolverError, ValueError):
+    """A stage's configuration (:class:`~ticketsolver.config.BuildConfig`, ``VerifyConfig``) has a bad value;
+    the message names the field."""
 
 
 class InvalidProblemError(TicketSolverError, ValueError):

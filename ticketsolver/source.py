@@ -6,7 +6,7 @@ machine. A tensor follows one of two uniform laws, drawn in float64 and rounded 
 round a value just below scale up to scale itself): ``symmetric``, uniform on [-scale, scale] (every weight
 tensor), or ``nonnegative``, uniform on [0, scale] (the offsets of construction L, see
 construction/offset_blocks.py). The float32 value is what the network holds, and what the solver sees
-(upcast to float64, exactly).
+(upcast to float64, exactly). The layout is docs/design.md section 3.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+
+from ticketsolver.errors import ConfigError
 
 __all__ = ["LAWS", "RNG_LAYOUT", "TENSOR_IDS", "Law", "RandomSource"]
 
@@ -52,11 +54,11 @@ class RandomSource:
 
     def __post_init__(self) -> None:
         if not isinstance(self.seed, int | np.integer) or not 0 <= int(self.seed) < 2**64:
-            raise ValueError(f"seed must be an integer in [0, 2**64), got {self.seed!r}")
+            raise ConfigError(f"seed must be an integer in [0, 2**64), got {self.seed!r}")
 
     def key(self, pair: int, tensor: str, draw: int = 0) -> np.ndarray:
         if not 0 <= pair < 2**32 or not 0 <= draw < 2**16:
-            raise ValueError(f"pair must be < 2**32 and draw < 2**16, got pair={pair}, draw={draw}")
+            raise ConfigError(f"pair must be < 2**32 and draw < 2**16, got pair={pair}, draw={draw}")
         word = pair * 2**32 + TENSOR_IDS[tensor] * 2**16 + draw
         return np.array([int(self.seed), word], dtype=np.uint64)
 
@@ -66,9 +68,9 @@ class RandomSource:
         """The float32 tensor ``tensor`` of pair ``pair`` at draw ``draw``: uniform on [-scale, scale]
         (``law="symmetric"``) or on [0, scale] (``law="nonnegative"``)."""
         if not np.isfinite(scale) or scale <= 0:
-            raise ValueError(f"scale must be positive and finite, got {scale}")
+            raise ConfigError(f"scale must be positive and finite, got {scale}")
         if law not in LAWS:
-            raise ValueError(f"unknown law {law!r}; expected one of {LAWS}")
+            raise ConfigError(f"unknown law {law!r}; expected one of {LAWS}")
         gen = np.random.Generator(np.random.Philox(key=self.key(pair, tensor, draw)))
         values = gen.random(int(np.prod(shape)), dtype=np.float64)
         if law == "nonnegative":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Request, Response, status
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -15,6 +15,7 @@ from ticketsolver._version import __version__
 from ticketsolver.jobs import JobStore
 
 from ..deps import Authorized, RunnerDep, SettingsDep, StoreDep
+from ..schemas import HealthPublic
 
 router = APIRouter(tags=["health"])
 
@@ -89,15 +90,24 @@ class LatencyMiddleware:
             self.metrics.latency.labels(scope["method"], route, str(status)).observe(time.perf_counter() - start)
 
 
-@router.get("/healthz")
-def healthz(settings: SettingsDep, store: StoreDep, runner: RunnerDep) -> dict[str, object]:
-    """Liveness: the store answers. Open without a token (for load balancers and healthchecks)."""
-    return {
-        "status": "ok" if store.ping() else "degraded",
-        "version": __version__,
-        "executor": settings.executor,
-        "busy_workers": runner.busy,
-    }
+@router.get(
+    "/healthz",
+    response_model=HealthPublic,
+    responses={status.HTTP_503_SERVICE_UNAVAILABLE: {"model": HealthPublic, "description": "degraded"}},
+)
+def healthz(settings: SettingsDep, store: StoreDep, runner: RunnerDep, response: Response) -> HealthPublic:
+    """``ok`` while the store answers, can write, and has room on its disk; else ``degraded`` with HTTP 503
+    and the reasons (load balancers and container healthchecks take a job elsewhere). Open without a token."""
+    health = store.health()
+    if health["problems"]:
+        response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    return HealthPublic(
+        status="degraded" if health["problems"] else "ok",
+        problems=health["problems"],
+        version=__version__,
+        executor=settings.executor,
+        busy_workers=runner.busy,
+    )
 
 
 @router.get("/metrics", dependencies=[Authorized], response_class=Response)

@@ -1,54 +1,89 @@
-"""Jobs: submit checkpoints for approximation, follow them, download tickets and reports, cancel."""
+"""Jobs: submit checkpoints for approximation, follow them, download tickets and reports, cancel, purge."""
 
 from __future__ import annotations
 
-from typing import Annotated
+import json
+import logging
+from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Form, HTTPException, Path, Query, Response, UploadFile, status
+from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, status
 from fastapi.responses import FileResponse
-from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
 
-from ..deps import Authorized, RunnerDep, StoreDep
-from ..schemas import (
-    ItemReport,
-    JobCreate,
-    JobCreated,
-    JobPublic,
-    JobReport,
-    JobsPublic,
-    JobState,
-    JobSummary,
-    TicketsPublic,
-)
+from ticketsolver.jobs import JobSpec, JobState, JobView
 
+from ..deps import Authorized, RunnerDep, SettingsDep, StoreDep
+from ..forms import read_job_form
+from ..schemas import ItemReport, JobCreated, JobReport, JobsPublic, TicketPublic, TicketsPublic
+
+log = logging.getLogger("ticketsolver.api")
 router = APIRouter(tags=["jobs"], dependencies=[Authorized])
 
 JobId = Annotated[str, Path(pattern=r"^[0-9a-f]{32}$", description="the id POST /approximate returned")]
-PARAMS_HELP = "JSON object: n (number or list), seed, solver, input_domain, resample, tolerance, arch, verification"
+#: SQL offsets are signed 64-bit integers: beyond that is a client error, not an overflow in the store
+MAX_OFFSET = 2**63 - 1
+
+#: the multipart body of POST /approximate, as the route reads it (see ticketsolver_api.forms)
+APPROXIMATE_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["checkpoint"],
+                    "properties": {
+                        "checkpoint": {
+                            "type": "array",
+                            "items": {"type": "string", "format": "binary"},
+                            "description": "one or more checkpoints (.pt/.safetensors/.pt2), each a file part",
+                        },
+                        "params": {
+                            "type": "string",
+                            "contentMediaType": "application/json",
+                            "contentSchema": {"$ref": "#/components/schemas/JobSpec"},
+                            "description": 'the job as JSON, e.g. {"n": [16, 20], "build": {"seed": 1}}',
+                            "default": "{}",
+                        },
+                    },
+                }
+            }
+        },
+    }
+}
 
 
-def _job_or_404(store: StoreDep, job_id: str) -> JobPublic:
+def _job_or_404(store: StoreDep, job_id: str) -> JobView:
     job = store.get_job(job_id)
     if job is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no job {job_id}")
-    return JobPublic.model_validate(job)
+    return job
 
 
-@router.post("/approximate", status_code=status.HTTP_202_ACCEPTED, response_model=JobCreated)
-def approximate(
-    runner: RunnerDep,
-    response: Response,
-    checkpoint: Annotated[list[UploadFile], File(description="one or more checkpoints (.pt/.safetensors/.pt2)")],
-    params: Annotated[str, Form(description=PARAMS_HELP)] = "{}",
-) -> JobCreated:
-    """Accept a batch job: every checkpoint x every n gives one ticket and one report."""
+def _spec(params: str | None) -> JobSpec:
+    """The job spec of the ``params`` field; bad JSON is 422 here, bad values ConfigError (422)."""
     try:
-        spec = JobCreate.model_validate_json(params).to_spec()
-    except ValidationError as exc:
-        detail = [{"loc": ["params", *e["loc"]], "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail) from None
-    # ticketsolver errors (hostile or unreadable checkpoint, limits) become 422 in ticketsolver_api.main
-    job_id = runner.submit([(upload.filename, upload.file) for upload in checkpoint], spec)
+        data = json.loads(params) if params is not None else {}
+    except json.JSONDecodeError as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"params is not valid JSON: {exc}") from None
+    except RecursionError:  # thousands of nested brackets: JSON, but no job spec
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "params is nested too deeply") from None
+    return JobSpec.from_dict(data)
+
+
+@router.post(
+    "/approximate", status_code=status.HTTP_202_ACCEPTED, response_model=JobCreated, openapi_extra=APPROXIMATE_BODY
+)
+async def approximate(request: Request, runner: RunnerDep, settings: SettingsDep, response: Response) -> JobCreated:
+    """Accept a batch job: every checkpoint x every n gives one ticket and one report."""
+    form = await read_job_form(request, settings.max_batch_items)
+    try:
+        spec = _spec(form.params)
+        # loading checkpoints and writing the store block: off the event loop
+        job_id = await run_in_threadpool(runner.submit, form.checkpoints, spec)
+    finally:
+        form.close()
+    log.info("accepted job %s: %d checkpoint(s) x n = %s", job_id, len(form.checkpoints), list(spec.n))
     response.headers["Location"] = f"/jobs/{job_id}"
     return JobCreated(job_id=job_id)
 
@@ -56,17 +91,17 @@ def approximate(
 @router.get("/jobs", response_model=JobsPublic)
 def list_jobs(
     store: StoreDep,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     state: JobState | None = None,
 ) -> JobsPublic:
     """Jobs, newest first."""
     jobs, count = store.list_jobs(offset, limit, state)
-    return JobsPublic(data=[JobSummary.model_validate(job) for job in jobs], count=count)
+    return JobsPublic(data=jobs, count=count)
 
 
-@router.get("/jobs/{job_id}", response_model=JobPublic)
-def get_job(store: StoreDep, job_id: JobId) -> JobPublic:
+@router.get("/jobs/{job_id}", response_model=JobView)
+def get_job(store: StoreDep, job_id: JobId) -> JobView:
     """State, progress (job, items, layers), ETA and error of a job."""
     return _job_or_404(store, job_id)
 
@@ -76,20 +111,20 @@ def list_tickets(store: StoreDep, job_id: JobId) -> TicketsPublic:
     """One entry per (checkpoint, n); ``url`` is set once its ticket exists."""
     job = _job_or_404(store, job_id)
     data = [
-        {
-            "k": i.position,
-            "checkpoint": i.checkpoint,
-            "n": i.n,
-            "state": i.state,
-            "url": f"/jobs/{job_id}/tickets/{i.position}" if i.has_ticket else None,
-        }
-        for i in job.items
+        TicketPublic(
+            k=item.position,
+            checkpoint=item.checkpoint,
+            n=item.n,
+            state=item.state,
+            url=f"/jobs/{job_id}/tickets/{item.position}" if item.has_ticket else None,
+        )
+        for item in job.items
     ]
-    return TicketsPublic.model_validate({"data": data, "count": len(data)})
+    return TicketsPublic(data=data, count=len(data))
 
 
 @router.get("/jobs/{job_id}/tickets/{k}", response_class=FileResponse)
-def download_ticket(store: StoreDep, job_id: JobId, k: Annotated[int, Path(ge=0)]) -> FileResponse:
+def download_ticket(store: StoreDep, job_id: JobId, k: Annotated[int, Path(ge=0, le=MAX_OFFSET)]) -> FileResponse:
     """The ticket file of item ``k`` (safetensors; load it with ``ticketsolver.Ticket.load``)."""
     found = store.item_files(job_id, k)
     if found is None:
@@ -105,15 +140,28 @@ def get_report(store: StoreDep, job_id: JobId) -> JobReport:
     """Per item: ticket summary (sizes, per-layer errors) and verification report; null until done."""
     job = _job_or_404(store, job_id)
     items = [None if r is None else ItemReport.model_validate(r) for r in store.item_reports(job_id) or []]
-    return JobReport(job=JobSummary.model_validate(job.model_dump()), items=items)
+    return JobReport(job=job, items=items)
 
 
-@router.delete("/jobs/{job_id}", response_model=JobPublic)
-def cancel_job(runner: RunnerDep, job_id: JobId) -> JobPublic:
-    """Cancel a queued or running job (running items stop at their next solved chunk)."""
+@router.delete("/jobs/{job_id}", response_model=JobView)
+def cancel_job(
+    runner: RunnerDep,
+    store: StoreDep,
+    job_id: JobId,
+    purge: Annotated[
+        bool, Query(description="also delete the job, its uploads, tickets and resume files (any state)")
+    ] = False,
+) -> JobView:
+    """Cancel a queued or running job: the workers of its running items are stopped at once. With
+    ``purge=true`` the job is cancelled if it still runs, then its uploads, tickets and resume files are
+    removed (in any state); the job stays listed, with ``purged_at`` set and no tickets."""
     job = runner.cancel(job_id)
     if job is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no job {job_id}")
-    if job.state in ("succeeded", "failed"):
+    if purge:
+        removed = store.purge(job_id)
+        log.info("purged job %s (%s file(s) removed)", job_id, removed)
+        return _job_or_404(store, job_id)
+    if job.state in (JobState.SUCCEEDED, JobState.FAILED):
         raise HTTPException(status.HTTP_409_CONFLICT, f"job {job_id} already {job.state}")
-    return JobPublic.model_validate(job)
+    return job

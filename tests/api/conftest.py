@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -27,7 +28,12 @@ ROOT = Path(__file__).resolve().parents[2]
 #: generous: the machine running the tests may be small and busy
 JOB_TIMEOUT = 180.0
 #: cheap verification so that a test spends its time on the service, not on forward passes
-LIGHT = {"resample": 0, "n_random": 64, "worst_case_starts": 1, "worst_case_steps": 3, "dtypes": ["float32"]}
+LIGHT_VERIFY = {"n_random": 64, "worst_case_starts": 1, "worst_case_steps": 3, "dtypes": ["float32"]}
+
+
+def job_params(n: int | list[int], verify: dict | None = LIGHT_VERIFY, **build: object) -> dict:
+    """A job's params (a JobSpec as JSON): ``n`` at the top, build settings under ``build``."""
+    return {"n": n, "build": build, "verify": verify}
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -74,8 +80,13 @@ def client_factory(tmp_path: Path) -> Iterator[Callable[..., TestClient]]:
 
     def make(**overrides: object) -> TestClient:
         # no warm-up: most of these apps never run a job, and spawning a worker costs seconds
-        options: dict[str, object] = {"poll_interval": 0.1, "warm_up": False, **overrides}
-        settings = Settings(data_dir=tmp_path / f"data{len(clients)}", **options)
+        options: dict[str, object] = {
+            "data_dir": tmp_path / f"data{len(clients)}",
+            "poll_interval": 0.1,
+            "warm_up": False,
+            **overrides,
+        }
+        settings = Settings(**options)
         client = TestClient(create_app(settings))
         client.__enter__()
         clients.append(client)
@@ -110,28 +121,39 @@ def free_port() -> int:
 class Server:
     """A real ``python -m ticketsolver_api.server`` on 127.0.0.1 in its own process group."""
 
-    def __init__(self, data_dir: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, data_dir: Path, env: dict[str, str] | None = None, log_dir: Path | None = None) -> None:
         self.data_dir = data_dir
+        self.log_dir = log_dir or data_dir.parent
         self.env = {**os.environ, "TICKETSOLVER_POLL_INTERVAL": "0.1", **(env or {})}
         self.groups: list[int] = []
         self.process: subprocess.Popen | None = None
         self.url = ""
+        self.port = 0
+        self.log = data_dir.parent / "server.log"
 
-    def start(self, timeout: float = 90.0) -> Server:
-        port = free_port()
-        self.url = f"http://127.0.0.1:{port}"
+    def launch(self, *args: str) -> subprocess.Popen:
+        """Start ``python -m ticketsolver_api.server`` on a free port (without waiting for it)."""
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = self.log_dir / f"server-{self.port}.log"
+        command = [sys.executable, "-m", "ticketsolver_api.server", "--port", str(self.port)]
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "ticketsolver_api.server", "--port", str(port), "--data-dir", str(self.data_dir)],
+            [*command, "--data-dir", str(self.data_dir), *args],
             cwd=ROOT,
             env=self.env,
             start_new_session=True,
             stdout=subprocess.DEVNULL,
-            stderr=(self.data_dir.parent / f"server-{port}.log").open("wb"),
+            stderr=self.log.open("wb"),
         )
         self.groups.append(self.process.pid)
+        return self.process
+
+    def start(self, timeout: float = 90.0) -> Server:
+        self.launch()
+        assert self.process is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            assert self.process.poll() is None, "the server exited while starting"
+            assert self.process.poll() is None, f"the server exited while starting: {self.log.read_text()[-2000:]}"
             try:
                 if httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200:
                     return self
@@ -170,7 +192,7 @@ def server_factory(tmp_path: Path) -> Iterator[Callable[..., Server]]:
     def make(env: dict[str, str] | None = None, data_dir: Path | None = None) -> Server:
         directory = data_dir or tmp_path / f"server{len(servers)}"
         directory.mkdir(parents=True, exist_ok=True)
-        servers.append(Server(directory, env))
+        servers.append(Server(directory, env, log_dir=tmp_path))
         return servers[-1]
 
     yield make
@@ -191,3 +213,81 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         yield running.start()
     finally:
         running.stop()
+
+
+# --- processes and raw HTTP, for the tests of a real server -----------------------------------------------
+
+
+def _stat(pid: int) -> list[str] | None:
+    """Fields of /proc/<pid>/stat after the command name (state, ppid, pgrp, ...); None once it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return text.rsplit(")", 1)[1].split()
+
+
+def alive(pid: int) -> bool:
+    fields = _stat(pid)
+    return fields is not None and fields[0] != "Z"
+
+
+def descendants(pid: int) -> set[int]:
+    """Every living process below ``pid`` (children, their children, ...)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (fields := _stat(int(entry.name))) is not None and fields[0] != "Z":
+            parents[int(entry.name)] = int(fields[1])
+    found: set[int] = set()
+    frontier = {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def group_members(pgid: int) -> set[int]:
+    """Living processes of process group ``pgid``."""
+    members = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (fields := _stat(int(entry.name))) is not None:
+            if fields[0] != "Z" and int(fields[2]) == pgid:
+                members.add(int(entry.name))
+    return members
+
+
+def cpu_seconds(pids: set[int]) -> float:
+    """User + system CPU seconds the living ones of ``pids`` have used."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        fields = _stat(pid)
+        if fields is not None:
+            total += int(fields[11]) + int(fields[12])
+    return total / ticks
+
+
+def raw_exchange(port: int, head: bytes, body: Iterator[bytes] = iter(()), timeout: float = 30.0) -> tuple[int, bytes]:
+    """Send a request ``head`` and then ``body`` chunk by chunk on a fresh connection, but stop sending as
+    soon as the server answers; return (status, answer bytes). The answer must come: no answer within
+    ``timeout`` fails the test (a client that gives up on a reset connection would hide a missing 413)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(head)
+        for chunk in body:
+            if select.select([sock], [], [], 0.002)[0]:
+                break  # the server has answered
+            try:
+                sock.sendall(chunk)
+            except OSError:  # it answered and closed while we were sending; the answer is in our buffer
+                break
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            data = sock.recv(65536)
+            assert data, f"the server closed the connection without an answer (got {answer!r})"
+            answer += data
+        head_part, _, body_part = answer.partition(b"\r\n\r\n")
+        lengths = [line for line in head_part.lower().split(b"\r\n") if line.startswith(b"content-length:")]
+        length = int(lengths[0].split(b":")[1]) if lengths else 0
+        while len(body_part) < length and (data := sock.recv(65536)):
+            body_part += data
+    return int(answer.split(b" ", 2)[1]), head_part + b"\r\n\r\n" + body_part

@@ -1,4 +1,4 @@
-"""Trusted reference computations for the construction tests, written from DESIGN.md section 2 alone.
+"""Trusted reference computations for the construction tests, written from docs/design.md section 2 alone.
 
 Nothing here calls the construction code: random tensors come from ``RandomSource`` keys (or are passed in),
 effective weights are the block sums of the design text, and subset-sum optima are found by enumeration.
@@ -159,7 +159,7 @@ def draw_tensors(layout: PairLayout, seed: int, draw: int) -> dict[str, np.ndarr
 def tensors_with_draws(layout: PairLayout, seed: int, draws: np.ndarray) -> dict[str, np.ndarray]:
     """The tensors the network holds: draw 0, with each redrawn unit's own entries taken from its draw.
 
-    A unit's own entries (DESIGN.md, resampling): O weight (l, j) -> U[(l, t), j] for all t; O bias l ->
+    A unit's own entries (docs/design.md section 2.6): O weight (l, j) -> U[(l, t), j] for all t; O bias l ->
     beta[(l, t)]. Construction I's draws have 2·d_out + 1 rows: its last row holds each input block's
     draw (block j < d_in -> the rows U[(j, t), :]; the bias block -> beta[(bias, t)]), applied first; then
     row i < d_out, column j < d_in is weight (i, j)'s x+ problem -> V[i, (j, t)] for t with U[(j, t), j] > 0;

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from ticketsolver import ConstructionError, Ticket, build_ticket
+from ticketsolver import BuildConfig, ConfigError, Ticket, build_ticket
 from ticketsolver.source import RandomSource
 
 SEED = 5
@@ -18,7 +18,8 @@ N = 16
 def _ticket(block_draws: int, bias: bool = True) -> Ticket:
     torch.manual_seed(3)
     net = nn.Sequential(nn.Linear(7, 5, bias=bias))
-    return build_ticket(net, N, input_shape=(7,), resample=2, solver="mitm", seed=SEED, block_draws=block_draws)
+    config = BuildConfig(n=N, resample=2, solver="mitm", seed=SEED, block_draws=block_draws)
+    return build_ticket(net, config, input_shape=(7,))
 
 
 def _diag(layout, draw: int) -> np.ndarray:  # noqa: ANN001
@@ -64,5 +65,5 @@ def test_a_layer_without_bias_has_no_bias_block() -> None:
 
 @pytest.mark.parametrize("bad", [-1, 256, 2.5, True])
 def test_block_draws_is_validated(bad: object) -> None:
-    with pytest.raises(ConstructionError, match="block_draws"):
-        build_ticket(nn.Sequential(nn.Linear(3, 2)), 8, input_shape=(3,), block_draws=bad)
+    with pytest.raises(ConfigError, match=r"block_draws must be an integer in \[0, 255\]"):
+        BuildConfig(n=8, resample=2, block_draws=bad)

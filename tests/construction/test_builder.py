@@ -1,4 +1,4 @@
-"""Whole builds: small MLPs and CNNs, BatchNorm folding, parameter validation, refusals, resuming.
+"""Whole builds: small MLPs and CNNs, BatchNorm folding, refusals, resuming (config rules: tests/test_config.py).
 
 References: the target network itself (float64), the network of effective weights (what the masks realise,
 exact), per-layer bounds from the reported per-weight errors, and BatchNorm folded by hand.
@@ -18,15 +18,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from ticketsolver import (
+    BuildConfig,
+    ConfigError,
     ConstructionError,
-    InvalidProblemError,
     Target,
     Ticket,
     UnsupportedModuleError,
     build_ticket,
     get_solver,
 )
-from ticketsolver.construction.pair import PrunedPair
+from ticketsolver.construction import PrunedPair
 from ticketsolver.solvers import Solver
 
 
@@ -159,7 +160,7 @@ def test_cnn_ticket_structure(cnn_ticket: Ticket) -> None:
 
 def test_same_configuration_builds_the_same_ticket_and_another_seed_another(mlp: Any) -> None:
     def build(seed: int) -> Ticket:
-        return build_ticket(mlp.module, 8, input_shape=mlp.input_shape, solver="mitm", resample=2, seed=seed)
+        return build_ticket(mlp.module, BuildConfig(n=8, solver="mitm", resample=2, seed=seed), input_shape=(5,))
 
     a, b, c = build(0), build(0), build(1)
     assert a.kept_hash() == b.kept_hash()
@@ -169,8 +170,9 @@ def test_same_configuration_builds_the_same_ticket_and_another_seed_another(mlp:
 
 def test_target_or_module_with_input_shape_give_the_same_ticket(mlp: Any) -> None:
     target = Target.from_module(mlp.module, mlp.input_shape)
-    a = build_ticket(target, 6, solver="mitm", resample=0)
-    b = build_ticket(mlp.module, 6, input_shape=mlp.input_shape, solver="mitm", resample=0)
+    config = BuildConfig(n=6, solver="mitm")
+    a = build_ticket(target, config)
+    b = build_ticket(mlp.module, config, input_shape=mlp.input_shape)
     assert a.kept_hash() == b.kept_hash() and a.input_shape == b.input_shape == (5,)
 
 
@@ -183,16 +185,16 @@ def test_any_solver_instance_can_solve_and_exact_ones_agree(mlp: Any) -> None:
         def __init__(self) -> None:
             self.inner = get_solver("mitm")
 
-        def solve(self, coeffs: Any, targets: Any, usable: Any | None = None) -> Any:
+        def solve(self, coeffs: Any, targets: Any, usable: Any | None = None, **options: Any) -> Any:
             calls.append(len(targets))
-            return self.inner.solve(coeffs, targets, usable)
+            return self.inner.solve(coeffs, targets, usable, **options)
 
         def _solve_batch(self, coeffs: Any, targets: Any, usable: Any) -> Any:  # pragma: no cover - not reached
             raise NotImplementedError
 
-    options = {"input_shape": mlp.input_shape, "solver": "mitm", "resample": 2}
-    plain = build_ticket(mlp.module, 8, **options)
-    spread = build_ticket(mlp.module, 8, solve_with=Counting(), **options)
+    config = BuildConfig(n=8, solver="mitm", resample=2)
+    plain = build_ticket(mlp.module, config, input_shape=mlp.input_shape)
+    spread = build_ticket(mlp.module, config, input_shape=mlp.input_shape, solve_with=Counting())
     assert calls and spread.kept_hash() == plain.kept_hash()
     assert spread.build["config"]["solver"] == "mitm"
 
@@ -201,10 +203,8 @@ def test_progress_reports_each_layer_to_completion_and_can_cancel(mlp: Any) -> N
     seen: list[tuple[int, float, str]] = []
     build_ticket(
         mlp.module,
-        6,
+        BuildConfig(n=6, solver="mitm", resample=1),
         input_shape=mlp.input_shape,
-        solver="mitm",
-        resample=1,
         progress=lambda pair, fraction, note: seen.append((pair, fraction, note)),
     )
     assert {pair for pair, _, _ in seen} == {0, 1, 2}
@@ -219,7 +219,7 @@ def test_progress_reports_each_layer_to_completion_and_can_cancel(mlp: Any) -> N
         raise Cancelled
 
     with pytest.raises(Cancelled):
-        build_ticket(mlp.module, 6, input_shape=mlp.input_shape, solver="mitm", progress=cancel)
+        build_ticket(mlp.module, BuildConfig(n=6, solver="mitm"), input_shape=mlp.input_shape, progress=cancel)
 
 
 # -- BatchNorm folding -------------------------------------------------------------------------------------------------
@@ -252,7 +252,7 @@ def test_conv_batchnorm_relu_ticket_matches_the_unfolded_network(conv_bias: bool
     torch.manual_seed(3)
     conv, bn = nn.Conv2d(2, 3, 3, padding=1, bias=conv_bias), _batch_norm(3, 2, seed=3)
     net = nn.Sequential(conv, bn, nn.ReLU(), nn.Flatten(), nn.Linear(3 * 5 * 5, 2)).eval()
-    ticket = build_ticket(net, 20, input_shape=(2, 5, 5), solver="mitm", resample=6)
+    ticket = build_ticket(net, BuildConfig(solver="mitm", resample=6), input_shape=(2, 5, 5))
     # the first pair approximates the hand-folded weights (stored as float32 before solving)
     eff = next(iter(ticket.to_module())).effective(torch.float64)
     weight, bias = _folded_by_hand(conv, bn)
@@ -270,7 +270,7 @@ def test_conv_batchnorm_relu_ticket_matches_the_unfolded_network(conv_bias: bool
 def test_linear_batchnorm_ticket_matches_the_unfolded_network() -> None:
     torch.manual_seed(4)
     net = nn.Sequential(nn.Linear(4, 6), _batch_norm(6, 1, seed=4), nn.ReLU(), nn.Linear(6, 2)).eval()
-    ticket = build_ticket(net, 20, input_shape=(4,), solver="mitm", resample=6)
+    ticket = build_ticket(net, BuildConfig(solver="mitm", resample=6), input_shape=(4,))
     assert len(ticket.layouts) == 2 and [s["op"] for s in ticket.steps] == ["pair", "relu", "pair"]
     x = inputs((4,)).float()
     f, g = net(x), ticket.to_module()(x)
@@ -279,48 +279,33 @@ def test_linear_batchnorm_ticket_matches_the_unfolded_network() -> None:
 
 # -- refusals ----------------------------------------------------------------------------------------------------------
 
-
-@pytest.mark.parametrize(
-    ("options", "named"),
-    [
-        ({"n": 0}, "got 0"),
-        ({"n": -1}, "got -1"),
-        ({"n": 1000}, "got 1000"),
-        ({"n": 2.5}, "got 2.5"),
-        ({"n": True}, "got True"),
-        ({"resample": -1}, "got -1"),
-        ({"resample": 256}, "got 256"),
-        ({"tolerance": math.nan}, "got nan"),
-        ({"tolerance": -1e-3}, "got -0.001"),
-        ({"input_domain": (1, 0)}, "(1.0, 0.0)"),
-        ({"input_domain": (0, math.inf)}, "(0.0, inf)"),
-        ({"seed": -1}, "got -1"),
-        ({"scale_margin": 0.0}, "got 0.0"),
-        ({"construction": "bogus"}, "'bogus'"),
-    ],
-    ids=lambda v: str(v) if not isinstance(v, dict) else ",".join(f"{k}={val}" for k, val in v.items()),
-)
-def test_bad_parameters_are_refused_naming_the_value(options: dict[str, Any], named: str) -> None:
-    net = nn.Sequential(nn.Linear(3, 2))
-    options = {"n": 8, **options}
-    with pytest.raises(ConstructionError) as caught:
-        build_ticket(net, options.pop("n"), input_shape=(3,), solver="mitm", **options)
-    assert named in str(caught.value)
+MITM_8 = BuildConfig(n=8, solver="mitm")
 
 
-def test_unknown_solver_is_refused_listing_the_known_ones() -> None:
-    with pytest.raises(InvalidProblemError, match="unknown solver 'bogus'.*mitm"):
-        build_ticket(nn.Sequential(nn.Linear(3, 2)), 8, input_shape=(3,), solver="bogus")
+@pytest.mark.parametrize("config", [8, {"n": 8}, None], ids=["an-int", "a-dict", "None"])
+def test_anything_but_a_build_config_is_refused_with_the_way_to_write_it(config: Any) -> None:
+    """The signature was build_ticket(model, n, **options): an old call must fail loudly, not build at n = 20."""
+    with pytest.raises(ConfigError, match=r"config must be a BuildConfig.*BuildConfig\(n=20"):
+        build_ticket(nn.Sequential(nn.Linear(3, 2)), config, input_shape=(3,))
+
+
+def test_the_config_is_recorded_in_the_manifest_with_its_defaults_resolved() -> None:
+    config = BuildConfig(n=6, solver="mitm", input_domain=(0, 1), resample=2)
+    ticket = build_ticket(nn.Sequential(nn.Linear(3, 2)), config, input_shape=(3,))
+    assert ticket.build["config"] == config.to_dict()
+    assert (ticket.build["config"]["tolerance"], ticket.build["config"]["block_draws"]) == (1e-7, 8)
+    assert ticket.build["config"]["input_domain"] == [0.0, 1.0]
+    assert BuildConfig(**ticket.build["config"]) == config  # the record rebuilds the very config
 
 
 def test_plain_module_without_input_shape_is_refused() -> None:
     with pytest.raises(ConstructionError, match="input_shape is required"):
-        build_ticket(nn.Sequential(nn.Linear(3, 2)), 8)
+        build_ticket(nn.Sequential(nn.Linear(3, 2)), BuildConfig(n=8))
 
 
 def test_network_without_a_weight_layer_is_refused() -> None:
     with pytest.raises(ConstructionError, match="no Linear or Conv2d"):
-        build_ticket(nn.Sequential(nn.ReLU(), nn.Flatten()), 8, input_shape=(3,))
+        build_ticket(nn.Sequential(nn.ReLU(), nn.Flatten()), BuildConfig(n=8), input_shape=(3,))
 
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf])
@@ -330,11 +315,11 @@ def test_non_finite_weights_are_refused(bad: float, where: str) -> None:
     with torch.no_grad():
         getattr(net[2], where)[0] = bad
     with pytest.raises(ConstructionError, match="NaN or inf"):
-        build_ticket(net, 8, input_shape=(3,), solver="mitm")
+        build_ticket(net, MITM_8, input_shape=(3,))
     # the builder checks again when handed a Target that never went through normalisation
     target = Target(module=net.eval(), arch="custom", input_shape=(3,), source="<module>")
     with pytest.raises(ConstructionError, match="NaN or inf"):
-        build_ticket(target, 8, solver="mitm")
+        build_ticket(target, MITM_8)
 
 
 def test_non_finite_batchnorm_statistics_are_refused() -> None:
@@ -342,7 +327,7 @@ def test_non_finite_batchnorm_statistics_are_refused() -> None:
     with torch.no_grad():
         bn.running_var[1] = math.nan
     with pytest.raises(ConstructionError, match="NaN or inf"):
-        build_ticket(nn.Sequential(nn.Linear(3, 4), bn).eval(), 8, input_shape=(3,), solver="mitm")
+        build_ticket(nn.Sequential(nn.Linear(3, 4), bn).eval(), MITM_8, input_shape=(3,))
 
 
 class _Scaled(nn.Module):
@@ -370,7 +355,7 @@ def test_unsupported_modules_are_refused_by_name(module: nn.Module, shape: tuple
     first = nn.Conv2d(2, 2, 1) if len(shape) == 3 else nn.Linear(3, 3)
     net = nn.Sequential(first, module)
     with pytest.raises(UnsupportedModuleError, match=named):
-        build_ticket(net, 8, input_shape=shape, solver="mitm")
+        build_ticket(net, MITM_8, input_shape=shape)
 
 
 @pytest.mark.parametrize(
@@ -382,16 +367,16 @@ def test_builder_refuses_unsupported_modules_in_a_hand_made_target(module: nn.Mo
     first = nn.Conv2d(2, 2, 1)
     target = Target(module=nn.Sequential(first, module).eval(), arch="custom", input_shape=(2, 5, 5), source="<m>")
     with pytest.raises(ConstructionError, match=named):
-        build_ticket(target, 8, solver="mitm")
+        build_ticket(target, MITM_8)
 
 
 # -- resuming ----------------------------------------------------------------------------------------------------------
 
 
 def _build_resumable(net: Any, directory: Path, **options: Any) -> Ticket:
-    settings = {"solver": "mitm", "resample": 2, "seed": 0, **options}
-    n = settings.pop("n", 8)
-    return build_ticket(net.module, n, input_shape=net.input_shape, resume_dir=directory, **settings)
+    progress = options.pop("progress", None)
+    config = BuildConfig(**{"n": 8, "solver": "mitm", "resample": 2, "seed": 0, **options})
+    return build_ticket(net.module, config, input_shape=net.input_shape, resume_dir=directory, progress=progress)
 
 
 def _resumed(ticket: Ticket) -> list[bool]:
@@ -441,7 +426,8 @@ def test_a_changed_target_does_not_reuse_stored_layers(mlp: Any, tmp_path: Path)
     other = copy.deepcopy(mlp.module)
     with torch.no_grad():
         other[4].weight[0, 0] += 0.01  # only the last layer differs
-    changed = build_ticket(other, 8, input_shape=mlp.input_shape, solver="mitm", resample=2, resume_dir=tmp_path)
+    config = BuildConfig(n=8, solver="mitm", resample=2)
+    changed = build_ticket(other, config, input_shape=mlp.input_shape, resume_dir=tmp_path)
     assert _resumed(changed) == [True, True, False]
 
 

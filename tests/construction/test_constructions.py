@@ -2,7 +2,7 @@
 
 A one-layer target goes through ``build_ticket``; its pair is then checked against references that do not use
 the construction code: the effective-weights layer in float64, block sums recomputed from ``RandomSource``,
-subset-sum optima found by enumeration, and the structure DESIGN.md section 2 prescribes.
+subset-sum optima found by enumeration, and the structure docs/design.md section 2 prescribes.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import copy
 import zlib
 from collections.abc import Callable
 from functools import cache
+from typing import Any
 
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ticketsolver import ConstructionError, Ticket, build_ticket
+from ticketsolver import BuildConfig, ConstructionError, Ticket, build_ticket
 from ticketsolver.construction.pair import CONSTRUCTIONS as LETTERS
 from ticketsolver.construction.pair import PrunedPair
 
@@ -54,16 +55,8 @@ def one_layer(kind: str, bias: bool, construction: str) -> tuple[nn.Module, tupl
     torch.manual_seed(zlib.crc32(f"{kind}-{bias}".encode()))  # stable: hash() of a str changes per process
     layer = factory(bias).eval()
     domain = (0.0, 1.0) if construction == "output_blocks" else None  # O needs inputs >= 0
-    ticket = build_ticket(
-        nn.Sequential(layer),
-        N,
-        input_shape=shape,
-        input_domain=domain,
-        construction=construction,
-        resample=0,
-        solver="mitm",
-        seed=SEED,
-    )
+    config = BuildConfig(n=N, input_domain=domain, construction=construction, resample=0, solver="mitm", seed=SEED)
+    ticket = build_ticket(nn.Sequential(layer), config, input_shape=shape)
     return layer, shape, ticket
 
 
@@ -259,9 +252,9 @@ def test_kept_entries_are_the_pruned_network_weights() -> None:
 # -- (d) which construction each layer gets ------------------------------------------------------------------------
 
 
-def constructions(module: nn.Module, shape: tuple[int, ...], resample: int = 1, **options: object) -> list[str]:
+def constructions(module: nn.Module, shape: tuple[int, ...], resample: int = 1, **options: Any) -> list[str]:
     """The letters of the constructions chosen per layer (re-randomised builds by default: O/I by sign)."""
-    ticket = build_ticket(module, 4, input_shape=shape, resample=resample, solver="mitm", **options)
+    ticket = build_ticket(module, BuildConfig(n=4, resample=resample, solver="mitm", **options), input_shape=shape)
     recorded = [p["construction"] for p in ticket.manifest()["pairs"]]
     assert recorded == [layout.construction for layout in ticket.layouts]
     return [LETTERS[c] for c in recorded]
@@ -321,5 +314,6 @@ def test_forcing_input_blocks_is_always_allowed() -> None:
 def test_forcing_output_blocks_where_inputs_may_be_negative_is_refused(
     net: nn.Module, domain: tuple[float, float] | None
 ) -> None:
+    config = BuildConfig(n=4, input_domain=domain, construction="output_blocks", solver="mitm")
     with pytest.raises(ConstructionError, match="output blocks need inputs >= 0"):
-        build_ticket(net, 4, input_shape=(3,), input_domain=domain, construction="output_blocks", solver="mitm")
+        build_ticket(net, config, input_shape=(3,))

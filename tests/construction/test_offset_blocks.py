@@ -16,10 +16,8 @@ import torch
 from scipy import stats
 from torch import nn
 
-from ticketsolver import build_ticket
-from ticketsolver.construction.box import DEFAULT_INPUT_BOX
-from ticketsolver.construction.pair import PrunedPair
-from ticketsolver.errors import ConstructionError
+from ticketsolver import BuildConfig, ConfigError, build_ticket
+from ticketsolver.construction import DEFAULT_INPUT_BOX, PrunedPair, pair_input_boxes
 
 
 def _mlp(seed: int, d_in: int = 5) -> nn.Sequential:
@@ -68,7 +66,7 @@ def _pairs_and_inputs(ticket, x: torch.Tensor) -> list[tuple[PrunedPair, torch.T
 )
 def test_pure_pairs_equal_their_effective_layers_at_the_corners_of_the_box(make, shape, box) -> None:
     net = make(0)
-    ticket = build_ticket(net, 16, input_shape=shape, input_domain=box, solver="mitm")
+    ticket = build_ticket(net, BuildConfig(n=16, input_domain=box, solver="mitm"), input_shape=shape)
     assert {p.construction for p in ticket.layouts} == {"offset_blocks"}
     lo, hi = box if box is not None else DEFAULT_INPUT_BOX
     assert ticket.input_domain == (lo, hi)
@@ -84,7 +82,7 @@ def test_pure_pairs_equal_their_effective_layers_at_the_corners_of_the_box(make,
 
 def test_every_kept_unit_is_active_over_the_propagated_box() -> None:
     """The margin of the docstring: beta >= max(-u lo, -u hi) for every kept unit, at the box's corners."""
-    ticket = build_ticket(_mlp(1), 16, input_shape=(5,), input_domain=(-1.5, 2.5), solver="mitm")
+    ticket = build_ticket(_mlp(1), BuildConfig(n=16, input_domain=(-1.5, 2.5), solver="mitm"), input_shape=(5,))
     g = ticket.to_module().double()
     lo = torch.full((5,), -1.5, dtype=torch.float64)
     hi = torch.full((5,), 2.5, dtype=torch.float64)
@@ -107,7 +105,7 @@ def test_a_pure_ticket_is_draw_zero_of_documented_laws(tmp_path) -> None:
 
     from ticketsolver.ticket.export import export_safetensors
 
-    ticket = build_ticket(_cnn(2), 12, input_shape=(2, 6, 6), input_domain=(0.0, 1.0), solver="mitm")
+    ticket = build_ticket(_cnn(2), BuildConfig(n=12, input_domain=(0.0, 1.0), solver="mitm"), input_shape=(2, 6, 6))
     assert not any(d.any() for d in ticket.draws)
     path = ticket.save(tmp_path / "t.ticket")
     with safe_open(str(path), "np") as f:
@@ -128,19 +126,19 @@ def test_a_pure_ticket_is_draw_zero_of_documented_laws(tmp_path) -> None:
 def test_usable_coefficients_are_nearly_all_n() -> None:
     """Sign pruning gave ~n/2 per problem; L gives ~0.9 n on signed and on non-negative inputs alike."""
     for box in ((-1.0, 1.0), (0.0, 1.0)):
-        ticket = build_ticket(_mlp(3, d_in=12), 24, input_shape=(12,), input_domain=box, solver="mitm")
+        ticket = build_ticket(_mlp(3, d_in=12), BuildConfig(n=24, input_domain=box, solver="mitm"), input_shape=(12,))
         first = ticket.build["pairs"][0]
         assert first["usable_mean"] >= 0.8 * 24, (box, first["usable_mean"])
 
 
 def test_offset_blocks_refuse_resampling() -> None:
-    with pytest.raises(ConstructionError, match="pure source"):
-        build_ticket(_mlp(0), 8, input_shape=(5,), construction="offset_blocks", resample=4, solver="mitm")
+    with pytest.raises(ConfigError, match="construction offset_blocks \\(L\\) is built from a pure source"):
+        BuildConfig(n=8, construction="offset_blocks", resample=4, solver="mitm")
 
 
 def test_identical_builds_give_identical_tickets() -> None:
-    a = build_ticket(_mlp(4), 10, input_shape=(5,), solver="auto")
-    b = build_ticket(_mlp(4), 10, input_shape=(5,), solver="auto")
+    a = build_ticket(_mlp(4), BuildConfig(n=10), input_shape=(5,))
+    b = build_ticket(_mlp(4), BuildConfig(n=10), input_shape=(5,))
     assert a.kept_hash() == b.kept_hash()
     for masks_a, masks_b in zip(a.masks, b.masks, strict=True):
         for name in masks_a:
@@ -151,7 +149,7 @@ def test_identical_builds_give_identical_tickets() -> None:
 def test_pure_mlp_matches_its_target_closely(n: int) -> None:
     """End to end in float64 on random inputs of the box: all-usable subset sums give small errors."""
     net = _mlp(5, d_in=8)
-    ticket = build_ticket(net, n, input_shape=(8,), input_domain=(-1.0, 1.0))
+    ticket = build_ticket(net, BuildConfig(n=n, input_domain=(-1.0, 1.0)), input_shape=(8,))
     x = -1.0 + 2.0 * torch.rand(512, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         f, g = net.double()(x), ticket.to_module().double()(x)
@@ -162,9 +160,7 @@ def test_pure_mlp_matches_its_target_closely(n: int) -> None:
 @pytest.mark.parametrize(("make", "shape", "box"), [(_mlp, (5,), (-2.0, 3.0)), (_cnn, (2, 6, 6), (0.0, 1.0))])
 def test_each_pair_is_linear_on_the_box_the_builder_propagated_to_it(make, shape, box) -> None:
     """Every kept unit's pre-activation is >= 0 on the whole (replayed) box of its pair, corners included."""
-    from ticketsolver.construction.box import pair_input_boxes
-
-    ticket = build_ticket(make(6), 14, input_shape=shape, input_domain=box, solver="mitm")
+    ticket = build_ticket(make(6), BuildConfig(n=14, input_domain=box, solver="mitm"), input_shape=shape)
     boxes = pair_input_boxes(ticket)
     pairs = list(ticket.pairs())
     assert len(boxes) == len(pairs)

@@ -2,17 +2,28 @@
 
 Brute force enumerates every subset, so it is the reference; both mitm engines must reach its optimum to
 the last bit on random and awkward problems, and agree with each other at sizes brute force cannot reach.
+The torch engine is device-agnostic code: it is checked here on the CPU, and on CUDA where there is one.
 """
 
 from __future__ import annotations
 
+import ast
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from ticketsolver.errors import InvalidProblemError, ProblemTooLargeError
-from ticketsolver.solvers import SolveStatus, available_solvers, get_solver
+from ticketsolver.errors import InvalidProblemError, ProblemTooLargeError, TicketSolverError
+from ticketsolver.solvers import Solver, SolveStatus, available_solvers, get_solver
 
 ENGINES = ["mitm_numba", "mitm_torch"]
+
+
+def exact_engine(name: str, **options: object) -> Solver:
+    """An exact engine by registry name; the torch one on the CPU, so these tests check it anywhere."""
+    if name == "mitm_torch":
+        options.setdefault("device", "cpu")
+    return get_solver(name, **options)
 
 
 def awkward_problems(n: int, rng: np.random.Generator) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
@@ -44,7 +55,7 @@ def awkward_problems(n: int, rng: np.random.Generator) -> list[tuple[str, np.nda
 def test_mitm_matches_bruteforce(engine: str, n: int) -> None:
     rng = np.random.default_rng(n)
     reference = get_solver("bruteforce")
-    solver = get_solver(engine)
+    solver = exact_engine(engine)
     for name, coeffs, targets, usable in awkward_problems(n, rng):
         expected = reference.solve(coeffs, targets, usable)
         got = solver.solve(coeffs, targets, usable)
@@ -60,8 +71,8 @@ def test_numba_and_torch_engines_agree_beyond_bruteforce(n: int) -> None:
     coeffs = rng.uniform(-1, 1, (b, n))
     targets = rng.normal(0, 0.2, b)
     usable = rng.random((b, n)) < 0.9
-    a = get_solver("mitm_numba").solve(coeffs, targets, usable)
-    t = get_solver("mitm_torch", device="cpu").solve(coeffs, targets, usable)
+    a = exact_engine("mitm_numba").solve(coeffs, targets, usable)
+    t = exact_engine("mitm_torch").solve(coeffs, targets, usable)
     np.testing.assert_array_equal(a.errors, t.errors)
 
 
@@ -121,7 +132,7 @@ def test_only_usable_entries_enter_the_search_so_n_above_40_works_when_few_are_u
 def test_more_than_40_usable_is_a_typed_error_naming_the_mip_backends(engine: str) -> None:
     coeffs = np.ones((1, 41))
     with pytest.raises(ProblemTooLargeError, match="gurobi"):
-        get_solver(engine).solve(coeffs, np.zeros(1))
+        exact_engine(engine).solve(coeffs, np.zeros(1))
 
 
 def test_auto_routes_large_problems_to_the_mip_chain() -> None:
@@ -132,7 +143,7 @@ def test_auto_routes_large_problems_to_the_mip_chain() -> None:
     usable[:2, 20:] = False  # two small problems, one with 42 usable
     targets = rng.normal(0, 0.2, 3)
     sol = get_solver("auto", mip_time_limit=5).solve(coeffs, targets, usable)
-    assert sol.backends[0] == "mitm" and sol.backends[1] == "mitm"
+    assert sol.backends[0] == "mitm" and sol.backends[1] == "mitm"  # whichever engine: named as asked
     assert sol.backends[2] in ("gurobi", "cpsat")
     exact = get_solver("mitm").solve(coeffs[:2], targets[:2], usable[:2])
     np.testing.assert_array_equal(sol.errors[:2], exact.errors)
@@ -157,7 +168,7 @@ def test_auto_routes_large_problems_to_the_mip_chain() -> None:
 @pytest.mark.parametrize("engine", ["mitm", "mitm_torch", "bruteforce"])
 def test_malformed_batches_raise_typed_errors(engine, coeffs, targets, usable, match) -> None:
     with pytest.raises(InvalidProblemError, match=match):
-        get_solver(engine).solve(coeffs, targets, usable)
+        exact_engine(engine).solve(coeffs, targets, usable)
 
 
 def test_nan_in_an_unusable_entry_is_padding_not_an_error() -> None:
@@ -173,19 +184,91 @@ def test_absurd_magnitudes_are_refused_not_mis_solved() -> None:
 
 
 def test_unknown_solver_names_the_known_ones() -> None:
-    with pytest.raises(InvalidProblemError, match="mitm"):
-        get_solver("simplex")
-    assert {"mitm", "gurobi", "cpsat", "cbc", "bruteforce", "auto"} <= set(available_solvers())
+    for name in ("simplex", "", None, "MITM"):
+        with pytest.raises(InvalidProblemError, match="choose one of auto, bruteforce"):
+            get_solver(name)  # type: ignore[arg-type]
+    assert {"mitm", "mitm_numba", "mitm_torch", "gurobi", "cpsat", "cbc", "bruteforce", "auto"} <= set(
+        available_solvers()
+    )
 
 
-@pytest.mark.parametrize("bad", [{"threads": 0}, {"threads": 10_000}])
+@pytest.mark.parametrize("bad", [{"threads": 0}, {"threads": 10_000}, {"threads": 1.5}, {"threads": True}])
 def test_solver_options_are_validated(bad: dict) -> None:
-    with pytest.raises(ValueError, match="threads"):
+    with pytest.raises(InvalidProblemError, match="threads"):
         get_solver("mitm_numba", **bad)
 
 
+@pytest.mark.parametrize(
+    ("name", "options", "match"),
+    [
+        ("mitm_numba", {"device": "cpu"}, "no option 'device'; it takes: threads"),
+        ("mitm_torch", {"threads": 2}, "no option 'threads'; it takes: device, max_elements"),
+        ("bruteforce", {"tolerance": 1e-9}, "no option 'tolerance'"),
+        ("cpsat", {"timelimit": 5}, "no option 'timelimit'; it takes: time_limit, threads, scale, seed"),
+        ("mitm", {"engine": "gpu"}, "engine must be one of 'numba', 'torch'"),
+        ("mitm", {"engine": "numba", "device": "cuda"}, r"get_solver\('mitm_torch', device='cuda'\)"),
+        ("mitm", {"engine": "torch", "threads": 2}, r"get_solver\('mitm_numba', threads=...\)"),
+        ("mitm", {"engine": "numba", "max_elements": 4096}, r"get_solver\('mitm', engine='torch', ...\)"),
+        ("mitm_torch", {"device": "no-such-device"}, "device must be a torch device"),
+        ("mitm_torch", {"device": "cpu", "max_elements": 16}, "max_elements"),
+    ],
+)
+def test_options_a_solver_does_not_take_are_typed_errors_naming_the_right_call(
+    name: str, options: dict, match: str
+) -> None:
+    with pytest.raises(InvalidProblemError, match=match):
+        get_solver(name, **options)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"engine": "torch"}, {"engine": "torch", "device": "cpu"}, {"engine": "numba"}, {"device": "cpu"}, {}],
+)
+def test_mitm_takes_an_engine_and_answers_exactly_under_its_own_name(options: dict) -> None:
+    # get_solver("mitm", engine="torch") used to reach NumbaMitmSolver(engine=...), a TypeError, without CUDA
+    torch = pytest.importorskip("torch")
+    solver = get_solver("mitm", **options)
+    rng = np.random.default_rng(7)
+    coeffs, targets = rng.uniform(-1, 1, (40, 12)), rng.normal(0, 0.2, 40)
+    sol = solver.solve(coeffs, targets)
+    wanted = options.get("engine") or ("torch" if torch.cuda.is_available() and not options else "numba")
+    assert sol.info["engine"] == wanted and sol.solver == "mitm" and (sol.backends == "mitm").all()
+    np.testing.assert_array_equal(sol.errors, get_solver("bruteforce").solve(coeffs, targets).errors)
+
+
+@pytest.mark.parametrize("name", ["mitm", "mitm_numba", "mitm_torch", "auto", "bruteforce"])
+@pytest.mark.parametrize("options", [{"engine": "torch"}, {"device": "cpu", "engine": "numba"}, {"bogus": 1}])
+def test_get_solver_never_raises_a_bare_type_error(name: str, options: dict) -> None:
+    try:
+        get_solver(name, **options)
+    except TicketSolverError:
+        pass  # refused with a typed error, or built: both fine; a TypeError is not
+
+
+def test_the_two_engines_share_their_limits_and_import_neither_each_other_nor_the_chooser() -> None:
+    folder = Path(__file__).parents[2] / "ticketsolver" / "solvers"
+    for module, others in (("mitm", {"mitm_torch", "exact"}), ("mitm_torch", {"mitm", "exact"})):
+        tree = ast.parse((folder / f"{module}.py").read_text())
+        imported = {
+            name.split(".")[-1]
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom | ast.Import)
+            for name in ([node.module or ""] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names])
+        }
+        assert "limits" in imported and not imported & others, (module, imported)
+
+
+def test_the_torch_engine_is_registered_under_its_own_name_and_runs_on_the_cpu() -> None:
+    solver = get_solver("mitm_torch", device="cpu")
+    rng = np.random.default_rng(8)
+    coeffs, targets = rng.uniform(-1, 1, (64, 18)), rng.normal(0, 0.2, 64)
+    sol = solver.solve(coeffs, targets)
+    assert sol.solver == "mitm_torch" and sol.info == {"engine": "torch", "device": "cpu"} and sol.tolerance == 0.0
+    np.testing.assert_array_equal(sol.errors, get_solver("mitm_numba").solve(coeffs, targets).errors)
+
+
 @pytest.mark.gpu
-def test_torch_engine_on_cuda_matches_numba() -> None:
+def test_torch_engine_on_cuda_matches_numba_and_bruteforce() -> None:
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA device")
@@ -193,4 +276,19 @@ def test_torch_engine_on_cuda_matches_numba() -> None:
     coeffs = rng.uniform(-1, 1, (4096, 21))
     targets = rng.normal(0, 0.2, 4096)
     gpu = get_solver("mitm_torch", device="cuda").solve(coeffs, targets)
+    assert gpu.info["device"].startswith("cuda")
     np.testing.assert_array_equal(gpu.errors, get_solver("mitm_numba").solve(coeffs, targets).errors)
+    for n in (1, 5, 14):
+        small = np.random.default_rng(n)
+        for name, c, t, u in awkward_problems(n, small):
+            expected = get_solver("bruteforce").solve(c, t, u).errors
+            np.testing.assert_array_equal(get_solver("mitm_torch", device="cuda").solve(c, t, u).errors, expected, name)
+
+
+@pytest.mark.gpu
+def test_mitm_uses_the_torch_engine_on_cuda_under_the_name_mitm() -> None:
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    sol = get_solver("mitm").solve(np.array([[0.5, 0.25, -0.125]]), np.array([0.375]))
+    assert sol.info["engine"] == "torch" and sol.solver == "mitm" and sol.errors[0] == 0.0

@@ -15,34 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ticketsolver.errors import ProblemTooLargeError, SolverUnavailableError
+from ticketsolver.errors import InvalidProblemError, ProblemTooLargeError, SolverUnavailableError
 from ticketsolver.solvers import Solutions, Solver, SolveStatus, get_solver
 
-#: backend -> (module it imports, extra that installs it)
-PACKAGES = {
-    "gurobi": ("gurobipy", "gurobi"),
-    "cpsat": ("ortools.sat.python.cp_model", "ortools"),
-    "cbc": ("pulp", "cbc"),
-}
-BACKENDS = [
-    pytest.param("gurobi", marks=pytest.mark.gurobi, id="gurobi"),
-    pytest.param("cpsat", marks=pytest.mark.ortools, id="cpsat"),
-    pytest.param("cbc", marks=pytest.mark.cbc, id="cbc"),
-]
+from .backends import BACKENDS, PACKAGES, make_backend, require
+
 STATUSES = {s.value for s in SolveStatus}
-
-
-def require(name: str) -> None:
-    """Skip the test when the backend's package cannot be imported at all."""
-    module, extra = PACKAGES[name]
-    pytest.importorskip(module, reason=f"{module} is not installed (pip install 'ticketsolver[{extra}]')")
-
-
-def make_backend(name: str, **options: object) -> Solver:
-    require(name)
-    if name == "gurobi":
-        options.setdefault("fallback", False)  # test Gurobi itself; the fallback has its own tests
-    return get_solver(name, **options)
 
 
 @pytest.fixture(params=BACKENDS)
@@ -203,10 +181,13 @@ def test_cpsat_refuses_values_that_do_not_fit_int64_after_scaling() -> None:
         ("gurobi", {"fallback_time_limit": 0.0}, "fallback_time_limit"),
         ("cbc", {"time_limit": math.inf}, "time_limit"),
         ("cbc", {"threads": -2}, "threads"),
+        ("cbc", {"threads": "2"}, "threads"),
+        ("gurobi", {"fallback": "no"}, "fallback"),
+        ("gurobi", {"time_limit": "60"}, "time_limit"),
     ],
 )
 def test_constructors_reject_bad_arguments_by_name(name: str, options: dict[str, object], bad: str) -> None:
-    with pytest.raises(ValueError, match=bad):
+    with pytest.raises(InvalidProblemError, match=bad):
         get_solver(name, **options)
 
 

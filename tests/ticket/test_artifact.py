@@ -6,10 +6,10 @@ documents it (decoded here with ``lzma`` and ``numpy.unpackbits`` alone), and ha
 
 from __future__ import annotations
 
-import hashlib
 import json
 import lzma
 import math
+import os
 import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
@@ -22,7 +22,7 @@ from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
 from torch import nn
 
-from ticketsolver import TicketFormatError, build_ticket
+from ticketsolver import BuildConfig, TicketFormatError, build_ticket
 from ticketsolver.construction.layout import PairLayout
 from ticketsolver.construction.pair import PrunedPair
 from ticketsolver.source import RNG_LAYOUT
@@ -120,7 +120,7 @@ def test_save_then_load_regenerates_identical_network_tensors(ticket: Ticket, ti
 
 def test_declared_input_domain_survives_the_round_trip(tmp_path: Path) -> None:
     net = nn.Sequential(nn.Linear(3, 2))
-    ticket = build_ticket(net, 6, input_shape=(3,), input_domain=(0, 1), solver="mitm", resample=0)
+    ticket = build_ticket(net, BuildConfig(n=6, input_domain=(0, 1), solver="mitm"), input_shape=(3,))
     loaded = Ticket.load(ticket.save(tmp_path / "t.ticket"))
     assert loaded.input_domain == (0.0, 1.0) and not any(d.any() for d in loaded.draws)
 
@@ -201,21 +201,6 @@ def test_a_mask_outside_its_construction_cannot_be_saved(mlp_ticket: Ticket, tmp
     assert not (tmp_path / "forged.ticket").exists()
 
 
-def test_kept_hash_covers_the_structure_and_exactly_the_kept_values(mlp_ticket: Ticket) -> None:
-    structure = {
-        "input_shape": list(mlp_ticket.input_shape),
-        "steps": mlp_ticket.steps,
-        "pairs": [layout.to_dict() for layout in mlp_ticket.layouts],
-    }
-    digest = hashlib.sha256(json.dumps(structure, sort_keys=True).encode())
-    for k in range(len(mlp_ticket.layouts)):
-        tensors = mlp_ticket.source_tensors(k)
-        for name in ("U", "beta", "V"):
-            digest.update(name.encode())
-            digest.update(np.where(mlp_ticket.masks[k][name], tensors[name], np.float32(0)).tobytes())
-    assert mlp_ticket.kept_hash() == digest.hexdigest()
-
-
 def _copy(ticket: Ticket, build: dict[str, Any] | None = None) -> Ticket:
     """A fresh Ticket with the same contents (no cached sources or hashes), optionally another build record."""
     return Ticket(
@@ -239,15 +224,59 @@ def _with_sources(ticket: Ticket, edit: Callable[[dict[str, np.ndarray]], None],
     return copy
 
 
-def test_kept_hash_changes_with_a_kept_value_and_not_with_a_pruned_one(mlp_ticket: Ticket) -> None:
-    mask = mlp_ticket.masks[0]["V"]
-    kept, pruned = np.argwhere(mask)[0], np.argwhere(~mask)[0]
+def _scaled_at(name: str, at: tuple[int, ...]) -> Callable[[dict[str, np.ndarray]], None]:
+    """An edit of one source value: the entry ``at`` of tensor ``name`` halved (it is never 0)."""
 
-    def bump(at: np.ndarray) -> Callable[[dict[str, np.ndarray]], None]:
-        return lambda tensors: tensors["V"].__setitem__(tuple(at), tensors["V"][tuple(at)] * np.float32(0.5))
+    def edit(tensors: dict[str, np.ndarray]) -> None:
+        tensors[name][at] *= np.float32(0.5)
 
-    assert _with_sources(mlp_ticket, bump(kept)).kept_hash() != mlp_ticket.kept_hash()
-    assert _with_sources(mlp_ticket, bump(pruned)).kept_hash() == mlp_ticket.kept_hash()
+    return edit
+
+
+def _with_mask(ticket: Ticket, pair: int, name: str, at: tuple[int, ...]) -> Ticket:
+    """A copy of ``ticket`` with one mask entry of ``pair`` flipped."""
+    masks = [{key: m.copy() for key, m in masks.items()} for masks in ticket.masks]
+    masks[pair][name][at] = not masks[pair][name][at]
+    copy = _copy(ticket)
+    copy.masks = masks
+    return copy
+
+
+def _entries(ticket: Ticket) -> list[tuple[int, str, tuple[int, ...], tuple[int, ...]]]:
+    """Per pair and tensor, the first kept and the first pruned entry (where the tensor has both)."""
+    found = []
+    for k, masks in enumerate(ticket.masks):
+        for name, mask in masks.items():
+            if mask.any() and not mask.all():
+                found.append((k, name, tuple(np.argwhere(mask)[0]), tuple(np.argwhere(~mask)[0])))
+    return found
+
+
+def test_kept_hash_changes_with_every_kept_value_and_never_with_a_pruned_one(mlp_ticket: Ticket) -> None:
+    entries = _entries(mlp_ticket)
+    assert {name for _, name, _, _ in entries} == {"U", "beta", "V"}  # every tensor kind is exercised
+    reference = mlp_ticket.kept_hash()
+    for pair, name, kept, pruned in entries:
+        assert _with_sources(mlp_ticket, _scaled_at(name, kept), pair).kept_hash() != reference, (pair, name)
+        assert _with_sources(mlp_ticket, _scaled_at(name, pruned), pair).kept_hash() == reference, (pair, name)
+
+
+def test_kept_hash_changes_when_a_mask_keeps_or_prunes_one_more_entry(mlp_ticket: Ticket) -> None:
+    reference = mlp_ticket.kept_hash()
+    for pair, name, kept, pruned in _entries(mlp_ticket):
+        assert _with_mask(mlp_ticket, pair, name, kept).kept_hash() != reference, (pair, name, "pruned one more")
+        assert _with_mask(mlp_ticket, pair, name, pruned).kept_hash() != reference, (pair, name, "kept one more")
+    assert _copy(mlp_ticket).kept_hash() == reference  # a fresh copy hashes alike: nothing else enters
+
+
+def test_kept_hash_covers_the_structure(mlp_ticket: Ticket) -> None:
+    reference = mlp_ticket.kept_hash()
+    wider = _copy(mlp_ticket)
+    wider.input_shape = (mlp_ticket.input_shape[0] + 1,)
+    reordered = _copy(mlp_ticket)
+    reordered.steps = [step for step in mlp_ticket.steps if step["op"] != "relu"]
+    assert wider.kept_hash() != reference
+    assert reordered.kept_hash() != reference
 
 
 def test_build_hash_covers_the_statistics_and_leaves_the_kept_hash_alone(mlp_ticket: Ticket) -> None:
@@ -272,12 +301,12 @@ def pure_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A pure ticket (inputs in [0, 1]: every pair O, so no draw index even where input blocks are redrawn)."""
     torch.manual_seed(1)
     net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
-    ticket = build_ticket(net, 8, input_shape=(3,), input_domain=(0, 1), solver="mitm", resample=0)
+    ticket = build_ticket(net, BuildConfig(n=8, input_domain=(0, 1), solver="mitm"), input_shape=(3,))
     return ticket.save(tmp_path_factory.mktemp("pure") / "pure.ticket")
 
 
 def test_a_pure_build_is_iid_and_examines_exactly_its_source(small_target: nn.Module, tmp_path: Path) -> None:
-    ticket = build_ticket(small_target, n=12, input_shape=(4,), resample=0)
+    ticket = build_ticket(small_target, BuildConfig(n=12), input_shape=(4,))
     sizes = ticket.sizes()
     assert not any(d.any() for d in ticket.draws)
     assert sizes["source_kind"] == "iid"
@@ -288,7 +317,7 @@ def test_a_pure_build_is_iid_and_examines_exactly_its_source(small_target: nn.Mo
 
 
 def test_a_rerandomized_build_states_so_and_counts_its_discarded_draws(small_target: nn.Module) -> None:
-    ticket = build_ticket(small_target, n=12, input_shape=(4,), resample=8, tolerance=0.0)
+    ticket = build_ticket(small_target, BuildConfig(n=12, resample=8, tolerance=0.0), input_shape=(4,))
     sizes = ticket.sizes()
     assert any(d.any() for d in ticket.draws)  # tolerance 0: some unit was redrawn
     assert sizes["source_kind"] == "rerandomized"
@@ -397,7 +426,7 @@ def test_ticket_file_is_tiny(saved: Path, mlp_ticket: Ticket) -> None:
 def test_masks_are_stored_compressed(tmp_path: Path) -> None:
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(48, 32), nn.ReLU(), nn.Linear(32, 10))
-    ticket = build_ticket(net, 16, input_shape=(48,), solver="mitm", resample=0)
+    ticket = build_ticket(net, BuildConfig(n=16, solver="mitm"), input_shape=(48,))
     path = ticket.save(tmp_path / "t.ticket")
     source = ticket.sizes()["source_params"]
     stored = sum(a.nbytes for a in load_file(str(path)).values())
@@ -476,6 +505,62 @@ def test_truncated_files_are_refused(saved: Path, tmp_path: Path, keep: float) -
     cut.write_bytes(data[: int(len(data) * keep)] if keep < 1 else data[:keep])
     with pytest.raises(TicketFormatError):
         Ticket.load(cut)
+
+
+def _safetensors_bytes(header: dict[str, Any], body: bytes, declared: int | None = None) -> bytes:
+    """A hand-made safetensors file: 8-byte little-endian header length (``declared`` if given), JSON, data."""
+    raw = json.dumps(header).encode()
+    return (len(raw) if declared is None else declared).to_bytes(8, "little") + raw + body
+
+
+_BLOB = {"dtype": "U8", "shape": [3], "data_offsets": [0, 3]}
+_MANIFEST = {"__metadata__": {"manifest": json.dumps({"format": FORMAT})}}
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        _safetensors_bytes({**_MANIFEST, "a": _BLOB}, b"abc", declared=2**63),
+        _safetensors_bytes({**_MANIFEST, "a": _BLOB}, b"abc", declared=10**6),
+        _safetensors_bytes({**_MANIFEST, "a": _BLOB}, b"abc", declared=101_000_000),
+        _safetensors_bytes({**_MANIFEST, "a": {**_BLOB, "shape": [2**40, 2**40]}}, b"abc"),
+        _safetensors_bytes({**_MANIFEST, "a": {**_BLOB, "data_offsets": [0, 3 * 2**30]}}, b"abc"),
+        _safetensors_bytes({**_MANIFEST, "a": _BLOB, "b": _BLOB}, b"abc"),
+        _safetensors_bytes({**_MANIFEST, "a": _BLOB}, b"abc" + b"\0" * 64),
+        _safetensors_bytes({"__metadata__": {"manifest": 5}, "a": _BLOB}, b"abc"),
+        _safetensors_bytes(
+            {**_MANIFEST, "a": {**_BLOB, "dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, b"abcd"
+        ),
+        _safetensors_bytes({**_MANIFEST, "a": {**_BLOB, "shape": [3, 1]}}, b"abc"),
+        (4).to_bytes(8, "little") + b"\xff\xfe{}",
+    ],
+    ids=[
+        "header-length-2^63",
+        "header-length-beyond-the-file",
+        "header-over-100MB",
+        "shape-overflows",
+        "offsets-beyond-the-file",
+        "overlapping-tensors",
+        "bytes-no-tensor-covers",
+        "manifest-not-a-string",
+        "float-tensor",
+        "two-dimensional-blob",
+        "header-not-utf8",
+    ],
+)
+def test_hostile_safetensors_headers_are_refused(content: bytes, tmp_path: Path) -> None:
+    path = tmp_path / "hostile.ticket"
+    path.write_bytes(content)
+    with pytest.raises(TicketFormatError, match="not a ticketsolver ticket"):
+        Ticket.load(path)
+
+
+def test_a_fifo_is_refused_without_reading_from_it(tmp_path: Path) -> None:
+    """Reading a pipe would block for ever (and /dev/zero would never end): only regular files are read."""
+    fifo = tmp_path / "pipe.ticket"
+    os.mkfifo(fifo)
+    with pytest.raises(TicketFormatError, match="not a regular file"):
+        Ticket.load(fifo)
 
 
 def test_safetensors_file_without_a_manifest_is_refused(tmp_path: Path) -> None:

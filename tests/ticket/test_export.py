@@ -16,12 +16,14 @@ import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
-from safetensors.numpy import load_file
+from safetensors.numpy import load_file, save_file
 
-from ticketsolver import build_ticket
+from ticketsolver import BuildConfig, build_ticket
 from ticketsolver.construction.pair import PrunedPair
+from ticketsolver.errors import ConfigError
 from ticketsolver.ticket import EXPORT_FORMATS, Ticket, export_onnx, export_safetensors, export_ticket
-from ticketsolver.ticket.export import check_pruned_equals_source_times_mask
+
+from .checks import check_pruned_equals_source_times_mask
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +138,7 @@ def test_safetensors_metadata_identifies_the_ticket(safetensors_file: Path, cnn_
 def test_a_pure_tickets_export_states_iid_and_holds_every_source_at_draw_0(tmp_path: Path) -> None:
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
-    ticket = build_ticket(net, 8, input_shape=(3,), input_domain=(0, 1), solver="mitm", resample=0)
+    ticket = build_ticket(net, BuildConfig(n=8, input_domain=(0, 1), solver="mitm"), input_shape=(3,))
     path = export_safetensors(ticket, tmp_path / "pure.safetensors")
     with safe_open(str(path), "np") as f:
         meta = f.metadata()
@@ -150,6 +152,23 @@ def test_a_pure_tickets_export_states_iid_and_holds_every_source_at_draw_0(tmp_p
             law = layout.tensor(ticket.source, name, draw=0)  # the tensor's law at draw 0, nothing redrawn
             assert np.array_equal(tensors[f"{step}.{key}.source"].ravel(), law.ravel())
     assert check_pruned_equals_source_times_mask(path)
+
+
+def test_the_pruned_check_fails_a_tensor_that_is_not_its_source_times_its_mask(
+    safetensors_file: Path, tmp_path: Path
+) -> None:
+    tensors = load_file(str(safetensors_file))
+    key = next(k for k in tensors if not k.endswith((".source", ".mask")))
+    kept = np.argwhere(tensors[f"{key}.mask"])[0]
+    edited = dict(tensors, **{key: tensors[key].copy()})
+    edited[key][tuple(kept)] *= np.float32(1.5)  # a kept entry that is no longer its source value
+    save_file(edited, str(tmp_path / "edited.safetensors"))
+    assert not check_pruned_equals_source_times_mask(tmp_path / "edited.safetensors")
+    without_mask = {k: v for k, v in tensors.items() if k != f"{key}.mask"}
+    save_file(without_mask, str(tmp_path / "no-mask.safetensors"))
+    assert not check_pruned_equals_source_times_mask(tmp_path / "no-mask.safetensors")
+    save_file({k: v for k, v in tensors.items() if k.endswith(".source")}, str(tmp_path / "none.safetensors"))
+    assert not check_pruned_equals_source_times_mask(tmp_path / "none.safetensors")
 
 
 def test_pruned_tensors_load_into_the_network_and_reproduce_its_outputs(
@@ -185,5 +204,5 @@ def test_export_ticket_dispatches_by_format_and_refuses_unknown_ones(mlp_ticket:
     assert EXPORT_FORMATS == ("onnx", "safetensors")
     path = export_ticket(mlp_ticket, tmp_path / "mlp.safetensors", "safetensors")
     assert check_pruned_equals_source_times_mask(path)
-    with pytest.raises(ValueError, match="unknown export format 'bogus'.*onnx, safetensors"):
+    with pytest.raises(ConfigError, match="unknown export format 'bogus'.*onnx, safetensors"):
         export_ticket(mlp_ticket, tmp_path / "x", "bogus")

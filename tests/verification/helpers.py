@@ -1,4 +1,4 @@
-"""Hand-made pruned pairs for the verification tests, built from the constructions of DESIGN.md section 2.
+"""Hand-made pruned pairs for the verification tests, built from the constructions of docs/design.md section 2.
 
 The real builder lives in ticketsolver.construction; these pairs are exact by construction (O: hidden
 units [relu(W); relu(-W)] and V = [I, -I]; I: one hidden unit per (input, sign) with U = +-1 and V = +-W,

@@ -9,6 +9,7 @@ import pytest
 import torch
 from rich.console import Console
 
+from ticketsolver import ConfigError, VerifyConfig
 from ticketsolver.errors import VerificationError
 from ticketsolver.verification import Report, verify_networks
 
@@ -46,18 +47,8 @@ def lenet_report() -> Report:
     generator = torch.Generator().manual_seed(0)
     x = torch.rand(48, 1, 28, 28, generator=generator)
     y = torch.randint(0, 10, (48,), generator=generator)
-    return verify_networks(
-        target,
-        pruned,
-        input_shape=(1, 28, 28),
-        input_box=(0.0, 1.0),
-        data=(x, y),
-        n_random=64,
-        batch_size=32,
-        worst_case_starts=4,
-        worst_case_steps=10,
-        device="cpu",
-    )
+    config = VerifyConfig(input_box=(0.0, 1.0), n_random=64, batch_size=32, worst_case_starts=4, worst_case_steps=10)
+    return verify_networks(target, pruned, config, input_shape=(1, 28, 28), data=(x, y), device="cpu")
 
 
 def test_exact_lenet5_pair_agrees_to_rounding(lenet_report: Report) -> None:
@@ -112,9 +103,8 @@ def test_perturbed_pairs_bound_holds_over_every_observation() -> None:
     target = odd_conv_net(0)
     pruned = build_pruned(target, input_nonneg=False, perturb=1e-3, seed=0)
     x = torch.rand(40, 2, 12, 12) * 2 - 1
-    report = verify_networks(
-        target, pruned, input_shape=(2, 12, 12), input_box=(-1.0, 1.0), data=(x, None), n_random=200, seed=1
-    )
+    config = VerifyConfig(input_box=(-1.0, 1.0), n_random=200, seed=1)
+    report = verify_networks(target, pruned, config, input_shape=(2, 12, 12), data=(x, None))
     bound = report.certified.max_bound
     observed = [report.sections[s]["float64"].max_abs_error for s in ("data", "random")]
     worst = report.worst_case["float64"]
@@ -134,15 +124,8 @@ def test_box_is_derived_from_data_when_not_given() -> None:
     target = mlp(1)
     pruned = build_pruned(target, input_nonneg=False, perturb=1e-3)
     x = torch.randn(30, 13)
-    report = verify_networks(
-        target,
-        pruned,
-        input_shape=(13,),
-        data=(x, None),
-        n_random=20,
-        dtypes=("float64",),
-        worst_case_steps=5,
-    )
+    config = VerifyConfig(n_random=20, dtypes=("float64",), worst_case_steps=5)
+    report = verify_networks(target, pruned, config, input_shape=(13,), data=(x, None))
     box = report.input_box
     assert box["source"].startswith("from data") and box["law_name"] == "uniform"
     assert box["lo_min"] == pytest.approx(x.min().item()) and box["hi_max"] == pytest.approx(x.max().item())
@@ -153,7 +136,9 @@ def test_caller_modules_are_not_changed() -> None:
     target = mlp(2)
     pruned = build_pruned(target, input_nonneg=True, perturb=1e-3)
     before = {k: v.clone() for k, v in {**target.state_dict(), **pruned.state_dict()}.items()}
-    verify_networks(target, pruned, input_shape=(13,), input_box=(0.0, 1.0), n_random=16, worst_case_steps=3)
+    verify_networks(
+        target, pruned, VerifyConfig(input_box=(0.0, 1.0), n_random=16, worst_case_steps=3), input_shape=(13,)
+    )
     after = {**target.state_dict(), **pruned.state_dict()}
     assert all(torch.equal(before[k], after[k]) and after[k].dtype == torch.float32 for k in before)
     assert all(p.requires_grad and p.grad is None for p in [*target.parameters(), *pruned.parameters()])
@@ -166,11 +151,8 @@ def test_progress_is_reported_up_to_one() -> None:
     verify_networks(
         target,
         pruned,
+        VerifyConfig(input_box=(0.0, 1.0), n_random=50, batch_size=16, worst_case_steps=2),
         input_shape=(13,),
-        input_box=(0.0, 1.0),
-        n_random=50,
-        batch_size=16,
-        worst_case_steps=2,
         progress=lambda step, fraction: seen.append((step, fraction)),
     )
     fractions = [f for _, f in seen]
@@ -186,15 +168,8 @@ def test_progress_is_reported_up_to_one() -> None:
 
 def test_without_worst_case_and_certificate() -> None:
     target = mlp(4)
-    report = verify_networks(
-        target,
-        build_pruned(target, input_nonneg=True),
-        input_shape=(13,),
-        input_box=(0.0, 1.0),
-        n_random=8,
-        worst_case_starts=0,
-        certify=False,
-    )
+    config = VerifyConfig(input_box=(0.0, 1.0), n_random=8, worst_case_starts=0, certify=False)
+    report = verify_networks(target, build_pruned(target, input_nonneg=True), config, input_shape=(13,))
     assert report.worst_case == {} and report.certified is None
     assert report.to_dict()["certified"] is None
 
@@ -202,34 +177,41 @@ def test_without_worst_case_and_certificate() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"random_law": "cauchy"}, "unknown random_law"),
-        ({"dtypes": ("float16",)}, "unknown dtype"),
-        ({"data": (torch.rand(4, 12), None)}, "data inputs must have shape"),
-        ({"data": (torch.rand(4, 13), torch.zeros(3, dtype=torch.long))}, "labels must have shape"),
-        ({"data": (torch.rand(4, 13), torch.zeros(4))}, "integer"),
-        ({"input_box": (1.0, 0.0)}, "lo <= hi"),
-        ({"input_shape": (14,)}, "do not accept inputs of shape"),
-        ({"n_random": -1}, "n_random"),
-        ({"device": "not-a-device"}, "unknown device"),
+        ({"random_law": "cauchy"}, "unknown random_law 'cauchy'"),
+        ({"data": (torch.rand(4, 12), None)}, r"data inputs must have shape \(N, 13\) with N > 0, got \(4, 12\)"),
+        ({"data": (torch.rand(4, 13), torch.zeros(3, dtype=torch.long))}, r"labels must have shape \(4,\), got \(3,\)"),
+        ({"data": (torch.rand(4, 13), torch.zeros(4))}, "labels must be an integer tensor"),
+        ({"data": (torch.full((4, 13), float("nan")), None)}, "data inputs contain NaN or infinite values"),
+        ({"input_shape": (14,)}, r"do not accept inputs of shape \(14,\)"),
+        ({"device": "not-a-device"}, "unknown device 'not-a-device'"),
     ],
+    ids=["law", "data-shape", "label-shape", "float-labels", "nan-data", "input-shape", "device"],
 )
 def test_bad_arguments_raise_verification_error(kwargs, match) -> None:
     target = mlp(5)
     pruned = build_pruned(target, input_nonneg=True)
-    arguments = {"input_shape": (13,), "input_box": (0.0, 1.0), "n_random": 4, "certify": False, **kwargs}
+    config = VerifyConfig(input_box=(0.0, 1.0), n_random=4, certify=False)
     with pytest.raises(VerificationError, match=match):
-        verify_networks(target, pruned, **arguments)
+        verify_networks(target, pruned, config, **{"input_shape": (13,), **kwargs})
+
+
+@pytest.mark.parametrize("config", [{"n_random": 4}, None, 4], ids=["a-dict", "None", "an-int"])
+def test_anything_but_a_verify_config_is_refused(config) -> None:
+    target = mlp(5)
+    with pytest.raises(ConfigError, match="config must be a VerifyConfig"):
+        verify_networks(target, build_pruned(target, input_nonneg=True), config, input_shape=(13,))
 
 
 def test_mismatched_networks_raise_before_running() -> None:
     with pytest.raises(VerificationError, match="modules"):
-        verify_networks(mlp(6), build_pruned(lenet5(0), input_nonneg=True), input_shape=(13,), input_box=(0.0, 1.0))
+        verify_networks(mlp(6), build_pruned(lenet5(0), input_nonneg=True), VerifyConfig(), input_shape=(13,))
 
 
 def test_output_blocks_first_layer_on_a_signed_box_is_not_certified_and_the_rest_runs() -> None:
     target = mlp(7)
     pruned = build_pruned(target, input_nonneg=True)
-    report = verify_networks(target, pruned, input_shape=(13,), input_box=(-1.0, 1.0), n_random=8, worst_case_steps=1)
+    config = VerifyConfig(input_box=(-1.0, 1.0), n_random=8, worst_case_steps=1)
+    report = verify_networks(target, pruned, config, input_shape=(13,))
     assert report.certified is not None and report.certified.max_bound is None
     assert "not provably >= 0" in (report.certified.not_certified or "")
     assert set(report.worst_case) == {"float32", "float64"} and report.sections["random"]
@@ -244,7 +226,7 @@ def test_without_a_box_or_data_the_documented_default_law_is_used() -> None:
     """No box and no data: not an error. Standardised features: N(0, 1) per feature clipped to [-6, 6]."""
     target = mlp(11)
     pruned = build_pruned(target, input_nonneg=False, perturb=1e-3)
-    report = verify_networks(target, pruned, input_shape=(13,), n_random=400, worst_case_steps=3)
+    report = verify_networks(target, pruned, VerifyConfig(n_random=400, worst_case_steps=3), input_shape=(13,))
     box = report.input_box
     assert box["source"].startswith("default") and box["law_name"] == "normal"
     assert box["law"] == "standard normal per feature, clipped to the box"
@@ -274,9 +256,8 @@ def test_offset_blocks_pairs_are_compared_with_their_effective_layer_only_inside
     target = torch.nn.Sequential(torch.nn.Linear(4, 3)).eval()
     pruned = torch.nn.Sequential(perturb_second(offset_blocks_pair(target[0], h=1.0), 1e-3, seed=12)).eval()
     x = torch.rand(40, 4) * 4 - 2  # many inputs outside [-1, 1], where the pair is not linear
-    report = verify_networks(
-        target, pruned, input_shape=(4,), input_box=(-1.0, 1.0), data=(x, None), n_random=50, worst_case_steps=5
-    )
+    config = VerifyConfig(input_box=(-1.0, 1.0), n_random=50, worst_case_steps=5)
+    report = verify_networks(target, pruned, config, input_shape=(4,), data=(x, None))
     for dtype in ("float32", "float64"):
         (check,) = report.layers[dtype]
         assert check.construction == "offset_blocks"
@@ -293,12 +274,12 @@ def test_offset_blocks_pairs_are_compared_with_their_effective_layer_only_inside
 
 def test_float32_certified_bound_covers_the_float32_forward_passes_of_a_built_ticket() -> None:
     """A real ticket (signed inputs, nothing declared) verified with no box and no data, as the CLI does."""
-    from ticketsolver import build_ticket
-    from ticketsolver.verification.against import verify
+    from ticketsolver import BuildConfig, build_ticket, verify
 
     target = mlp(12, d_in=13, width=16, d_out=3)
-    ticket = build_ticket(target, n=12, input_shape=(13,), resample=0)
-    report = verify(target, ticket, n_random=500, worst_case_starts=4, worst_case_steps=10, device="cpu")
+    ticket = build_ticket(target, BuildConfig(n=12), input_shape=(13,))
+    config = VerifyConfig(n_random=500, worst_case_starts=4, worst_case_steps=10)
+    report = verify(target, ticket, config, device="cpu")
     box = report.input_box
     assert box["law_name"] == "normal" and ("default" in box["source"])
     certified = report.certified
@@ -315,7 +296,7 @@ def test_asking_for_cuda_without_one_is_a_verification_error() -> None:
     target = mlp(9)
     with pytest.raises(VerificationError, match="no CUDA device"):
         verify_networks(
-            target, build_pruned(target, input_nonneg=True), input_shape=(13,), input_box=(0.0, 1.0), device="cuda"
+            target, build_pruned(target, input_nonneg=True), VerifyConfig(), input_shape=(13,), device="cuda"
         )
 
 
@@ -324,9 +305,9 @@ def test_asking_for_cuda_without_one_is_a_verification_error() -> None:
 def test_gpu_run_matches_cpu_in_float64() -> None:
     target = odd_conv_net(2)
     pruned = build_pruned(target, input_nonneg=False, perturb=1e-3, seed=2)
-    kwargs = {"input_shape": (2, 12, 12), "input_box": (-1.0, 1.0), "n_random": 128, "worst_case_steps": 10}
-    gpu = verify_networks(target, pruned, device="cuda", **kwargs)
-    cpu = verify_networks(target, pruned, device="cpu", **kwargs)
+    config = VerifyConfig(input_box=(-1.0, 1.0), n_random=128, worst_case_steps=10)
+    gpu = verify_networks(target, pruned, config, input_shape=(2, 12, 12), device="cuda")
+    cpu = verify_networks(target, pruned, config, input_shape=(2, 12, 12), device="cpu")
     assert gpu.device.startswith("cuda") and "TF32 off" in gpu.device_note
     for dtype, rel in (("float64", 1e-9), ("float32", 1e-2)):
         assert gpu.sections["random"][dtype].max_abs_error == pytest.approx(
@@ -340,7 +321,9 @@ def test_in_place_relu_neither_breaks_the_ascent_nor_writes_into_the_data() -> N
     pruned = build_pruned(target, input_nonneg=False, perturb=1e-3)
     x = torch.randn(20, 13, dtype=torch.float64)
     before = x.clone()
-    report = verify_networks(target, pruned, input_shape=(13,), data=(x, None), n_random=8, worst_case_steps=3)
+    report = verify_networks(
+        target, pruned, VerifyConfig(n_random=8, worst_case_steps=3), input_shape=(13,), data=(x, None)
+    )
     assert torch.equal(x, before)
     assert report.worst_case["float64"].max_abs_error > 0
 
@@ -352,9 +335,9 @@ def test_pairs_with_torch_prune_buffers_verify_like_plain_ones() -> None:
     for module in reparametrised.modules():
         if isinstance(module, torch.nn.Linear):
             torch.nn.utils.prune.custom_from_mask(module, "weight", module.weight != 0)
-    kwargs = {"input_shape": (13,), "input_box": (0.0, 1.0), "n_random": 32, "worst_case_steps": 3}
-    a = verify_networks(target, plain, **kwargs).to_dict()
-    b = verify_networks(target, reparametrised, **kwargs).to_dict()
+    config = VerifyConfig(input_box=(0.0, 1.0), n_random=32, worst_case_steps=3)
+    a = verify_networks(target, plain, config, input_shape=(13,)).to_dict()
+    b = verify_networks(target, reparametrised, config, input_shape=(13,)).to_dict()
     for dtype in ("float32", "float64"):
         a["worst_case"][dtype].pop("seconds"), b["worst_case"][dtype].pop("seconds")
     for key in ("sections", "layers", "worst_case"):

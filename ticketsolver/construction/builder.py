@@ -1,8 +1,10 @@
-"""The builder: a target network in, a ticket out.
+"""The builder: a target network in, the pruned pair of every layer out (:class:`BuildResult`).
 
-Walks the target's normal form (Linear, Conv2d, ReLU, MaxPool2d, AvgPool2d, Flatten), replaces every
+Construction stage of the pipeline (problems -> solvers -> construction -> ticket): :func:`construct` walks the
+target's normal form (Linear, Conv2d, ReLU, MaxPool2d, AvgPool2d, Flatten), replaces every
 Linear/Conv2d by a pair of random layers, chooses each random tensor's scale from the layer's weights,
-solves the subset sums, and records everything the ticket needs to regenerate the pruned network.
+solves the subset sums, and returns everything the ticket needs to regenerate the pruned network;
+:func:`ticketsolver.pipeline.build_ticket` turns that into a :class:`~ticketsolver.ticket.Ticket`.
 
 Two kinds of build:
 
@@ -20,24 +22,23 @@ from __future__ import annotations
 
 import logging
 import math
-import numbers
 import os
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from torch import nn
 
+from ticketsolver.config import PURE_TOLERANCE, BuildConfig
 from ticketsolver.construction.box import DEFAULT_INPUT_BOX, IntervalWalk
 from ticketsolver.construction.input_blocks import solve_input_blocks
 from ticketsolver.construction.layout import ConvGeometry, PairLayout
 from ticketsolver.construction.offset_blocks import offset_scales, solve_offset_blocks
 from ticketsolver.construction.output_blocks import solve_output_blocks
 from ticketsolver.construction.resume import fingerprint, load_pair, save_pair
-from ticketsolver.construction.rounds import MAX_RESAMPLE
 from ticketsolver.construction.solution import PairSolution
 from ticketsolver.construction.steps import describe_step
 from ticketsolver.errors import ConstructionError
@@ -45,21 +46,15 @@ from ticketsolver.solvers import Solver, get_solver
 from ticketsolver.source import RandomSource
 
 if TYPE_CHECKING:
-    from ticketsolver.ticket import Ticket
+    from ticketsolver.models import Target
 
-__all__ = ["BuildConfig", "LayerProgress", "build_ticket", "choose_scales", "solver_options"]
+__all__ = ["SCALE_MARGINS", "BuildResult", "LayerProgress", "choose_scales", "construct", "solver_options"]
 
 log = logging.getLogger("ticketsolver.construction")
 
 #: (pair, layer fraction done in [0, 1], message) — called as solving advances
 LayerProgress = Callable[[int, float, str], None]
 
-#: the largest n accepted
-MAX_N = 64
-#: default tolerance of a pure build: a subset sum within it needs no larger search (see solvers.auto)
-PURE_TOLERANCE = 1e-8
-#: default tolerance of a re-randomised build: a unit is redrawn while its error exceeds it
-RESAMPLE_TOLERANCE = 1e-7
 #: default scale margin per construction: reach of a block's subset sums in units of the layer's max |w|. L's ~0.9·n
 #: coefficients of either sign reach far, and a large margin keeps in reach the rare weight whose coefficients lean
 #: one way, at little cost in precision from n = 30 on. Max relative error on data, n = 30: LeNet5 margin 4 / 8 / 16 ->
@@ -67,81 +62,26 @@ RESAMPLE_TOLERANCE = 1e-7
 #: rounding of L's cancelled constants grows with the margin (data, float32: 4.0e-4 at 8, 1.1e-3 at 16 on LeNet5).
 #: O and I have ~n/2 usable coefficients of one sign, and resampling repairs their tail.
 SCALE_MARGINS: dict[str, float] = {"offset_blocks": 12.0, "output_blocks": 1.5, "input_blocks": 1.5}
-#: construction I's default extra block draws when re-randomising (a pure build draws each block once)
-RESAMPLE_BLOCK_DRAWS = 8
-
-Choice = Literal["auto", "output_blocks", "input_blocks", "offset_blocks"]
 #: refuse random sources that would not fit in memory
 MAX_SOURCE_PARAMS = 400_000_000
 
 
 @dataclass(frozen=True)
-class BuildConfig:
-    """How a ticket is built; recorded in the ticket's manifest. ``None`` fields take the default of the
-    build's kind (pure when ``resample == 0``, else re-randomised), resolved on construction."""
+class BuildResult:
+    """Everything a construction yields: the pieces of the ticket, in the order the network runs them.
 
-    n: int = 20  # random hidden units per block: candidate coefficients per weight
-    seed: int = 0  # keys every random tensor (with pair, tensor and draw)
-    solver: str = "auto"  # subset-sum backend (see ticketsolver.solvers); auto solves to `tolerance`
-    input_domain: tuple[float, float] | None = None  # box of the model's inputs; None: DEFAULT_INPUT_BOX
-    # 0 = a pure source (one i.i.d. random network). R > 0 = re-randomisation, IteRand-style: units whose error
-    # exceeds `tolerance` are redrawn up to R times, best draw kept (the ticket is then "rerandomized").
-    resample: int = 0
-    # pure: a subset sum within it is accepted (1e-8); re-randomised: units above it are redrawn (1e-7)
-    tolerance: float | None = None
-    block_draws: int | None = None  # construction I: draws of each input block's U rows (8 re-randomised, 0 pure)
-    scale_margin: float | None = None  # reach of a block's subset sums in units of max |w| (None: SCALE_MARGINS)
-    construction: Choice = "auto"  # force one where valid (auto: L when pure, else O where x >= 0 and I)
+    ``steps`` lists the network's operations: a kept module described by
+    :func:`~ticketsolver.construction.steps.describe_step`, or ``{"op": "pair", "pair": k}`` for the k-th
+    pruned pair, whose layout and solution are ``layouts[k]`` and ``solutions[k]``.
+    """
 
-    def __post_init__(self) -> None:
-        pure = (
-            isinstance(self.resample, numbers.Integral) and not isinstance(self.resample, bool) and self.resample == 0
-        )
-        defaults = {
-            "tolerance": PURE_TOLERANCE if pure else RESAMPLE_TOLERANCE,
-            "block_draws": 0 if pure else RESAMPLE_BLOCK_DRAWS,
-        }
-        for name, value in defaults.items():
-            if getattr(self, name) is None:
-                object.__setattr__(self, name, value)
-        limits = (
-            ("n", 1, MAX_N),
-            ("seed", 0, 2**63 - 1),
-            ("resample", 0, MAX_RESAMPLE),
-            ("block_draws", 0, MAX_RESAMPLE),
-        )
-        for name, low, high in limits:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not low <= int(value) <= high:
-                raise ConstructionError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
-            object.__setattr__(self, name, int(value))  # NumPy integers become plain ints for the manifest
-        for name in ("tolerance", "scale_margin"):
-            value = getattr(self, name)
-            if value is None and name == "scale_margin":
-                continue
-            if isinstance(value, bool) or not isinstance(value, numbers.Real):
-                raise ConstructionError(f"{name} must be a number, got {value!r}")
-            object.__setattr__(self, name, float(value))
-        assert self.tolerance is not None
-        if not (math.isfinite(self.tolerance) and self.tolerance >= 0):
-            raise ConstructionError(f"tolerance must be finite and >= 0, got {self.tolerance!r}")
-        if self.scale_margin is not None and not (math.isfinite(self.scale_margin) and 0.1 <= self.scale_margin <= 100):
-            raise ConstructionError(f"scale_margin must be in [0.1, 100], got {self.scale_margin!r}")
-        if self.construction not in ("auto", "output_blocks", "input_blocks", "offset_blocks"):
-            raise ConstructionError(f"unknown construction {self.construction!r}")
-        if self.construction == "offset_blocks" and not self.pure:
-            raise ConstructionError("construction L (offset_blocks) is built from a pure source: use resample=0")
-        if self.block_draws and self.pure:
-            raise ConstructionError("block_draws > 0 redraws random values: it needs resample > 0")
-        if self.input_domain is not None:
-            lo, hi = self.input_domain
-            if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
-                raise ConstructionError(f"input_domain must be finite with lo < hi, got {self.input_domain!r}")
-
-    @property
-    def pure(self) -> bool:
-        """True for a build from one i.i.d. random network (no re-randomisation)."""
-        return self.resample == 0
+    config: BuildConfig  # the configuration built with (its None defaults resolved)
+    input_shape: tuple[int, ...]  # per-sample input shape of the network
+    input_box: tuple[float, float] | None  # the box the pairs were built for (None: none, re-randomised builds)
+    steps: list[dict[str, Any]]
+    layouts: list[PairLayout]
+    solutions: list[PairSolution]
+    record: dict[str, Any]  # the manifest's "build" entry: config, solver, target facts, per-pair statistics
 
 
 def choose_scales(weight: np.ndarray, bias: np.ndarray | None, n: int, margin: float) -> dict[str, float]:
@@ -280,58 +220,33 @@ def _make_solver(config: BuildConfig) -> Solver:
 _SMALL_EXACT = ("mitm", "mitm_numba", "mitm_torch", "bruteforce")
 
 
-def build_ticket(
-    model: Any,
-    n: int = 20,
+def construct(
+    target: Target,
+    config: BuildConfig,
     *,
-    input_shape: Sequence[int] | None = None,
     progress: LayerProgress | None = None,
     solve_with: Solver | None = None,
     resume_dir: str | os.PathLike[str] | None = None,
-    **options: Any,
-) -> Ticket:
-    """Build the strong lottery ticket of a trained network.
+) -> BuildResult:
+    """Replace every Linear/Conv2d of the target by a pruned pair of random layers.
 
     Args:
-        model: a :class:`ticketsolver.models.Target`, or an ``nn.Module`` made of supported layers
-            (then ``input_shape`` is required).
-        n: random hidden units per block (candidate coefficients per weight).
-        input_shape: per-sample input shape when ``model`` is a plain module.
+        target: the trained network in normal form.
+        config: how to build (see :class:`~ticketsolver.config.BuildConfig`).
         progress: called with (pair, fraction of that layer done, message) after every solved chunk; an
             exception it raises aborts the build (how a service cancels one).
-        solve_with: the solver instance to use instead of ``get_solver(solver)`` (e.g. one that spreads
-            chunks over a cluster); the manifest still records ``solver``. Exact solvers give identical
-            tickets whatever executes them.
+        solve_with: the solver instance to use instead of ``get_solver(config.solver)`` (e.g. one that spreads
+            chunks over a cluster); the record still names ``config.solver``. Exact solvers give identical
+            results whatever executes them.
         resume_dir: store each finished layer there, and reuse the layers already stored for this very
             target and configuration (an interrupted build resumes where it stopped).
-        **options: the other fields of :class:`BuildConfig` (seed, solver, input_domain, resample, ...).
-
-    Returns:
-        The :class:`ticketsolver.ticket.Ticket`.
 
     Raises:
-        ConstructionError: bad parameters, unsupported or non-finite layers, a source too large.
+        ConstructionError: unsupported or non-finite layers, a source too large, no layer to approximate.
         SolverError: the subset-sum backend failed.
-
-    Example:
-        >>> from torch import nn
-        >>> net = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
-        >>> ticket = build_ticket(net, n=12, input_shape=(4,), input_domain=(-1.0, 1.0))
-        >>> [p.construction for p in ticket.layouts], ticket.sizes()["source_kind"]
-        (['offset_blocks', 'offset_blocks'], 'iid')
     """
-    from ticketsolver.models import Target
-    from ticketsolver.ticket import Ticket
-
-    if "input_domain" in options and options["input_domain"] is not None:
-        options["input_domain"] = tuple(float(v) for v in options["input_domain"])
-    config = BuildConfig(n=n, **options)
-    if not isinstance(model, Target):
-        if input_shape is None:
-            raise ConstructionError("input_shape is required when building from a plain nn.Module")
-        model = Target.from_module(model, input_shape)
     solver = solve_with if solve_with is not None else _make_solver(config)
-    config_record = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()}
+    config_record = config.to_dict()
     resume = None if resume_dir is None else Path(resume_dir)
     source = RandomSource(config.seed)
     report = progress or (lambda *_: None)
@@ -343,12 +258,12 @@ def build_ticket(
     if box is None and config.pure:
         box, origin = DEFAULT_INPUT_BOX, "default"
     nonnegative = box is not None and box[0] >= 0
-    walk = IntervalWalk.from_box(box, tuple(model.input_shape)) if config.pure and box is not None else None
+    walk = IntervalWalk.from_box(box, tuple(target.input_shape)) if config.pure and box is not None else None
     steps: list[dict[str, Any]] = []
     layouts: list[PairLayout] = []
     solutions: list[PairSolution] = []
     target_params = 0
-    for index, module in enumerate(model.module):
+    for index, module in enumerate(target.module):
         if not isinstance(module, nn.Linear | nn.Conv2d):
             steps.append(describe_step(module))
             nonnegative = nonnegative or isinstance(module, nn.ReLU)
@@ -393,22 +308,14 @@ def build_ticket(
         raise ConstructionError("the target has no Linear or Conv2d layer to approximate")
     if origin is not None:
         log.info("input box %s (%s)", list(box or ()), origin)
-    return Ticket(
-        seed=config.seed,
-        input_shape=tuple(model.input_shape),
-        input_domain=box,
-        steps=steps,
-        layouts=layouts,
-        masks=[s.masks for s in solutions],
-        draws=[s.draws for s in solutions],
-        build={
-            "config": config_record,
-            "solver": solver.name,
-            "arch": model.arch,
-            "source": model.source,
-            "target_params": target_params,
-            "input_domain_origin": origin,
-            "seconds": time.perf_counter() - start,
-            "pairs": [s.summary() for s in solutions],
-        },
-    )
+    record = {
+        "config": config_record,
+        "solver": solver.name,
+        "arch": target.arch,
+        "source": target.source,
+        "target_params": target_params,
+        "input_domain_origin": origin,
+        "seconds": time.perf_counter() - start,
+        "pairs": [solution.summary() for solution in solutions],
+    }
+    return BuildResult(config, tuple(target.input_shape), box, steps, layouts, solutions, record)

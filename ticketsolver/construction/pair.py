@@ -20,7 +20,7 @@ from ticketsolver.errors import ConstructionError
 __all__ = ["CONSTRUCTIONS", "Construction", "EffectiveLayer", "PrunedPair"]
 
 Construction = Literal["output_blocks", "input_blocks", "offset_blocks"]
-#: construction name -> the letter used in DESIGN.md and reports (L: linear over the layer's input box)
+#: construction name -> its letter in docs/design.md section 2 and in reports (L: linear over the layer's input box)
 CONSTRUCTIONS: dict[str, str] = {"output_blocks": "O", "input_blocks": "I", "offset_blocks": "L"}
 
 

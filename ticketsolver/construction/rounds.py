@@ -5,6 +5,8 @@ be redrawn without touching any other unit (construction I: one of a weight's tw
 owning its own entries of V). A unit may hold several problems; its error is the largest of theirs. Round 0
 solves every unit on draw 0; round r redraws the units whose best error still exceeds the tolerance from
 stream r, and keeps a draw only where it is strictly better. The draw index per unit is recorded (uint8).
+Progress within a round comes from the solver as its problems finish (per problem in the MIP backends), so a
+layer's fraction advances within a chunk, not only between chunks.
 """
 
 from __future__ import annotations
@@ -15,13 +17,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ticketsolver.solvers import Solver, SolveStatus
+from ticketsolver.config import MAX_RESAMPLE
+from ticketsolver.solvers import Progress, Solver, SolveStatus
 
 __all__ = ["MAX_RESAMPLE", "ProblemMaker", "RoundsResult", "solve_with_resampling"]
 
-#: draw indices are stored as uint8; draw 0 is the first draw
-MAX_RESAMPLE = 255
-#: problems per solver call: bounds memory and gives progress on large layers
+#: problems per solver call: bounds memory (progress comes from the solver, within each call)
 CHUNK = 1 << 16
 
 #: (units, draw) -> coeffs (S, P, n), usable (S, P, n), targets (S, P)
@@ -59,22 +60,30 @@ def _solve_chunked(
     usable: np.ndarray,
     targets: np.ndarray,
     result: RoundsResult,
-    tick: Callable[[int, int], None],
+    tick: Progress,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Solve flat problems in chunks; returns masks (B, n) and errors (B,)."""
+    """Solve flat problems in chunks; returns masks (B, n) and errors (B,).
+
+    ``tick(done, B)`` follows the solver's own progress, offset by the chunks already solved; the solver
+    reports each chunk's end itself, and an exception from ``tick`` stops it within the chunk.
+    """
     masks = np.zeros(coeffs.shape, dtype=bool)
     errors = np.zeros(coeffs.shape[0])
     for start in range(0, coeffs.shape[0], CHUNK):
         sl = slice(start, start + CHUNK)
-        sol = solver.solve(coeffs[sl], targets[sl], usable[sl])
+        sol = solver.solve(coeffs[sl], targets[sl], usable[sl], progress=_after(start, coeffs.shape[0], tick))
         masks[sl], errors[sl] = sol.masks, sol.errors
         result.seconds += sol.seconds
         result.problems_solved += len(sol)
         for key, counter in ((sol.status, result.status_counts), (sol.backends, result.backends)):
             for name, count in _tally(key).items():
                 counter[name] = counter.get(name, 0) + count
-        tick(min(start + CHUNK, coeffs.shape[0]), coeffs.shape[0])
     return masks, errors
+
+
+def _after(start: int, total: int, tick: Progress) -> Progress:
+    """A chunk's progress as progress of the whole round: ``done`` problems of the chunk at ``start``."""
+    return lambda done, _chunk: tick(start + done, total)
 
 
 def solve_with_resampling(
@@ -93,7 +102,9 @@ def solve_with_resampling(
         make_problems: builds the problems of the given units at the given draw.
         resample: number of extra rounds (0 = a single draw).
         tolerance: units with error above it are redrawn.
-        progress: called after each chunk with (round, solved, total) of the current round.
+        progress: called with (round, solved, total) of the current round as the solver reports problems
+            solved (after each problem for the MIP backends, after each vectorised part otherwise); an
+            exception it raises propagates and stops the solve.
     """
     report = progress or (lambda *_: None)
     result: RoundsResult | None = None

@@ -39,7 +39,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ticketsolver.errors import CheckpointError
+from ticketsolver.errors import CheckpointError, ConfigError
 
 __all__ = [
     "ARCHITECTURES",
@@ -62,7 +62,7 @@ def _per_layer(flags: Flags, count: int, name: str) -> tuple[bool, ...]:
         return (flags,) * count
     out = tuple(bool(f) for f in flags)
     if len(out) != count:
-        raise ValueError(f"{name} needs {count} flags (one per weight layer), got {len(out)}")
+        raise ConfigError(f"{name} needs {count} flags (one per weight layer), got {len(out)}")
     return out
 
 
@@ -89,7 +89,7 @@ class LeNet5(nn.Sequential):
         self, in_channels: int = 1, num_classes: int = 10, *, bias: Flags = True, batch_norm: Flags = False
     ) -> None:
         if in_channels < 1 or num_classes < 1:
-            raise ValueError(f"in_channels and num_classes must be >= 1, got {in_channels}, {num_classes}")
+            raise ConfigError(f"in_channels and num_classes must be >= 1, got {in_channels}, {num_classes}")
         biases = _per_layer(bias, 5, "bias")
         norms = _per_layer(batch_norm, 5, "batch_norm")
         layers: list[nn.Module] = []
@@ -135,7 +135,7 @@ class MLP(nn.Sequential):
     def __init__(self, sizes: Sequence[int], *, bias: Flags = True, batch_norm: Flags = False) -> None:
         sizes = tuple(int(s) for s in sizes)
         if len(sizes) < 2 or min(sizes) < 1:
-            raise ValueError(f"MLP needs at least two sizes, all >= 1; got {sizes}")
+            raise ConfigError(f"MLP needs at least two sizes, all >= 1; got {sizes}")
         count = len(sizes) - 1
         biases = _per_layer(bias, count, "bias")
         norms = _per_layer(batch_norm, count, "batch_norm")

@@ -1,8 +1,8 @@
 """Shared plumbing of the MIP backends (``gurobi``, ``cpsat``, ``cbc``): one model per problem.
 
 Each backend builds and solves one small model per weight over that weight's usable coefficients; this
-module owns the loop around it, the optional imports that name their extra, argument checks, and the
-magnitude used to state a backend's tolerance.
+module owns the loop around it (which reports progress after every problem), the optional imports that
+name their extra, argument checks, and the magnitude used to state a backend's tolerance.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from types import ModuleType
 
 import numpy as np
 
-from ticketsolver.errors import SolverUnavailableError
-from ticketsolver.solvers.base import SolveStatus
+from ticketsolver.errors import InvalidProblemError, SolverUnavailableError
+from ticketsolver.solvers.base import Progress, SolveStatus
 
 __all__ = ["check_positive", "check_threads", "import_optional", "logger", "max_magnitude", "solve_each"]
 
@@ -42,20 +42,20 @@ def import_optional(module: str, extra: str, backend: str) -> ModuleType:
 
 
 def check_positive(name: str, value: float) -> float:
-    """``value`` as a float if it is finite and > 0, else ``ValueError`` naming it."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    """``value`` as a float if it is a finite number > 0, else :class:`InvalidProblemError` naming it."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise InvalidProblemError(f"{name} must be a number, got {type(value).__name__}")
     if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+        raise InvalidProblemError(f"{name} must be a finite number > 0, got {value!r}")
     return float(value)
 
 
 def check_threads(threads: int) -> int:
-    """``threads`` if it is an int >= 1, else ``ValueError``/``TypeError`` naming it."""
+    """``threads`` if it is an int >= 1, else :class:`InvalidProblemError` naming it."""
     if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)):
-        raise TypeError(f"threads must be an int, got {type(threads).__name__}")
+        raise InvalidProblemError(f"threads must be an int, got {type(threads).__name__}")
     if threads < 1:
-        raise ValueError(f"threads must be >= 1, got {threads}")
+        raise InvalidProblemError(f"threads must be >= 1, got {threads}")
     return int(threads)
 
 
@@ -66,19 +66,21 @@ def max_magnitude(coeffs: np.ndarray, targets: np.ndarray, usable: np.ndarray) -
 
 
 def solve_each(
-    coeffs: np.ndarray, targets: np.ndarray, usable: np.ndarray, solve_one: SolveOne
+    coeffs: np.ndarray, targets: np.ndarray, usable: np.ndarray, solve_one: SolveOne, progress: Progress
 ) -> tuple[np.ndarray, np.ndarray]:
     """Run ``solve_one(b, c_usable, w)`` on every problem; scatter its subsets back into (B, n) masks.
 
-    A problem without usable coefficients has one subset, the empty one: it is optimal without a model.
-    The status comes back as an object array so that callers can overwrite entries with longer values.
+    ``progress(b + 1, B)`` follows every problem, so a callback that raises stops the loop after the
+    problem that was running. A problem without usable coefficients has one subset, the empty one: it is
+    optimal without a model. The status comes back as an object array so that callers can overwrite
+    entries with longer values.
     """
     masks = np.zeros(coeffs.shape, dtype=bool)
     status = np.full(len(targets), SolveStatus.OPTIMAL.value, dtype=object)
     for b in range(len(targets)):
         idx = np.flatnonzero(usable[b])
-        if idx.size == 0:
-            continue
-        chosen, status[b] = solve_one(b, coeffs[b, idx], float(targets[b]))
-        masks[b, idx] = chosen
+        if idx.size:
+            chosen, status[b] = solve_one(b, coeffs[b, idx], float(targets[b]))
+            masks[b, idx] = chosen
+        progress(b + 1, len(targets))
     return masks, status

@@ -3,14 +3,19 @@
 Every trained weight ``w`` becomes one problem: choose ``x`` in {0,1}^n minimising
 ``|w - sum_i c_i x_i|`` over the *usable* coefficients. A backend implements one method,
 :meth:`Solver._solve_batch`, on validated arrays; :meth:`Solver.solve` owns the shared machinery
-(validation, timing, recomputing values and errors in float64 from the masks, so that what a
+(validation, timing, progress, recomputing values and errors in float64 from the masks, so that what a
 backend reports can never be better than what its masks achieve).
+
+Solvers hold configuration, never the state of a batch: what a batch was solved to (its tolerance) comes
+back in its :class:`RawSolution`, so one solver instance may serve many batches, one after another or
+from several threads at once.
 """
 
 from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -19,7 +24,25 @@ import numpy as np
 
 from ticketsolver.errors import InvalidProblemError
 
-__all__ = ["RawSolution", "Solutions", "SolveStatus", "Solver", "validate_batch", "recompute"]
+__all__ = [
+    "Progress",
+    "RawSolution",
+    "Solutions",
+    "SolveStatus",
+    "Solver",
+    "no_progress",
+    "recompute",
+    "validate_batch",
+]
+
+#: ``progress(done, total)``: ``done`` of the batch's ``total`` problems are solved. Called as problems
+#: finish; an exception it raises propagates out of :meth:`Solver.solve` and abandons the batch (that is
+#: how a worker stops a build).
+Progress = Callable[[int, int], None]
+
+
+def no_progress(done: int, total: int) -> None:
+    """The :data:`Progress` callback of a caller that does not listen."""
 
 
 class SolveStatus(str, Enum):
@@ -45,8 +68,9 @@ class RawSolution:
     status: np.ndarray  # (B,) str, SolveStatus values
     backends: np.ndarray | None = None  # (B,) str, the backend that produced each answer (fallbacks)
     info: dict[str, Any] = field(default_factory=dict)
-    # the tolerance this batch was solved to; None: the solver's ``tolerance`` attribute. Returned rather
-    # than written to the solver, so that a batch's tolerance neither leaks into the next nor races
+    # the tolerance this batch was solved to; None: the solver's constant ``tolerance`` attribute (exact
+    # backends). Returned rather than written to the solver, so that a batch's tolerance neither leaks
+    # into the next batch nor races with a batch solved at the same time on another thread
     tolerance: float | None = None
 
 
@@ -138,6 +162,25 @@ def recompute(coeffs: np.ndarray, targets: np.ndarray, masks: np.ndarray) -> tup
     return values, np.abs(targets - values)
 
 
+class _Reporter:
+    """The :data:`Progress` a backend reports to during one :meth:`Solver.solve`: forwards to the caller's
+    callback and remembers how far the backend got, so that ``solve`` can report the rest at the end."""
+
+    def __init__(self, total: int, progress: Progress | None) -> None:
+        self.total = total
+        self.done = 0
+        self.progress = progress or no_progress
+
+    def __call__(self, done: int, total: int) -> None:
+        self.done = max(self.done, done)
+        self.progress(done, total)
+
+    def finish(self) -> None:
+        """Report the whole batch, unless the backend already did (a vectorised one reports nothing)."""
+        if self.done < self.total:
+            self(self.total, self.total)
+
+
 class Solver(ABC):
     """A subset-sum backend. Subclasses set ``name`` and implement :meth:`_solve_batch`.
 
@@ -150,19 +193,28 @@ class Solver(ABC):
     """
 
     name: str = "solver"
-    #: absolute tolerance within which an ``optimal`` answer is proven (0 for exact backends)
+    #: absolute tolerance within which an ``optimal`` answer is proven, for a backend whose tolerance does
+    #: not depend on the batch (0 for exact backends); set at construction, never while solving. Backends
+    #: whose tolerance depends on the batch return it in :attr:`RawSolution.tolerance` instead
     tolerance: float = 0.0
 
-    def solve(self, coeffs: Any, targets: Any, usable: Any | None = None) -> Solutions:
+    def solve(
+        self, coeffs: Any, targets: Any, usable: Any | None = None, *, progress: Progress | None = None
+    ) -> Solutions:
         """Solve every problem of the batch.
 
         Args:
             coeffs: (B, n) float64 coefficients.
             targets: (B,) float64 targets.
             usable: optional (B, n) bool; only ``True`` entries may be chosen.
+            progress: called with ``(done, B)`` as problems finish: after each problem in backends that
+                solve one problem at a time (the MIP backends), after each vectorised part otherwise, and
+                always with ``(B, B)`` once the batch is solved. An exception it raises propagates, and
+                the rest of the batch is not solved.
 
         Returns:
-            :class:`Solutions` with masks, recomputed values and errors, status and provenance.
+            :class:`Solutions` with masks, recomputed values and errors, status, provenance, and the
+            tolerance this batch was solved to.
 
         Raises:
             InvalidProblemError: malformed input (see :func:`validate_batch`).
@@ -170,9 +222,11 @@ class Solver(ABC):
             SolverUnavailableError: the backend's optional dependency is missing.
         """
         c, t, u = validate_batch(coeffs, targets, usable)
+        reporter = _Reporter(len(t), progress)
         start = time.perf_counter()
-        raw = self._solve_batch(c, t, u)
+        raw = self._solve_batch(c, t, u, reporter)
         seconds = time.perf_counter() - start
+        reporter.finish()
         masks = np.asarray(raw.masks, dtype=bool)
         if masks.shape != c.shape:  # a backend bug, not a user error
             raise AssertionError(f"{self.name} returned masks of shape {masks.shape}, expected {c.shape}")
@@ -192,8 +246,15 @@ class Solver(ABC):
         )
 
     @abstractmethod
-    def _solve_batch(self, coeffs: np.ndarray, targets: np.ndarray, usable: np.ndarray) -> RawSolution:
-        """Solve a validated batch (float64 C-contiguous arrays, usable bool)."""
+    def _solve_batch(
+        self, coeffs: np.ndarray, targets: np.ndarray, usable: np.ndarray, progress: Progress
+    ) -> RawSolution:
+        """Solve a validated batch (float64 C-contiguous arrays, usable bool).
+
+        ``progress(done, B)`` may be called as problems finish (a backend that solves the whole batch in
+        one call may ignore it: :meth:`solve` reports the batch when this returns). Nothing about the
+        batch may be written on ``self``: return it in the :class:`RawSolution`.
+        """
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"

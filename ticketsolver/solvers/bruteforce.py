@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ticketsolver.errors import ProblemTooLargeError
-from ticketsolver.solvers.base import RawSolution, Solver, SolveStatus
+from ticketsolver.errors import InvalidProblemError, ProblemTooLargeError
+from ticketsolver.solvers.base import Progress, RawSolution, Solver, SolveStatus
 
 __all__ = ["BruteForceSolver"]
 
@@ -15,16 +15,21 @@ class BruteForceSolver(Solver):
 
     Args:
         max_n: the largest usable count accepted (2^max_n subsets are enumerated per problem).
+
+    Raises:
+        InvalidProblemError: ``max_n`` outside [1, 24].
     """
 
     name = "bruteforce"
 
     def __init__(self, max_n: int = 20) -> None:
-        if not 1 <= max_n <= 24:
-            raise ValueError(f"max_n must be in [1, 24], got {max_n}")
-        self.max_n = max_n
+        if isinstance(max_n, bool) or not isinstance(max_n, (int, np.integer)) or not 1 <= max_n <= 24:
+            raise InvalidProblemError(f"max_n must be an int in [1, 24], got {max_n!r}")
+        self.max_n = int(max_n)
 
-    def _solve_batch(self, coeffs: np.ndarray, targets: np.ndarray, usable: np.ndarray) -> RawSolution:
+    def _solve_batch(
+        self, coeffs: np.ndarray, targets: np.ndarray, usable: np.ndarray, progress: Progress
+    ) -> RawSolution:
         k_max = int(usable.sum(1).max())
         if k_max > self.max_n:
             raise ProblemTooLargeError(
@@ -40,4 +45,5 @@ class BruteForceSolver(Solver):
             sums = (bits * coeffs[b, idx]).sum(1)
             best = int(np.argmin(np.abs(targets[b] - sums)))
             masks[b, idx] = bits[best]
-        return RawSolution(masks=masks, status=np.full(len(targets), SolveStatus.OPTIMAL.value))
+            progress(b + 1, len(targets))
+        return RawSolution(masks=masks, status=np.full(len(targets), SolveStatus.OPTIMAL.value), tolerance=0.0)

@@ -14,7 +14,7 @@ import numpy as np
 
 from ticketsolver.errors import SolverError, SolverUnavailableError
 from ticketsolver.solvers._mip import check_positive, check_threads, import_optional, max_magnitude, solve_each
-from ticketsolver.solvers.base import RawSolution, Solver, SolveStatus
+from ticketsolver.solvers.base import Progress, RawSolution, Solver, SolveStatus
 
 __all__ = ["CbcSolver"]
 
@@ -26,21 +26,21 @@ class CbcSolver(Solver):
     default it keeps answers up to ~1e-5 worse than the optimum and still reports them optimal (seen
     on 3 of 8 random problems at n = 18-21), hence ``increment 1e-12``.
 
-    :attr:`tolerance` is ``1e-12 + 1e-9 * (2 + M) + 5e-9 * max |w|``, M = max over the batch of
+    A batch's ``tolerance`` is ``1e-12 + 1e-9 * (2 + M) + 5e-9 * max |w|``, M = max over the batch of
     ``|w| + sum |c_i|``: the increment; the primal feasibility tolerance (1e-9) on each error
     constraint; the integer tolerance (1e-9) on each x_i, which moves ``c.x`` by up to
     ``1e-9 * sum |c_i|`` when x is rounded; the 13 significant digits of PuLP's MPS file (well below
     1e-9 * M); and the 8 significant digits with which CBC's solution file gives the objective back
     (off by up to 5e-9 * e, and e <= |w| since the empty subset errs by |w|). PuLP does not return
     CBC's bound, so an answer is ``optimal`` when CBC proves its objective optimal with zero gap *and*
-    the recomputed float64 error is within :attr:`tolerance` of that objective.
+    the recomputed float64 error is within that tolerance of that objective.
 
     Args:
         time_limit: seconds per problem (CBC's ``sec``).
         threads: CBC ``threads`` per problem (PuLP's bundled CBC may ignore it).
 
     Raises:
-        ValueError: a non-positive time limit, threads < 1.
+        InvalidProblemError: a non-positive time limit, threads < 1.
 
     Example:
         >>> import numpy as np
@@ -60,18 +60,21 @@ class CbcSolver(Solver):
     def __init__(self, time_limit: float = 60.0, threads: int = 1) -> None:
         self.time_limit = check_positive("time_limit", time_limit)
         self.threads = check_threads(threads)
-        self.tolerance = self.INCREMENT + 2 * self.CBC_TOL  # M = 0 bound; recomputed for every batch
 
-    def _solve_batch(self, coeffs: np.ndarray, targets: np.ndarray, usable: np.ndarray) -> RawSolution:
+    def _solve_batch(
+        self, coeffs: np.ndarray, targets: np.ndarray, usable: np.ndarray, progress: Progress
+    ) -> RawSolution:
         pulp = import_optional("pulp", "cbc", self.name)
-        self.tolerance = (
+        tolerance = (
             self.INCREMENT
             + self.CBC_TOL * (2 + max_magnitude(coeffs, targets, usable))
             + self.PRINTED_REL * float(np.abs(targets).max())
         )
         cbc = self._cbc_command(pulp)
-        masks, status = solve_each(coeffs, targets, usable, lambda b, c, w: self._solve_one(pulp, cbc, c, w))
-        return RawSolution(masks=masks, status=status)
+        masks, status = solve_each(
+            coeffs, targets, usable, lambda b, c, w: self._solve_one(pulp, cbc, c, w, tolerance), progress
+        )
+        return RawSolution(masks=masks, status=status, tolerance=tolerance)
 
     def _cbc_command(self, pulp: ModuleType) -> Any:
         """PuLP's command for CBC: the binary bundled in PuLP's wheel, else a ``cbc`` PuLP can find.
@@ -100,7 +103,9 @@ class CbcSolver(Solver):
             )
         return command
 
-    def _solve_one(self, pulp: ModuleType, cbc: Any, c: np.ndarray, w: float) -> tuple[np.ndarray, str]:
+    def _solve_one(
+        self, pulp: ModuleType, cbc: Any, c: np.ndarray, w: float, tolerance: float
+    ) -> tuple[np.ndarray, str]:
         model = pulp.LpProblem("subset_sum", pulp.LpMinimize)
 
         # variables (PuLP >= 3.3 attaches them to the model; older PuLP only has free LpVariables)
@@ -129,7 +134,7 @@ class CbcSolver(Solver):
         if model.sol_status == pulp.LpSolutionIntegerFeasible:
             return chosen, SolveStatus.TIME_LIMIT.value
         error = abs(w - float((c * chosen).sum()))
-        proven = error <= float(e.value() or 0.0) + self.tolerance
+        proven = error <= float(e.value() or 0.0) + tolerance
         return chosen, (SolveStatus.OPTIMAL if proven else SolveStatus.FEASIBLE).value
 
     def __repr__(self) -> str:

@@ -2,8 +2,8 @@
 
 CP-SAT solves integer programs only, so each coefficient and target is multiplied by ``scale`` and
 rounded. The scaled problem is solved exactly; the float64 error of the returned mask is recomputed by
-:meth:`Solver.solve`, and :attr:`CpSatSolver.tolerance` states how far rounding can move it from the
-true float64 optimum. Also the fallback of ``gurobi``.
+:meth:`Solver.solve`, and the batch's ``tolerance`` states how far rounding can move it from the true
+float64 optimum. Also the fallback of ``gurobi``.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from types import ModuleType
 
 import numpy as np
 
-from ticketsolver.errors import ProblemTooLargeError
+from ticketsolver.errors import InvalidProblemError, ProblemTooLargeError
 from ticketsolver.solvers._mip import check_positive, check_threads, import_optional, max_magnitude, solve_each
-from ticketsolver.solvers.base import RawSolution, Solver, SolveStatus
+from ticketsolver.solvers.base import Progress, RawSolution, Solver, SolveStatus
 
 __all__ = ["CpSatSolver"]
 
@@ -28,8 +28,8 @@ class CpSatSolver(Solver):
 
     Each rounding moves a value by at most ``0.5 / scale``, so for any mask the scaled error and the
     true error differ by at most ``(k + 1) / (2 * scale)`` with k usable coefficients; the scaled optimum
-    is therefore within ``(k + 1) / scale`` of the true float64 optimum. :attr:`tolerance` is that bound
-    for the largest k of the last batch (plus float64 rounding of ``c * scale``, negligible).
+    is therefore within ``(k + 1) / scale`` of the true float64 optimum. A batch's ``tolerance`` is that
+    bound for its largest k (plus float64 rounding of ``c * scale``, negligible).
 
     Args:
         time_limit: seconds per problem (CP-SAT's ``max_time_in_seconds``).
@@ -38,13 +38,13 @@ class CpSatSolver(Solver):
         seed: CP-SAT's ``random_seed``; with one thread the answers are reproducible.
 
     Raises:
-        ValueError: a non-positive time limit or scale, threads < 1.
+        InvalidProblemError: a non-positive time limit or scale, threads < 1, a seed outside [0, 2**31).
 
     Example:
         >>> import numpy as np
         >>> sol = CpSatSolver().solve(np.array([[0.5, 0.25, -0.125]]), np.array([0.375]))
-        >>> sol.masks.tolist(), sol.status.tolist(), sol.info["scale"]
-        ([[True, False, True]], ['optimal'], 1000000000.0)
+        >>> sol.masks.tolist(), sol.status.tolist(), sol.info["scale"], sol.tolerance < 1e-8
+        ([[True, False, True]], ['optimal'], 1000000000.0, True)
     """
 
     name = "cpsat"
@@ -54,11 +54,12 @@ class CpSatSolver(Solver):
         self.threads = check_threads(threads)
         self.scale = check_positive("scale", scale)
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**31:
-            raise ValueError(f"seed must be an int in [0, 2**31), got {seed!r}")
+            raise InvalidProblemError(f"seed must be an int in [0, 2**31), got {seed!r}")
         self.seed = int(seed)
-        self.tolerance = 1.0 / self.scale  # n = 0 bound; recomputed for every batch
 
-    def _solve_batch(self, coeffs: np.ndarray, targets: np.ndarray, usable: np.ndarray) -> RawSolution:
+    def _solve_batch(
+        self, coeffs: np.ndarray, targets: np.ndarray, usable: np.ndarray, progress: Progress
+    ) -> RawSolution:
         cp_model = import_optional("ortools.sat.python.cp_model", "ortools", self.name)
         magnitude = max_magnitude(coeffs, targets, usable)
         if magnitude * self.scale > MAX_SCALED:
@@ -67,9 +68,9 @@ class CpSatSolver(Solver):
                 f"{magnitude * self.scale:.3g} > 2**53; use a smaller scale (coarser) or 'mitm' (exact)"
             )
         k_max = int(usable.sum(1).max())
-        self.tolerance = (k_max + 1) / self.scale + 4 * np.finfo(np.float64).eps * magnitude
-        masks, status = solve_each(coeffs, targets, usable, lambda b, c, w: self._solve_one(cp_model, c, w))
-        return RawSolution(masks=masks, status=status, info={"scale": self.scale})
+        tolerance = (k_max + 1) / self.scale + 4 * np.finfo(np.float64).eps * magnitude
+        masks, status = solve_each(coeffs, targets, usable, lambda b, c, w: self._solve_one(cp_model, c, w), progress)
+        return RawSolution(masks=masks, status=status, info={"scale": self.scale}, tolerance=tolerance)
 
     def _solve_one(self, cp_model: ModuleType, c: np.ndarray, w: float) -> tuple[np.ndarray, str]:
         # data: the problem on integers

@@ -5,17 +5,18 @@ it stops as soon as ``|w - c.x|`` is within its feasibility tolerances; they are
 ``NumericFocus`` 3, and an answer is called optimal only if the error recomputed in float64 agrees with
 Gurobi's proven bound. The pip wheel's size-limited licence (2,000 variables and constraints) holds one
 weight per model. When gurobipy is missing or unlicensed, or a problem ends without any solution, the
-problem goes to ``cpsat``; every fallback is logged and recorded per problem.
+problem goes to ``cpsat`` there and then; every fallback is logged and recorded per problem.
 """
 
 from __future__ import annotations
 
+import threading
 from types import ModuleType
 from typing import Any
 
 import numpy as np
 
-from ticketsolver.errors import SolverError, SolverUnavailableError
+from ticketsolver.errors import InvalidProblemError, SolverError, SolverUnavailableError
 from ticketsolver.solvers._mip import (
     check_positive,
     check_threads,
@@ -24,7 +25,7 @@ from ticketsolver.solvers._mip import (
     max_magnitude,
     solve_each,
 )
-from ticketsolver.solvers.base import RawSolution, Solver, SolveStatus
+from ticketsolver.solvers.base import Progress, RawSolution, Solutions, Solver, SolveStatus
 from ticketsolver.solvers.cpsat import CpSatSolver
 
 __all__ = ["GurobiSolver"]
@@ -37,13 +38,17 @@ class _NeedsFallback(Exception):
 class GurobiSolver(Solver):
     """Gurobi with MIPGap 0 and tolerances of 1e-9; falls back to :class:`CpSatSolver`.
 
-    :attr:`tolerance` is ``1e-9 * (2 + M)``, M = max over the batch of ``|w| + sum |c_i|``: Gurobi may
-    violate each error constraint by FeasibilityTol (1e-9, relative to the row's size after its scaling)
-    and leave each x_i off 0/1 by IntFeasTol (1e-9), which moves ``c.x`` by up to ``1e-9 * sum |c_i|``
-    when x is rounded. An answer is ``optimal`` only if Gurobi reports OPTIMAL *and* the recomputed
-    float64 error is at most Gurobi's proven lower bound ``ObjBound`` plus this tolerance, so an optimal
-    error is never more than :attr:`tolerance` above the true optimum. After a fallback the batch's
-    tolerance is the larger of this and CP-SAT's.
+    A batch's ``tolerance`` is ``1e-9 * (2 + M)``, M = max over the batch of ``|w| + sum |c_i|``: Gurobi
+    may violate each error constraint by FeasibilityTol (1e-9, relative to the row's size after its
+    scaling) and leave each x_i off 0/1 by IntFeasTol (1e-9), which moves ``c.x`` by up to
+    ``1e-9 * sum |c_i|`` when x is rounded. An answer is ``optimal`` only if Gurobi reports OPTIMAL *and*
+    the recomputed float64 error is at most Gurobi's proven lower bound ``ObjBound`` plus this tolerance,
+    so an optimal error is never more than the tolerance above the true optimum. After a fallback the
+    batch's tolerance is the larger of this and CP-SAT's.
+
+    A problem Gurobi cannot answer goes to CP-SAT at once, so problems finish (and progress is reported)
+    in order. One gurobipy environment serves the solver, and it serves one thread at a time: batches
+    solved from several threads share the licence and take turns per problem.
 
     Args:
         time_limit: seconds per problem (Gurobi's ``TimeLimit``).
@@ -53,7 +58,7 @@ class GurobiSolver(Solver):
         fallback_time_limit: CP-SAT's seconds per problem after a fallback (default: ``time_limit``).
 
     Raises:
-        ValueError: a non-positive time limit, threads < 1.
+        InvalidProblemError: a non-positive time limit, threads < 1, a fallback that is not a bool.
         SolverUnavailableError: (at solve) gurobipy missing or unlicensed with ``fallback=False``, or
             a fallback needed while OR-Tools is missing.
 
@@ -78,34 +83,40 @@ class GurobiSolver(Solver):
         self.time_limit = check_positive("time_limit", time_limit)
         self.threads = check_threads(threads)
         if not isinstance(fallback, bool):
-            raise TypeError(f"fallback must be a bool, got {fallback!r}")
+            raise InvalidProblemError(f"fallback must be a bool, got {fallback!r}")
         self.fallback = fallback
         self.fallback_time_limit = (
             self.time_limit
             if fallback_time_limit is None
             else check_positive("fallback_time_limit", fallback_time_limit)
         )
-        self.tolerance = 2 * self.GUROBI_TOL  # M = 0 bound; recomputed for every batch
+        self._cpsat = CpSatSolver(time_limit=self.fallback_time_limit, threads=self.threads)
         self._env: Any = None  # one gurobipy.Env per solver, started on first use
-        self._cpsat: CpSatSolver | None = None
+        self._lock = threading.Lock()  # guards the Env: gurobipy environments are not thread-safe
 
-    def _solve_batch(self, coeffs: np.ndarray, targets: np.ndarray, usable: np.ndarray) -> RawSolution:
-        self.tolerance = self.GUROBI_TOL * (2 + max_magnitude(coeffs, targets, usable))
+    def _solve_batch(
+        self, coeffs: np.ndarray, targets: np.ndarray, usable: np.ndarray, progress: Progress
+    ) -> RawSolution:
+        tolerance = self.GUROBI_TOL * (2 + max_magnitude(coeffs, targets, usable))
         try:
             gp = import_optional("gurobipy", "gurobi", self.name)
             env = self._start_env(gp)
         except SolverUnavailableError as exc:
             if not self.fallback:
                 raise
-            return self._with_fallback(coeffs, targets, usable, {b: str(exc) for b in range(len(targets))})
+            return self._all_to_cpsat(coeffs, targets, usable, str(exc), tolerance, progress)
 
-        reasons: dict[int, str] = {}
+        backends = np.full(len(targets), self.name, dtype=object)
+        fallbacks: list[dict[str, Any]] = []
+        failed: list[dict[str, Any]] = []
+        fallback_tolerances = [0.0]
 
         def solve_one(b: int, c: np.ndarray, w: float) -> tuple[np.ndarray, str]:
             try:
-                return self._solve_one(gp, env, c, w)
+                with self._lock:
+                    return self._solve_one(gp, env, c, w, tolerance)
             except _NeedsFallback as exc:
-                reasons[b] = str(exc)
+                reason = str(exc)
             except gp.GurobiError as exc:  # e.g. 10010, the model is too large for the pip licence
                 if not self.fallback:
                     unlicensed = exc.errno in (gp.GRB.Error.NO_LICENSE, gp.GRB.Error.SIZE_LIMIT_EXCEEDED)
@@ -113,32 +124,46 @@ class GurobiSolver(Solver):
                         f"gurobi failed on problem {b} (error {exc.errno}: {exc}); with fallback=True "
                         "such problems go to cpsat (pip install 'ticketsolver[ortools]')"
                     ) from exc
-                reasons[b] = f"gurobi error {exc.errno}: {exc}"
-            return np.zeros(len(c), dtype=bool), SolveStatus.FAILED.value
+                reason = f"gurobi error {exc.errno}: {exc}"
+            if not self.fallback:  # the problem stays failed, and says why
+                failed.append({"problem": b, "reason": reason})
+                return np.zeros(len(c), dtype=bool), SolveStatus.FAILED.value
+            logger.warning("gurobi: problem %d falls back to cpsat: %s", b, reason)
+            sub = self._cpsat_or_raise(c[None, :], np.array([w]), np.ones((1, len(c)), dtype=bool), reason)
+            fallbacks.append({"problem": b, "reason": reason})
+            fallback_tolerances.append(sub.tolerance)
+            backends[b] = self._cpsat.name
+            return sub.masks[0], str(sub.status[0])
 
-        masks, status = solve_each(coeffs, targets, usable, solve_one)
-        if self.fallback and reasons:
-            return self._with_fallback(coeffs, targets, usable, reasons, masks, status)
-        # without a fallback, problems Gurobi could not solve stay failed, and say why
-        info = {"fallbacks": [], "failed": [{"problem": b, "reason": r} for b, r in reasons.items()]}
-        return RawSolution(masks=masks, status=status, backends=np.full(len(targets), self.name), info=info)
+        masks, status = solve_each(coeffs, targets, usable, solve_one, progress)
+        info: dict[str, Any] = {"fallbacks": fallbacks, "failed": failed}
+        if fallbacks:
+            info["scale"] = self._cpsat.scale
+        return RawSolution(
+            masks=masks,
+            status=status.astype(str),
+            backends=backends.astype(str),
+            info=info,
+            tolerance=max(tolerance, *fallback_tolerances),
+        )
 
     def _start_env(self, gp: ModuleType) -> Any:
         """The solver's Env, started quietly on first use; an unusable licence raises here."""
-        if self._env is None:
-            try:
-                env = gp.Env(empty=True)
-                env.setParam("OutputFlag", 0)  # before start(), so not even the licence banner prints
-                env.start()
-            except gp.GurobiError as exc:  # no licence file, expired, wrong host...
-                raise SolverUnavailableError(
-                    f"gurobi has no usable licence (error {exc.errno}: {exc}); "
-                    "the pip wheel of pip install 'ticketsolver[gurobi]' brings a size-limited one"
-                ) from exc
-            self._env = env
-        return self._env
+        with self._lock:
+            if self._env is None:
+                try:
+                    env = gp.Env(empty=True)
+                    env.setParam("OutputFlag", 0)  # before start(), so not even the licence banner prints
+                    env.start()
+                except gp.GurobiError as exc:  # no licence file, expired, wrong host...
+                    raise SolverUnavailableError(
+                        f"gurobi has no usable licence (error {exc.errno}: {exc}); "
+                        "the pip wheel of pip install 'ticketsolver[gurobi]' brings a size-limited one"
+                    ) from exc
+                self._env = env
+            return self._env
 
-    def _solve_one(self, gp: ModuleType, env: Any, c: np.ndarray, w: float) -> tuple[np.ndarray, str]:
+    def _solve_one(self, gp: ModuleType, env: Any, c: np.ndarray, w: float, tolerance: float) -> tuple[np.ndarray, str]:
         grb = gp.GRB
         with gp.Model(env=env) as model:
             # variables
@@ -174,53 +199,58 @@ class GurobiSolver(Solver):
             chosen = np.asarray(x.X) > 0.5
             if model.Status == grb.OPTIMAL:
                 error = abs(w - float((c * chosen).sum()))
-                proven = error <= model.ObjBound + self.tolerance
+                proven = error <= model.ObjBound + tolerance
                 return chosen, (SolveStatus.OPTIMAL if proven else SolveStatus.FEASIBLE).value
             if model.Status == grb.TIME_LIMIT:
                 return chosen, SolveStatus.TIME_LIMIT.value
             return chosen, SolveStatus.FEASIBLE.value  # interrupted, node or solution limit, numerics
 
-    def _with_fallback(
+    def _all_to_cpsat(
         self,
         coeffs: np.ndarray,
         targets: np.ndarray,
         usable: np.ndarray,
-        reasons: dict[int, str],
-        masks: np.ndarray | None = None,
-        status: np.ndarray | None = None,
+        reason: str,
+        tolerance: float,
+        progress: Progress,
     ) -> RawSolution:
-        """Solve the problems named in ``reasons`` with CP-SAT and merge them into Gurobi's answers."""
-        rows = np.array(sorted(reasons))
-        if len(rows) == len(targets):
-            logger.warning("gurobi: all %d problems fall back to cpsat: %s", len(rows), reasons[0])
-        else:
-            for b in rows:
-                logger.warning("gurobi: problem %d falls back to cpsat: %s", b, reasons[b])
-        if self._cpsat is None:
-            self._cpsat = CpSatSolver(time_limit=self.fallback_time_limit, threads=self.threads)
+        """Gurobi cannot run at all (missing, unlicensed): the whole batch goes to CP-SAT."""
+        logger.warning("gurobi: all %d problems fall back to cpsat: %s", len(targets), reason)
+        sub = self._cpsat_or_raise(coeffs, targets, usable, reason, progress)
+        return RawSolution(
+            masks=sub.masks,
+            status=sub.status,
+            backends=np.full(len(targets), self._cpsat.name),
+            info={
+                "fallbacks": [{"problem": b, "reason": reason} for b in range(len(targets))],
+                "failed": [],
+                "scale": self._cpsat.scale,
+            },
+            tolerance=max(tolerance, sub.tolerance),
+        )
+
+    def _cpsat_or_raise(
+        self,
+        coeffs: np.ndarray,
+        targets: np.ndarray,
+        usable: np.ndarray,
+        reason: str,
+        progress: Progress | None = None,
+    ) -> Solutions:
+        """CP-SAT's answers to problems Gurobi could not solve (for ``reason``); its absence is an error."""
         try:
-            sub = self._cpsat.solve(coeffs[rows], targets[rows], usable[rows])
+            return self._cpsat.solve(coeffs, targets, usable, progress=progress)
         except SolverUnavailableError as exc:
             raise SolverUnavailableError(
-                f"gurobi cannot solve (first reason: {reasons[int(rows[0])]}) and its fallback cpsat "
-                f"is unavailable: {exc}"
+                f"gurobi cannot solve ({reason}) and its fallback cpsat is unavailable: {exc}"
             ) from exc
-        masks = np.zeros(coeffs.shape, dtype=bool) if masks is None else masks
-        status = np.full(len(targets), SolveStatus.FAILED.value, dtype=object) if status is None else status
-        backends = np.full(len(targets), self.name, dtype=object)
-        masks[rows], status[rows], backends[rows] = sub.masks, sub.status, self._cpsat.name
-        self.tolerance = max(self.tolerance, sub.tolerance)
-        info = {
-            "fallbacks": [{"problem": int(b), "reason": reasons[int(b)]} for b in rows],
-            "scale": sub.info["scale"],
-        }
-        return RawSolution(masks=masks, status=status, backends=backends.astype(str), info=info)
 
     def close(self) -> None:
         """Release the Gurobi environment (and its licence token); the next solve starts a new one."""
-        if self._env is not None:
-            self._env.dispose()
-            self._env = None
+        with self._lock:
+            if self._env is not None:
+                self._env.dispose()
+                self._env = None
 
     def __repr__(self) -> str:
         return f"GurobiSolver(time_limit={self.time_limit:g}, threads={self.threads}, fallback={self.fallback})"

@@ -7,7 +7,8 @@ a problem's usable coefficients *free* and *fixes* the rest: greedily, largest f
 lands near ``target - (sum of free)/2``, the centre of the free subset sums, where they are densest. Exact
 MITM over the free part then costs ~2^(m/2) instead of ~2^(k/2). Problems that meet the tolerance leave;
 the others try again at the next, larger stage with a fresh free subset, an independent chance. A problem
-with k <= m is solved exactly over all its coefficients and leaves as ``optimal``.
+with k <= m is solved exactly over all its coefficients and leaves as ``optimal``. Progress counts the
+problems that have left, after each stage.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from ticketsolver.solvers.base import RawSolution, Solver, SolveStatus, recompute
-from ticketsolver.solvers.mitm import MAX_N, check_magnitude
+from ticketsolver.errors import InvalidProblemError
+from ticketsolver.solvers.base import Progress, RawSolution, Solver, SolveStatus, no_progress, recompute
+from ticketsolver.solvers.limits import MAX_N, check_magnitude
 
 __all__ = ["LADDER_STAGES", "solve_ladder"]
 
@@ -107,6 +109,7 @@ def solve_ladder(
     usable: np.ndarray,
     tolerance: float,
     stages: tuple[int, ...] = LADDER_STAGES,
+    progress: Progress = no_progress,
 ) -> RawSolution:
     """Solve a validated batch until each problem's error is within ``tolerance`` or the stages run out.
 
@@ -115,19 +118,21 @@ def solve_ladder(
         coeffs, targets, usable: a validated batch (see :func:`~ticketsolver.solvers.base.validate_batch`).
         tolerance: absolute error at which a problem stops.
         stages: free coefficients per stage, increasing.
+        progress: called after each stage with (problems that have left, B).
 
     Returns:
         The best mask of every problem; status ``optimal`` (solved exactly at a stage with k <= m),
         ``within_tolerance`` (error <= tolerance) or ``feasible`` (neither, after the last stage);
-        ``info["ladder"]`` counts the problems entering and leaving each stage.
+        ``info["ladder"]`` counts the problems entering and leaving each stage; ``tolerance`` is
+        ``tolerance``.
 
     Raises:
-        ValueError: stages not increasing within [1, MAX_N].
-        InvalidProblemError: |target| + sum |c| beyond the exact engine's range.
+        InvalidProblemError: stages not increasing within [1, MAX_N]; |target| + sum |c| beyond the exact
+            engine's range.
     """
     if not stages or list(stages) != sorted(set(stages)) or not 1 <= stages[0] <= stages[-1] <= MAX_N:
-        raise ValueError(f"stages must increase strictly within [1, {MAX_N}], got {stages!r}")
-    check_magnitude(np.where(usable, coeffs, 0.0), targets)
+        raise InvalidProblemError(f"stages must increase strictly within [1, {MAX_N}], got {stages!r}")
+    check_magnitude(coeffs, targets, usable)
     counts = usable.sum(1)
     best = np.zeros(coeffs.shape, dtype=bool)
     best_error = np.full(len(targets), np.inf)
@@ -152,6 +157,8 @@ def solve_ladder(
         report.append(
             {"free": m, "entered": entered, "optimal": int(exact.sum()), "within_tolerance": int(within.sum())}
         )
+        if entered:
+            progress(len(targets) - int(open_rows.size), len(targets))
     return RawSolution(
         masks=best,
         status=status.astype(str),

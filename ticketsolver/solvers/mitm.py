@@ -5,22 +5,23 @@ builds the sorted list of every subset sum of each half by *merging* (adding coe
 list with a shifted copy of itself: linear time, no sort), then scans both lists with two pointers for
 the pair whose sum is closest to the target. Work and memory are O(2^(k/2)) per problem; the answer is
 the exact optimum of the float64 problem. Problems are spread over all cores in contiguous chunks, each
-chunk owning its buffers, so memory stays bounded by threads x 2^(k/2) whatever the batch size.
+chunk owning its buffers, so memory stays bounded by threads x 2^(k/2) whatever the batch size. A large
+batch runs as a few kernel calls of similar work, with progress reported after each.
 """
 
 from __future__ import annotations
+
+import threading
 
 import numba
 import numpy as np
 from numba import njit, prange
 
-from ticketsolver.errors import InvalidProblemError, ProblemTooLargeError
-from ticketsolver.solvers.base import RawSolution, Solver, SolveStatus
+from ticketsolver.errors import InvalidProblemError
+from ticketsolver.solvers.base import Progress, RawSolution, Solver, SolveStatus
+from ticketsolver.solvers.limits import check_magnitude, check_usable_count
 
-__all__ = ["MAX_N", "NumbaMitmSolver", "make_mitm"]
-
-#: the largest usable count solved exactly; 2^20 sums per half (~50 MB of buffers per thread)
-MAX_N = 40
+__all__ = ["NumbaMitmSolver"]
 
 
 # The kernels process LANES = 4 independent problems (same usable count) in lockstep, written out by
@@ -33,10 +34,13 @@ MAX_N = 40
 # spares every access NumPy's negative-index wraparound. Measured on this machine (CPU time, one thread,
 # n = 21): 74 us/problem for a masks-carrying 4-lane merge, 16 us for this one.
 LANES = 4
-BIG = 1e300
-#: problems whose |target| + sum |c| reach this are refused; real weights are many orders below
-MAGNITUDE_LIMIT = 1e250
+BIG = 1e300  # sentinels; limits.MAGNITUDE_LIMIT keeps every subset sum far from them
 _ONE = np.uint64(1)
+#: work (sum over problems of 2^(k/2)) per kernel call and thread: ~0.2 s at any k, the progress step
+WORK_PER_CALL = 1 << 24
+#: one parallel kernel at a time per process: numba's workqueue threading layer aborts on concurrent
+#: launches, and two launches that each use every core gain nothing from overlapping
+_KERNEL_LOCK = threading.Lock()
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -204,9 +208,9 @@ def _solve_range(coeffs, targets, usable, counts, order, out_masks, half_max, st
 
 
 @njit(cache=True, parallel=True)
-def _solve_batch(coeffs, targets, usable, counts, order, out_masks, half_max, n_chunks):  # pragma: no cover
+def _solve_ordered(coeffs, targets, usable, counts, order, out_masks, half_max, n_chunks):  # pragma: no cover
     """Spread contiguous chunks of ``order`` (problems sorted by usable count) over the cores."""
-    batch = coeffs.shape[0]
+    batch = order.shape[0]
     for chunk in prange(n_chunks):
         start = chunk * batch // n_chunks
         stop = (chunk + 1) * batch // n_chunks
@@ -214,13 +218,21 @@ def _solve_batch(coeffs, targets, usable, counts, order, out_masks, half_max, n_
 
 
 class NumbaMitmSolver(Solver):
-    """Exact meet-in-the-middle on the CPU (numba, all cores).
+    """Exact meet-in-the-middle on the CPU (numba, all cores); the ``mitm`` engine where no GPU is present.
 
     Args:
         threads: number of threads (default: all of numba's threads, i.e. all cores).
 
-    Raises (from solve):
-        ProblemTooLargeError: a problem has more than :data:`MAX_N` usable coefficients.
+    Raises:
+        InvalidProblemError: ``threads`` outside [1, number of cores].
+        ProblemTooLargeError: (from solve) a problem has more than :data:`~ticketsolver.solvers.limits.MAX_N`
+            usable coefficients.
+
+    Example:
+        >>> import numpy as np
+        >>> sol = NumbaMitmSolver(threads=1).solve(np.array([[0.5, 0.25, -0.125]]), np.array([0.375]))
+        >>> sol.masks.tolist(), sol.solver, sol.tolerance, sol.info["engine"]
+        ([[True, False, True]], 'mitm', 0.0, 'numba')
     """
 
     name = "mitm"
@@ -228,61 +240,47 @@ class NumbaMitmSolver(Solver):
 
     def __init__(self, threads: int | None = None) -> None:
         limit = numba.config.NUMBA_NUM_THREADS  # type: ignore[attr-defined]  # set at import from the machine
-        if threads is not None and not 1 <= threads <= limit:
-            raise ValueError(f"threads must be in [1, {limit}], got {threads}")
+        if threads is not None and (
+            isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or not 1 <= threads <= limit
+        ):
+            raise InvalidProblemError(f"threads must be an int in [1, {limit}], got {threads!r}")
         self.threads = threads
 
-    def _solve_batch(self, coeffs: np.ndarray, targets: np.ndarray, usable: np.ndarray) -> RawSolution:
+    def _solve_batch(
+        self, coeffs: np.ndarray, targets: np.ndarray, usable: np.ndarray, progress: Progress
+    ) -> RawSolution:
         counts = usable.sum(1)
         k_max = int(counts.max())
-        check_mitm_limit(k_max)
-        check_magnitude(coeffs, targets)
+        check_usable_count(k_max)
+        check_magnitude(coeffs, targets, usable)
         masks = np.zeros(coeffs.shape, dtype=bool)
         order = np.argsort(counts, kind="stable")
         threads = self.threads or numba.get_num_threads()
-        # several chunks per thread balance uneven rows; never more chunks than problems
-        n_chunks = max(1, min(len(targets), 8 * threads))
-        half_max = max(1, k_max - k_max // 2)
-        previous = numba.get_num_threads()
-        numba.set_num_threads(threads)
-        try:
-            _solve_batch(coeffs, targets, usable, counts, order, masks, half_max, n_chunks)
-        finally:
-            numba.set_num_threads(previous)
+        bounds = _call_bounds(counts[order], WORK_PER_CALL * threads)
+        for start, stop in zip(bounds[:-1], bounds[1:], strict=True):
+            k_call = int(counts[order[stop - 1]])  # the largest count of this call: it sizes the buffers
+            half_max = max(1, k_call - k_call // 2)
+            # several chunks per thread balance uneven rows; never more chunks than problems
+            n_chunks = max(1, min(stop - start, 8 * threads))
+            with _KERNEL_LOCK:
+                previous = numba.get_num_threads()
+                numba.set_num_threads(threads)
+                try:
+                    _solve_ordered(coeffs, targets, usable, counts, order[start:stop], masks, half_max, n_chunks)
+                finally:
+                    numba.set_num_threads(previous)
+            progress(int(stop), len(targets))
         return RawSolution(
             masks=masks,
             status=np.full(len(targets), SolveStatus.OPTIMAL.value),
             info={"engine": "numba", "threads": threads, "max_usable": k_max},
+            tolerance=0.0,
         )
 
 
-def check_mitm_limit(k_max: int) -> None:
-    """Raise :class:`ProblemTooLargeError` when a problem exceeds the exact engine's limit."""
-    if k_max > MAX_N:
-        raise ProblemTooLargeError(
-            f"mitm solves problems with up to {MAX_N} usable coefficients exactly, got {k_max}; "
-            "use a MIP backend ('gurobi', 'cpsat' or 'cbc'), or 'auto' which routes larger problems there"
-        )
-
-
-def check_magnitude(coeffs: np.ndarray, targets: np.ndarray) -> None:
-    """Refuse values so large that subset sums could reach the engine's sentinels."""
-    reach = np.abs(coeffs).sum(1) + np.abs(targets)
-    if not (reach < MAGNITUDE_LIMIT).all():
-        row = int(np.flatnonzero(~(reach < MAGNITUDE_LIMIT))[0])
-        raise InvalidProblemError(
-            f"problem {row} has |target| + sum |c| = {reach[row]:.3g}, beyond the exact engine's "
-            f"range ({MAGNITUDE_LIMIT:.0e}); rescale the problem"
-        )
-
-
-def make_mitm(device: str | None = None, **options: object) -> Solver:
-    """The exact engine for this machine: torch on CUDA when present (or ``device`` asks), else numba."""
-    import torch
-
-    want_torch = device is not None and device != "cpu" or (device is None and torch.cuda.is_available())
-    if want_torch or device == "cpu" and options.pop("engine", None) == "torch":
-        from ticketsolver.solvers.mitm_torch import TorchMitmSolver
-
-        return TorchMitmSolver(device=device, **options)  # type: ignore[arg-type]
-    return NumbaMitmSolver(**options)  # type: ignore[arg-type]
+def _call_bounds(sorted_counts: np.ndarray, budget: int) -> list[int]:
+    """Boundaries [0, ..., B] of kernel calls over problems sorted by usable count, each call holding
+    about ``budget`` work (2^(k/2) per problem with k usable coefficients) and at least one problem."""
+    work = np.cumsum(np.exp2(sorted_counts / 2))
+    cuts = np.searchsorted(work, np.arange(1, int(work[-1] // budget) + 1) * float(budget), side="right")
+    return sorted({0, *(int(c) for c in cuts if 0 < c < len(work)), len(work)})

@@ -1,10 +1,11 @@
-"""Exact meet-in-the-middle in torch, for CUDA (and any other torch device, the CPU included).
+"""Exact meet-in-the-middle in torch: the same optimum as the numba engine, on any torch device (CUDA, CPU).
 
 The GPU formulation trades the CPU engine's merges for operations a GPU does well: every subset sum of a
 half by doubling (``sums = cat(sums, sums + c_i)``; the column index *is* the subset's bit pattern), a
 batched sort of the right half, and ``searchsorted`` of ``target - left`` in it; the closest pair is one
 of the two neighbours of each insertion point. Problems are grouped by usable count (only usable entries
-enter the search) and processed in chunks sized to a memory budget.
+enter the search) and processed in chunks sized to a memory budget; progress is reported after each chunk.
+The code is device-agnostic: the tests run it on the CPU against brute force and the numba engine.
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ticketsolver.errors import InvalidProblemError
-from ticketsolver.solvers.base import RawSolution, Solver, SolveStatus
-from ticketsolver.solvers.mitm import check_mitm_limit
+from ticketsolver.errors import InvalidProblemError, SolverUnavailableError
+from ticketsolver.solvers.base import Progress, RawSolution, Solver, SolveStatus
+from ticketsolver.solvers.limits import check_magnitude, check_usable_count
 
 __all__ = ["TorchMitmSolver"]
 
@@ -57,34 +58,49 @@ def _solve_group(coeffs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 class TorchMitmSolver(Solver):
-    """Exact meet-in-the-middle with torch; the default ``mitm`` engine where CUDA is present.
+    """Exact meet-in-the-middle with torch (registered as ``mitm_torch``); ``mitm`` uses it where CUDA is present.
 
     Args:
         device: torch device ("cuda", "cuda:1", "cpu"); default: cuda when available, else cpu.
         max_elements: memory budget, in float64 elements of the largest intermediate, per chunk.
+
+    Raises:
+        InvalidProblemError: a device torch does not know, ``max_elements`` below 4096.
+        SolverUnavailableError: a CUDA device asked for where torch has none.
+
+    Example:
+        >>> import numpy as np
+        >>> sol = TorchMitmSolver(device="cpu").solve(np.array([[0.5, 0.25, -0.125]]), np.array([0.375]))
+        >>> sol.masks.tolist(), sol.solver, sol.tolerance, sol.info["device"]
+        ([[True, False, True]], 'mitm_torch', 0.0, 'cpu')
     """
 
-    name = "mitm"
+    name = "mitm_torch"
     tolerance = 0.0
 
     def __init__(self, device: str | torch.device | None = None, max_elements: int = 1 << 25) -> None:
-        if max_elements < 1 << 12:
-            raise ValueError(f"max_elements must be at least 4096, got {max_elements}")
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.max_elements = max_elements
+        if isinstance(max_elements, bool) or not isinstance(max_elements, (int, np.integer)) or max_elements < 4096:
+            raise InvalidProblemError(f"max_elements must be an int of at least 4096, got {max_elements!r}")
+        try:
+            self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        except (RuntimeError, TypeError) as exc:
+            raise InvalidProblemError(f"device must be a torch device such as 'cpu' or 'cuda', got {device!r}") from exc
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise SolverUnavailableError(f"device {device!r} asked for, but torch sees no CUDA device; use 'cpu'")
+        self.max_elements = int(max_elements)
 
-    def _solve_batch(self, coeffs: np.ndarray, targets: np.ndarray, usable: np.ndarray) -> RawSolution:
+    def _solve_batch(
+        self, coeffs: np.ndarray, targets: np.ndarray, usable: np.ndarray, progress: Progress
+    ) -> RawSolution:
         counts = usable.sum(1)
-        check_mitm_limit(int(counts.max()))
-        if not (np.abs(coeffs).sum(1) + np.abs(targets) < 1e250).all():
-            raise InvalidProblemError("coefficients or targets too large for exact float64 search")
+        check_usable_count(int(counts.max()))
+        check_magnitude(coeffs, targets, usable)
         masks = np.zeros(coeffs.shape, dtype=bool)
+        done = int(np.count_nonzero(counts == 0))  # nothing to choose: the empty subset, already in masks
         # move usable entries to the front of each row, keeping their order
         order = np.argsort(~usable, axis=1, kind="stable")
         packed = np.take_along_axis(coeffs, order, axis=1)
-        for k in np.unique(counts):
-            if k == 0:
-                continue
+        for k in np.unique(counts[counts > 0]):
             rows = np.flatnonzero(counts == k)
             per_problem = 3 << (k - k // 2)  # right sums, their codes, and the candidates
             chunk = max(1, self.max_elements // per_problem)
@@ -96,8 +112,11 @@ class TorchMitmSolver(Solver):
                 sub = masks[sel]  # fancy indexing copies: scatter into the copy, then write it back
                 np.put_along_axis(sub, order[sel, :k], chosen, axis=1)
                 masks[sel] = sub
+                done += sel.size
+                progress(done, len(targets))
         return RawSolution(
             masks=masks,
             status=np.full(len(targets), SolveStatus.OPTIMAL.value),
             info={"engine": "torch", "device": str(self.device)},
+            tolerance=0.0,
         )

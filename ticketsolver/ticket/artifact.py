@@ -6,7 +6,8 @@ compressed) and the draw indices where resampling kept a later draw, plus the bu
 stored as safetensors: one uint8 tensor per compressed mask, the manifest as JSON metadata. Loading
 regenerates the kept values and checks them against a stored SHA-256, so a ticket that does not rebuild
 exactly the network it was saved from is refused; a second SHA-256 covers the build's statistics, the sizes
-and the draw indices, and the sizes are recomputed and compared, so edited statistics are refused too.
+and the draw indices, and the sizes are recomputed and compared, so edited statistics are refused too. The
+format, and every check of :meth:`Ticket.load`, is docs/design.md section 4.
 
 Counting, as every report states it: *target params* = weights and biases of the target's linear/conv
 layers; *source params* = every entry of the random tensors (U, beta, V); *kept params* = source entries
@@ -23,6 +24,7 @@ import json
 import lzma
 import math
 import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal, TypedDict
@@ -30,9 +32,7 @@ from typing import Any, Literal, TypedDict
 import numpy as np
 from torch import nn
 
-from ticketsolver.construction.layout import PairLayout
-from ticketsolver.construction.pair import PrunedPair
-from ticketsolver.construction.steps import module_from_step
+from ticketsolver.construction import PairLayout, PrunedPair, module_from_step
 from ticketsolver.errors import TicketFormatError
 from ticketsolver.source import RNG_LAYOUT, RandomSource
 
@@ -123,6 +123,56 @@ def _check_steps(steps: Any, n_pairs: int) -> list[dict[str, Any]]:
         if step["op"] != "pair":
             module_from_step(step)  # raises TicketFormatError when malformed
     return steps
+
+
+def _read_file(path: Path) -> tuple[dict[str, np.ndarray], Any]:
+    """The mask/draw blobs of a ticket file and its parsed manifest, read through safetensors' own parser.
+
+    ``safetensors.safe_open`` refuses a header over 100 MB, a header length beyond the file, invalid JSON or
+    UTF-8, metadata values that are not strings, tensors whose offsets overlap, leave bytes uncovered or disagree
+    with their shape, and shapes whose size overflows. On top of that a ticket must be a regular file of at most
+    :data:`MAX_TICKET_BYTES` and hold nothing but 1-D uint8 blobs; their sizes are checked before any is read.
+
+    Raises:
+        TicketFormatError: unreadable, not a regular file, too large, not safetensors, or no JSON manifest.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        info = path.stat()
+    except OSError as exc:
+        raise TicketFormatError(f"cannot read ticket {path}: {exc.strerror or exc}") from exc
+    if not stat.S_ISREG(info.st_mode):
+        raise TicketFormatError(f"cannot read ticket {path}: not a regular file")
+    if info.st_size > MAX_TICKET_BYTES:
+        raise TicketFormatError(f"{path} is {info.st_size:,} bytes; a ticket is at most {MAX_TICKET_BYTES:,}")
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            metadata = f.metadata() or {}
+            if "manifest" not in metadata:
+                raise TicketFormatError(f"{path} is not a ticketsolver ticket (no manifest in its metadata)")
+            blobs = {name: f.get_slice(name) for name in f.keys()}
+            if any(blob.get_dtype() != "U8" or len(blob.get_shape()) != 1 for blob in blobs.values()):
+                raise TicketFormatError(
+                    f"{path} is not a ticketsolver ticket (it holds tensors other than uint8 blobs)"
+                )
+            # the file may have grown since stat(): its tensors are what would be copied into memory
+            stored = sum(blob.get_shape()[0] for blob in blobs.values())
+            if stored > MAX_TICKET_BYTES:
+                raise TicketFormatError(
+                    f"{path} holds {stored:,} bytes of tensors; a ticket is at most {MAX_TICKET_BYTES:,}"
+                )
+            tensors = {name: f.get_tensor(name) for name in blobs}
+        manifest = json.loads(metadata["manifest"])
+    except TicketFormatError:
+        raise
+    except SafetensorError as exc:
+        raise TicketFormatError(f"{path} is not a ticketsolver ticket ({exc})") from exc
+    except ValueError as exc:  # the manifest is not JSON
+        raise TicketFormatError(f"{path} is not a ticketsolver ticket (manifest: {exc})") from exc
+    except OSError as exc:
+        raise TicketFormatError(f"cannot read ticket {path}: {exc.strerror or exc}") from exc
+    return tensors, manifest
 
 
 class Ticket:
@@ -306,7 +356,8 @@ class Ticket:
             "resampled": [bool(d.any()) for d in self.draws],
             "mask_encoding": (
                 "bits of the bool mask (dense-view shape, C order) at the construction's candidate positions only "
-                "(O: U > 0, beta > 0, V block diagonal; I: U block diagonal, beta > 0 on the bias block, V all), "
+                "(O: U > 0, beta > 0, V block diagonal; I: U block diagonal, beta > 0 on the bias block, V all; "
+                "L: U block diagonal of the input blocks, beta > 0, V all), "
                 "numpy.packbits, LZMA-compressed"
             ),
             "counting": "kept = mask True; pruned = mask False (zero in the network); source = all entries",
@@ -356,24 +407,8 @@ class Ticket:
             TicketFormatError: not a ticket, unknown format version, malformed or inconsistent entries, a
                 source beyond ``max_source_params``, a hash mismatch, or statistics that are not the ticket's.
         """
-        from safetensors import SafetensorError
-        from safetensors.numpy import load
-
         path = Path(path)
-        try:
-            size = path.stat().st_size
-            if size > MAX_TICKET_BYTES:
-                raise TicketFormatError(f"{path} is {size:,} bytes; a ticket is at most {MAX_TICKET_BYTES:,}")
-            data = path.read_bytes()
-        except OSError as exc:
-            raise TicketFormatError(f"cannot read ticket {path}: {exc.strerror or exc}") from exc
-        try:
-            tensors = load(data)
-            header_len = int.from_bytes(data[:8], "little")
-            header = json.loads(data[8 : 8 + header_len])
-            manifest = json.loads(header["__metadata__"]["manifest"])
-        except (SafetensorError, ValueError, KeyError, TypeError) as exc:
-            raise TicketFormatError(f"{path} is not a ticketsolver ticket ({exc})") from exc
+        tensors, manifest = _read_file(path)
         if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
             raise TicketFormatError(f"{path} is not a ticketsolver ticket")
         if manifest.get("format_version") != FORMAT_VERSION:

@@ -1,4 +1,4 @@
-"""Export a ticket as a standalone network, loadable without ticketsolver.
+"""Export a ticket as a standalone network, loadable without ticketsolver (docs/design.md section 4).
 
 - ONNX: the pruned 2ℓ-layer network, input ``input``, output ``output``, dynamic batch dimension.
 - safetensors: for every random layer, the pruned weight, the whole random source tensor and its mask::
@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ticketsolver.errors import TicketFormatError
+from ticketsolver.errors import ConfigError, TicketFormatError
 from ticketsolver.ticket.artifact import Ticket
 
 __all__ = ["EXPORT_FORMATS", "export_onnx", "export_safetensors", "export_ticket"]
@@ -37,7 +37,11 @@ EXPORT_FORMATS = ("onnx", "safetensors")
 
 
 def export_safetensors(ticket: Ticket, path: str | os.PathLike[str]) -> Path:
-    """Write the pruned weights, source tensors and masks (names in the module docstring)."""
+    """Write the pruned weights, source tensors and masks (names in the module docstring).
+
+    Raises:
+        OSError: the file cannot be written.
+    """
     from safetensors.torch import save_file
 
     tensors: dict[str, torch.Tensor] = {}
@@ -70,8 +74,13 @@ def export_safetensors(ticket: Ticket, path: str | os.PathLike[str]) -> Path:
         "source_kind": sizes["source_kind"],
         "examined_values": str(sizes["examined_values"] if sizes["examined_values"] is not None else "unrecorded"),
     }
+    from safetensors import SafetensorError
+
     path = Path(path)
-    save_file(tensors, str(path), metadata=metadata)
+    try:
+        save_file(tensors, str(path), metadata=metadata)
+    except SafetensorError as exc:  # its I/O failures are not OSErrors; say what could not be written
+        raise OSError(f"cannot write the export to {path}: {exc}") from exc
     return path
 
 
@@ -100,21 +109,20 @@ def export_onnx(ticket: Ticket, path: str | os.PathLike[str], opset: int = 18) -
 
 
 def export_ticket(ticket: Ticket, path: str | os.PathLike[str], fmt: str) -> Path:
-    """Export in ``fmt`` (one of :data:`EXPORT_FORMATS`)."""
+    """Export in ``fmt`` (one of :data:`EXPORT_FORMATS`).
+
+    Raises:
+        ConfigError: ``fmt`` is not one of :data:`EXPORT_FORMATS`.
+
+    Example:
+        >>> from ticketsolver.ticket import export_ticket
+        >>> export_ticket(None, "g.bin", "pickle")  # the format is checked before the ticket is touched
+        Traceback (most recent call last):
+        ...
+        ticketsolver.errors.ConfigError: unknown export format 'pickle'; choose one of onnx, safetensors
+    """
     if fmt == "onnx":
         return export_onnx(ticket, path)
     if fmt == "safetensors":
         return export_safetensors(ticket, path)
-    raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}")
-
-
-def check_pruned_equals_source_times_mask(path: str | os.PathLike[str]) -> bool:
-    """True when every pruned tensor of an exported safetensors file equals its source times its mask."""
-    from safetensors.numpy import load_file
-
-    tensors = load_file(str(path))
-    return all(
-        np.array_equal(tensors[key], tensors[f"{key}.source"] * tensors[f"{key}.mask"])
-        for key in tensors
-        if not key.endswith((".source", ".mask"))
-    )
+    raise ConfigError(f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ticketsolver.construction.pair import CONSTRUCTIONS
+from ticketsolver.construction import CONSTRUCTIONS
 from ticketsolver.ticket.artifact import Ticket
 
 if TYPE_CHECKING:

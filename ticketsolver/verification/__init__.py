@@ -1,14 +1,32 @@
 """Verification: how closely a pruned random network g follows its target f, measured and certified.
 
 The last library stage of the pipeline (problems -> solvers -> construction -> ticket -> verification).
-:func:`verify_networks` runs everything of DESIGN.md section 5 and returns a :class:`Report`; the pieces
+:func:`verify_networks` runs everything of docs/design.md section 5 and returns a :class:`Report`; the pieces
 are usable on their own: output metrics (:func:`compare_outputs`), per-layer checks
 (:func:`check_layers`), the worst-case search (:func:`search_worst_case`) and the certified bound
 (:func:`certify_bound`, for exact arithmetic and for float forward passes). Without a box or data, inputs
 follow the documented default law (:mod:`ticketsolver.verification.inputs`).
 
->>> # report = verify_networks(f, g, input_shape=(1, 28, 28), input_box=(0.0, 1.0), data=(x, y))
->>> # report.render(); report.to_json("report.json")
+How hard it looks is one :class:`~ticketsolver.config.VerifyConfig`; :func:`ticketsolver.verify` checks a
+ticket against its target with it. Here g is an exact O pair made by hand for a layer f (valid for inputs
+>= 0: ``relu(W+ x + b+) - relu(W- x + b-) = W x + b``), so there is no error to find:
+
+>>> import torch
+>>> from torch import nn
+>>> from ticketsolver import VerifyConfig
+>>> from ticketsolver.construction import PrunedPair
+>>> _ = torch.manual_seed(0)
+>>> layer = nn.Linear(3, 2)
+>>> w, b = layer.weight.detach(), layer.bias.detach()
+>>> first, second = nn.Linear(3, 4), nn.Linear(4, 2, bias=False)
+>>> first.weight = nn.Parameter(torch.cat([w.clamp(min=0), (-w).clamp(min=0)]))
+>>> first.bias = nn.Parameter(torch.cat([b.clamp(min=0), (-b).clamp(min=0)]))
+>>> second.weight = nn.Parameter(torch.cat([torch.eye(2), -torch.eye(2)], dim=1))
+>>> f, g = nn.Sequential(layer), nn.Sequential(PrunedPair(first, second, "output_blocks"))
+>>> config = VerifyConfig(input_box=(0, 1), n_random=64, worst_case_steps=5)
+>>> report = verify_networks(f, g, config, input_shape=(3,))
+>>> report.sections["random"]["float64"].max_abs_error < 1e-6, report.certified.max_bound < 1e-6
+(True, True)
 """
 
 from __future__ import annotations

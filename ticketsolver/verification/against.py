@@ -1,4 +1,4 @@
-"""Verify a ticket against its target: the library's ``verify(model, ticket, data)``.
+"""Verify a ticket against its target: the library's ``verify(target, ticket, config, data=...)``.
 
 Materialises the ticket, checks that it was built for this target (same sequence of layers, same
 shapes), and runs :func:`verify_networks` on the data given and on random inputs of an input box: the one
@@ -10,12 +10,14 @@ standardised features (:mod:`ticketsolver.verification.inputs`), and never fails
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
-from ticketsolver.errors import VerificationError
+from ticketsolver.config import VerifyConfig
+from ticketsolver.errors import ConfigError, VerificationError
 from ticketsolver.verification.inputs import DEFAULT_LAW, SOURCE_DECLARED, SOURCE_TICKET, SOURCE_TICKET_DEFAULT
 from ticketsolver.verification.report import Report
 from ticketsolver.verification.verify import verify_networks
@@ -73,44 +75,50 @@ def choose_input_box(
 
 
 def verify(
-    model: Any,
+    target: Any,
     ticket: Any,
-    data: Any = None,
+    config: VerifyConfig = VerifyConfig(),  # noqa: B008 - frozen: one shared default is safe
     *,
-    input_box: tuple[float, float] | None = None,
+    data: Any = None,
     device: str | torch.device | None = None,
-    **options: Any,
+    progress: Callable[[str, float], None] | None = None,
 ) -> Report:
     """Measure how closely the ticket's pruned network follows the target, and certify a bound.
 
     Args:
-        model: a :class:`ticketsolver.models.Target` or an ``nn.Module`` of supported layers.
+        target: a :class:`ticketsolver.models.Target` or an ``nn.Module`` of supported layers.
         ticket: the :class:`ticketsolver.ticket.Ticket`.
+        config: what to measure (:class:`~ticketsolver.config.VerifyConfig`); its ``input_box`` (None: see
+            :func:`choose_input_box`) bounds the random inputs, the worst-case search and the certified bound;
+            the report states which box and law were used.
         data: None, ``(x, y)`` / ``(x, None)`` tensors, or a :class:`ticketsolver.data.Dataset` (its test split).
-        input_box: the input box (lo, hi) of the random inputs, the worst-case search and the certified bound;
-            default: see :func:`choose_input_box` (the report states which box and law were used).
         device: where to run (default: CUDA when present, else the CPU; the report says which).
-        **options: passed to :func:`verify_networks` (n_random, worst_case_steps, dtypes, certify, ...).
+        progress: called as ``progress(step name, fraction done in [0, 1])``.
 
     Raises:
-        VerificationError: the ticket does not match the model, or the data has the wrong shape.
+        ConfigError: ``config`` is not a :class:`~ticketsolver.config.VerifyConfig` (data goes to ``data=``).
+        VerificationError: the ticket does not match the target, or the data has the wrong shape.
     """
     from ticketsolver.models import Target
 
-    target = model if isinstance(model, Target) else Target.from_module(model, ticket.input_shape)
+    if not isinstance(config, VerifyConfig):
+        raise ConfigError(
+            f"config must be a VerifyConfig, got {type(config).__name__}; data is passed as verify(..., data=...)"
+        )
+    if not isinstance(target, Target):
+        target = Target.from_module(target, ticket.input_shape)
     check_ticket_matches(target.module, ticket)
     if data is not None and hasattr(data, "x_test"):
         data = (data.x_test, data.y_test)
-    box, source, law = choose_input_box(ticket, input_box, data is not None)
-    if law is not None:
-        options.setdefault("random_law", law)
+    box, source, law = choose_input_box(ticket, config.input_box, data is not None)
     return verify_networks(
         target.module,
         ticket.to_module(),
+        config.replace(input_box=box),
         input_shape=tuple(ticket.input_shape),
-        input_box=box,
-        box_source=source,
         data=data,
+        box_source=source,
+        random_law=law,
         device=device,
-        **options,
+        progress=progress,
     )

@@ -256,7 +256,27 @@ def certify_bound(
         VerificationError: the networks do not correspond, the box is empty or infinite, a forward dtype is
             unknown, or a pair does not have the structure of its construction.
 
-    >>> # bound = certify_bound(f, g, (0.0, 1.0), input_shape=(1, 28, 28)); bound.max_bound
+    Example: an O pair made by hand for a layer, exact on inputs >= 0 (``relu(W+ x + b+) - relu(W- x + b-)``),
+    with V perturbed by 0.01: certified on the box [0, 1]^3, and not on [-1, 1]^3, where O does not apply.
+
+    >>> import torch
+    >>> from torch import nn
+    >>> _ = torch.manual_seed(0)
+    >>> layer = nn.Linear(3, 2)
+    >>> w, b = layer.weight.detach(), layer.bias.detach()
+    >>> first, second = nn.Linear(3, 4), nn.Linear(4, 2, bias=False)
+    >>> first.weight = nn.Parameter(torch.cat([w.clamp(min=0), (-w).clamp(min=0)]))
+    >>> first.bias = nn.Parameter(torch.cat([b.clamp(min=0), (-b).clamp(min=0)]))
+    >>> second.weight = nn.Parameter(torch.cat([torch.eye(2), -torch.eye(2)], dim=1) + 0.01)
+    >>> f, g = nn.Sequential(layer), nn.Sequential(PrunedPair(first, second, "output_blocks"))
+    >>> bound = certify_bound(f, g, (0.0, 1.0), input_shape=(3,), device="cpu")
+    >>> x = torch.rand(1000, 3)
+    >>> with torch.no_grad():
+    ...     measured = float((f(x) - g(x)).abs().max())
+    >>> 0 < measured <= bound.max_bound
+    True
+    >>> print(certify_bound(f, g, (-1.0, 1.0), input_shape=(3,), device="cpu").not_certified)  # doctest: +ELLIPSIS
+    layer 0 (Linear(3->2)): an output-blocks (O) pair equals its effective layer only for inputs >= 0, ...
     """
     start = time.perf_counter()
     pair_indices = set(validate_networks(target, pruned))

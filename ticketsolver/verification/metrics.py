@@ -1,7 +1,7 @@
 """Output comparison of the target f and the pruned network g: the numbers a user reads first.
 
 Verification (the last stage of the pipeline before jobs/service) runs f and g on the same inputs; this
-module turns their outputs into the metrics of DESIGN.md section 5: max abs error, the relative error of
+module turns their outputs into the metrics of docs/design.md section 5: max abs error, the relative error of
 da Cunha et al. (per input: max over outputs |f - g| / max over outputs |f|; reported as max and mean),
 accuracy of both when labels exist, and top-1 agreement. Outputs arrive in batches, so the metrics are
 accumulated by :class:`OutputComparison`; :func:`compare_outputs` is the one-shot form.

@@ -1,4 +1,4 @@
-"""verify_networks: run every check of DESIGN.md section 5 on a target f and its pruned network g.
+"""verify_networks: run every check of docs/design.md section 5 on a target f and its pruned network g.
 
 Verification stage entry point, called by ``ticketsolver verify``, the service and the build's final
 report. It validates that g corresponds to f module by module and computes the certified bound in float64
@@ -22,7 +22,8 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from ticketsolver.errors import VerificationError
+from ticketsolver.config import VerifyConfig
+from ticketsolver.errors import ConfigError, VerificationError
 from ticketsolver.verification.certified import certify_bound
 from ticketsolver.verification.inputs import (
     DEFAULT_LAW,
@@ -46,21 +47,13 @@ _DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.fl
 def verify_networks(
     target: nn.Sequential,
     pruned: nn.Sequential,
+    config: VerifyConfig = VerifyConfig(),  # noqa: B008 - frozen: one shared default is safe
     *,
     input_shape: tuple[int, ...],
-    input_box: tuple[float, float] | None = None,
     data: tuple[torch.Tensor, torch.Tensor | None] | None = None,
     box_source: str | None = None,
     random_law: str | None = None,
-    n_random: int = 512,
-    batch_size: int = 1024,
-    dtypes: tuple[str, ...] = ("float32", "float64"),
-    worst_case_starts: int = 8,
-    worst_case_steps: int = 50,
-    certify: bool = True,
-    layer_check_inputs: int = 256,
     device: torch.device | str | None = None,
-    seed: int = 0,
     progress: Callable[[str, float], None] | None = None,
 ) -> Report:
     """Measures how closely the pruned network g follows the target f, and certifies a bound.
@@ -68,51 +61,55 @@ def verify_networks(
     Args:
         target: f, an ``nn.Sequential`` in normal form (Linear, Conv2d, ReLU, MaxPool2d, AvgPool2d, Flatten).
         pruned: g, the same Sequential with each Linear/Conv2d replaced by a ``PrunedPair``.
+        config: what to measure and how hard to look (:class:`~ticketsolver.config.VerifyConfig`): the input
+            box (None: per-feature min/max of ``data``, and without data the default box of
+            :func:`~ticketsolver.verification.inputs.default_input_box`), the number of random inputs, the
+            worst-case search (half of its starts are the data points with the largest errors when data is
+            given, the rest the random inputs with the largest errors, then fresh points), the dtypes, the
+            certified bound, the per-layer check and the seed (the same inputs on every device).
         input_shape: per-sample input shape, e.g. ``(1, 28, 28)`` or ``(13,)``.
-        input_box: ``(lo, hi)`` bounding every input feature; None: per-feature min/max of ``data``, and
-            without data the default box (:func:`~ticketsolver.verification.inputs.default_input_box`).
         data: ``(inputs (N, *input_shape), labels (N,) int or None)`` or None.
-        box_source: where ``input_box`` came from, as the report states it (default ``"declared"``).
+        box_source: where ``config.input_box`` came from, as the report states it (default ``"declared"``).
         random_law: law of the random inputs, ``"uniform"`` in the box or ``"normal"`` (standard normal per
             feature, clipped to the box); None: normal on the default box, uniform on any other.
-        n_random: inputs drawn from ``random_law`` in the box for the "random" section (0: none).
-        batch_size: inputs per forward pass.
-        dtypes: dtypes of the forward passes, from ``"float32"`` and ``"float64"``.
-        worst_case_starts: starts of the gradient ascent (0: no search); half are the data points with the
-            largest errors when data is given, the rest the random inputs with the largest errors, then
-            fresh points of ``random_law``.
-        worst_case_steps: gradient steps per start.
-        certify: compute the certified bound (in float64): for exact arithmetic, and for forward passes in
-            each of ``dtypes`` (their rounding included).
-        layer_check_inputs: how many inputs (per dtype, data first) also run through the per-layer check
-            of each pair against its target layer and its effective-weights layer.
         device: the torch device; cuda when available if None.
-        seed: seed of the random inputs and starts (the same on every device).
         progress: called as ``progress(step name, fraction done in [0, 1])``.
 
     Returns:
         A :class:`Report` with every number measured.
 
     Raises:
+        ConfigError: ``config`` is not a :class:`~ticketsolver.config.VerifyConfig`.
         VerificationError: the networks do not correspond, inputs have the wrong shape, labels are
-            malformed, a dtype, law or device is unknown or absent, or the box is empty or infinite. A bound
-            that cannot be certified (an O pair whose input is not provably >= 0, an L pair not linear on
-            the box) is no error: the report says so.
+            malformed, a law or device is unknown or absent. A bound that cannot be certified (an O pair whose
+            input is not provably >= 0, an L pair not linear on the box) is no error: the report says so.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from ticketsolver import BuildConfig, VerifyConfig, build_ticket
+        >>> _ = torch.manual_seed(0)
+        >>> f = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+        >>> g = build_ticket(f, BuildConfig(n=12, input_domain=(0, 1)), input_shape=(3,)).to_module()
+        >>> report = verify_networks(f, g, VerifyConfig(input_box=(0, 1), n_random=64), input_shape=(3,))
+        >>> report.input_box["source"], report.sections["random"]["float32"].n_inputs
+        ('declared', 64)
+        >>> report.sections["random"]["float64"].max_abs_error <= report.certified.max_bound
+        True
     """
+    if not isinstance(config, VerifyConfig):
+        raise ConfigError(
+            f"config must be a VerifyConfig, got {type(config).__name__}; e.g. VerifyConfig(n_random=512)"
+        )
     begin = time.perf_counter()
     seconds: dict[str, float] = {}
     shape = _check_shape(input_shape)
-    for name in dtypes:
-        if name not in _DTYPES:
-            raise VerificationError(f"unknown dtype {name!r}; expected one of {sorted(_DTYPES)}")
-    if n_random < 0 or batch_size < 1 or worst_case_starts < 0 or worst_case_steps < 0:
-        raise VerificationError(
-            "n_random, worst_case_starts and worst_case_steps must be >= 0 and batch_size >= 1, got "
-            f"{n_random}, {worst_case_starts}, {worst_case_steps} and {batch_size}"
-        )
+    dtypes, seed = config.dtypes, config.seed
+    n_random, batch_size = config.n_random, config.batch_size
+    worst_case_starts, worst_case_steps = config.worst_case_starts, config.worst_case_steps
     validate_networks(target, pruned)
     data_x, data_y = _check_data(data, shape)
-    lo, hi, box_info = _make_box(input_box, data_x, shape, box_source, random_law)
+    lo, hi, box_info = _make_box(config.input_box, data_x, shape, box_source, random_law)
     law = box_info["law_name"]
     dev = _resolve_device(device)
 
@@ -124,7 +121,7 @@ def verify_networks(
     seconds["setup"] = time.perf_counter() - begin
 
     n_batches = sum(-(-x.shape[0] // batch_size) for x, _ in sections.values())
-    units = len(dtypes) * (n_batches + (1 if worst_case_starts else 0)) + (1 if certify else 0)
+    units = len(dtypes) * (n_batches + (1 if worst_case_starts else 0)) + (1 if config.certify else 0)
     done = 0
 
     def tick(step: str) -> None:
@@ -143,7 +140,7 @@ def verify_networks(
         torch_version=torch.__version__,
     )
     with _ieee_float32(dev):
-        if certify:
+        if config.certify:
             # first: it is cheap, and it validates every pair's effective layer before the long part
             step_begin = time.perf_counter()
             report.certified = certify_bound(
@@ -164,7 +161,7 @@ def verify_networks(
                     for start in range(0, x_all.shape[0], batch_size):
                         xb = x_all[start : start + batch_size].to(dev, dtype)
                         yb = y_all[start : start + batch_size].to(dev) if y_all is not None else None
-                        f_out, g_out = _forward(checker, f, g, xb, shape, layer_check_inputs)
+                        f_out, g_out = _forward(checker, f, g, xb, shape, config.layer_check_inputs)
                         comparison.update(f_out, g_out, yb)
                         tick(f"{section}/{name}")
                 report.sections.setdefault(section, {})[name] = comparison.result()

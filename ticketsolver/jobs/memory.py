@@ -1,0 +1,100 @@
+"""How much memory one item's worker needs: the estimate behind the service's memory admission.
+
+Place in the pipeline: jobs/service. Intake refuses a job whose item alone would exceed
+``Limits.memory_budget_bytes`` (:class:`~ticketsolver.jobs.intake.MemoryBudgetError`) and stores each
+item's estimate with it; the dispatcher then runs items only while the estimates of the running ones fit
+the budget together::
+
+    in_use = sum(task.memory_bytes for task in running_tasks)
+    task = store.claim_next_item(memory_budget=limits.memory_budget_bytes, memory_in_use=in_use)
+
+The model, fitted to peak RSS measured by ``benchmarks/memory.py`` (each case a fresh worker process:
+import, build with the default BuildConfig, then verify with the default VerifyConfig; peak from
+``os.wait4``'s ``ru_maxrss``), on a 2-CPU x86_64 VM with 23.5 GiB RAM, Python 3.11, torch 2.13 (CPU)::
+
+    peak ≈ 464 MiB + n · (28.2 B · largest layer + 9.0 B · all weights)     build
+         + 30 KiB · n · sqrt(largest layer)                                  verification (hidden units x batch)
+
+and every estimate is that times :data:`MARGIN` (1.25). Build residuals are within ±40 MiB. The
+verification term is an upper envelope of four points, not a fit: it stands for the activations of the
+random network's hidden layer (about ``n · sqrt(weights)`` units of a square layer, times the batch).
+
+Measured (MiB; "wide": h -> h -> 10, "deep": four h x h layers; weights = largest layer + the rest)::
+
+    shape  h     n   weights    largest    build peak  build+verify peak   build s
+    wide   256   20     68,096     65,536      501          566               3.6
+    wide   256   30     68,096     65,536      525                           14.6
+    wide   256   40     68,096     65,536      566          859              20.8
+    wide   512   20    267,264    262,144      672          947              11.8
+    wide   512   30    267,264    262,144      784                           73.9
+    wide   512   40    267,264    262,144      801         1320             101.7
+    wide   768   20    597,504    589,824      862                           53.6
+    wide   768   30    597,504    589,824     1074                          209.1
+    wide   768   40    597,504    589,824     1297                          224.8
+    wide  1024   20  1,058,816  1,048,576     1236                           78.7
+    wide  1024   30  1,058,816  1,048,576     1579                          397.7
+    wide  1024   40  1,058,816  1,048,576     1961                          220.0
+    deep   512   20  1,048,576    262,144      785                           75.2
+
+A worker's RSS after importing torch and ticketsolver is 229 MiB. Not measured: convolutional targets
+(LeNet5 is far below the smallest case here) and networks above ~1M weights per layer; for those the
+margin is the only cover.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["BASE_BYTES", "MARGIN", "estimate_peak_bytes", "layer_weights"]
+
+#: a worker's peak before the build's size matters (imports, solver tables, first allocations)
+BASE_BYTES = 464 * 1024**2
+#: bytes per weight of the largest layer and per unit of n (the layer being solved)
+PER_LARGEST_LAYER_WEIGHT = 28.2
+#: bytes per weight of the whole target and per unit of n (what the ticket keeps of every layer)
+PER_WEIGHT = 9.0
+#: bytes per unit of n * sqrt(largest layer) while verifying (the hidden activations of a batch)
+PER_VERIFY_UNIT = 30 * 1024
+#: every estimate is the fit times this
+MARGIN = 1.25
+
+
+def layer_weights(target: Any) -> list[int]:
+    """Weights and biases of each Linear/Conv2d layer of a :class:`~ticketsolver.models.Target` or module."""
+    from torch import nn
+
+    module = getattr(target, "module", target)
+    return [
+        int(sum(p.numel() for p in m.parameters())) for m in module.modules() if isinstance(m, nn.Linear | nn.Conv2d)
+    ]
+
+
+def estimate_peak_bytes(weights: int | Sequence[int] | Any, n: int, *, verify: bool = True) -> int:
+    """Estimated peak RSS of a worker that builds (and verifies) one ticket with this ``n``.
+
+    Args:
+        weights: weights per layer (a sequence), a target or module (its layers are counted), or one
+            number: all weights of the target taken as one layer (an upper bound).
+        n: random hidden units per block.
+        verify: the item also verifies its ticket (the default of a job).
+
+    Returns:
+        Bytes, rounded up to a whole MiB.
+
+    >>> estimate_peak_bytes([262_144, 2_570], 20) // 1024**2, estimate_peak_bytes(262_144, 40) // 1024**2
+    (1189, 1795)
+    """
+    if isinstance(weights, int):
+        sizes = [weights]
+    elif isinstance(weights, Sequence):
+        sizes = [int(w) for w in weights]
+    else:
+        sizes = layer_weights(weights)
+    largest, total = max(sizes, default=0), sum(sizes)
+    peak = BASE_BYTES + n * (PER_LARGEST_LAYER_WEIGHT * largest + PER_WEIGHT * total)
+    if verify:
+        peak += PER_VERIFY_UNIT * n * math.sqrt(largest)
+    mib = 1024**2
+    return int(math.ceil(MARGIN * peak / mib) * mib)

@@ -1,0 +1,230 @@
+"""What a job asks for (:class:`JobSpec`), what the service allows (:class:`Limits`), and a job's states.
+
+Place in the pipeline: jobs/service. A JobSpec is the one description of a job: the service takes it as
+its request model, validates it once, stores it with the job as JSON (:meth:`JobSpec.to_dict`), and the
+worker that builds each item reads it back (:meth:`JobSpec.from_dict`). How each ticket is built and
+verified is the library's own :class:`~ticketsolver.config.BuildConfig` and
+:class:`~ticketsolver.config.VerifyConfig`, with their defaults; only what is about the *job* lives at
+the top level: the values of n (one item per n and checkpoint), the architecture of bare state_dicts and
+the wall-clock limit of an item.
+
+>>> spec = JobSpec(n=[16, 20], build={"seed": 3})
+>>> spec.n, spec.build_config(16).n, spec.build_config(16).seed
+((16, 20), 16, 3)
+>>> JobSpec.from_dict(spec.to_dict()) == spec
+True
+>>> JobSpec.from_dict({"seed": 3})
+Traceback (most recent call last):
+...
+ticketsolver.errors.ConfigError: JobSpec: unknown field 'seed': it is a build setting, give it as build.seed
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import numbers
+import os
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WithJsonSchema, model_validator
+
+from ticketsolver.config import MAX_N, BuildConfig, VerifyConfig
+from ticketsolver.errors import ConfigError
+
+__all__ = ["JobSpec", "JobState", "Limits", "default_memory_budget"]
+
+
+class JobState(enum.StrEnum):
+    """A job's (and an item's) life: queued -> running -> succeeded | failed | cancelled."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+def _n_values(value: Any) -> tuple[int, ...]:
+    """An integer or a non-empty list of distinct integers, each in [1, MAX_N]; ``true`` is not 1."""
+    values = list(value) if isinstance(value, list | tuple) else [value]
+    message = f"must be an integer in [1, {MAX_N}] or a non-empty list of distinct ones, got {value!r}"
+    if not values:
+        raise ValueError(message)
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or not 1 <= int(v) <= MAX_N:
+            raise ValueError(message)
+    if len(set(values)) != len(values):
+        raise ValueError(f"must not repeat a value, got {value!r}")
+    return tuple(int(v) for v in values)
+
+
+def _verify_value(value: Any) -> Any:
+    if isinstance(value, bool):  # a boolean was the flat form of older versions
+        raise ValueError(f"must be an object of verification settings ({{}} for the defaults) or null, got {value!r}")
+    return value
+
+
+def _time_limit(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (0 < float(value) < math.inf):
+        raise ValueError(f"must be a positive number of seconds, got {value!r}")
+    return float(value)
+
+
+_N_SCHEMA: dict[str, Any] = {
+    "anyOf": [
+        {"type": "integer", "minimum": 1, "maximum": MAX_N},
+        {
+            "type": "array",
+            "items": {"type": "integer", "minimum": 1, "maximum": MAX_N},
+            "minItems": 1,
+            "uniqueItems": True,
+        },
+    ]
+}
+#: top-level keys that belong to one of the nested configs: named in the error of an unknown key
+_BUILD_FIELDS = frozenset(BuildConfig.model_fields) - {"n"}
+_VERIFY_FIELDS = frozenset(VerifyConfig.model_fields)
+#: the flat keys of the specs stored before the nested form (migration 0002 rewrites them)
+_OLD_VERIFY_NAMES = {"verify_box": "input_box"}
+
+
+class JobSpec(BaseModel):
+    """The parameters of a job. Frozen; unknown keys are refused with a message that says where they belong.
+
+    Constructing one with a bad value raises :class:`~ticketsolver.errors.ConfigError` (a ``ValueError``)
+    naming the field; as a nested model, or as the service's request model, normal pydantic validation
+    applies and the same message is the error's text.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    #: one item per value of n and checkpoint (an integer, or a list of distinct integers)
+    n: Annotated[
+        tuple[int, ...],
+        BeforeValidator(_n_values),
+        WithJsonSchema(_N_SCHEMA),
+        Field(description="random hidden units per block; a list makes a sweep (one item per n and checkpoint)"),
+    ] = (BuildConfig.model_fields["n"].default,)
+    #: built-in architecture of a bare state_dict; None infers it from the tensor shapes
+    arch: Annotated[
+        Literal["lenet5", "mlp", "export"] | None,
+        Field(description="architecture of a bare state_dict; null infers it from the tensor shapes"),
+    ] = None
+    #: how each ticket is built (its n is not given here: each item builds with ``build_config(n)``)
+    build: Annotated[BuildConfig, Field(description="how each ticket is built (the library's BuildConfig, less n)")] = (
+        BuildConfig()
+    )
+    #: how each ticket is verified after it is built; None: not verified
+    verify: Annotated[
+        VerifyConfig | None,
+        BeforeValidator(_verify_value),
+        Field(description="how each ticket is verified (the library's VerifyConfig); null: not verified"),
+    ] = VerifyConfig()
+    #: wall-clock limit of one item in seconds; None: the service's default
+    time_limit_s: Annotated[
+        float | None,
+        BeforeValidator(_time_limit),
+        Field(description="wall-clock limit of one item in seconds (> 0); null: the service's default"),
+    ] = None
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise ConfigError(_describe(exc)) from None
+
+    @model_validator(mode="after")
+    def _n_at_the_top(self) -> JobSpec:
+        if "n" in self.build.model_fields_set:
+            raise ValueError("n is given at the top level of a job (a number or a list), not in build")
+        return self
+
+    def build_config(self, n: int) -> BuildConfig:
+        """The :class:`BuildConfig` of the item with this ``n``."""
+        return self.build.replace(n=n)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe and complete (the build's defaults resolved), as stored with the job."""
+        return {
+            "n": list(self.n),
+            "arch": self.arch,
+            "build": self.build.model_dump(mode="json", exclude={"n"}),
+            "verify": None if self.verify is None else self.verify.to_dict(),
+            "time_limit_s": self.time_limit_s,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> JobSpec:
+        """The spec of :meth:`to_dict` (or of a client's JSON object).
+
+        Raises:
+            ConfigError: not a JSON object, an unknown key (the message says where it belongs), a bad value.
+        """
+        if not isinstance(data, dict):
+            raise ConfigError(f"JobSpec: expected a JSON object, got {type(data).__name__}")
+        return cls(**data)
+
+
+def _describe(exc: ValidationError) -> str:
+    """``JobSpec: n must be ...; unknown field 'seed': it is a build setting, give it as build.seed``."""
+    clauses = []
+    for error in exc.errors():
+        loc = [str(part) for part in error["loc"]]
+        where = ".".join(loc)
+        if error["type"] == "extra_forbidden":
+            clauses.append(f"unknown field {where!r}" + (_belongs(loc[0]) if len(loc) == 1 else ""))
+            continue
+        cause = (error.get("ctx") or {}).get("error")
+        if isinstance(cause, ConfigError) and loc:  # a nested config's own message: "BuildConfig: seed ..."
+            clauses.append(f"{where}: {str(cause).split(': ', 1)[-1]}")
+            continue
+        if isinstance(cause, ValueError):
+            text = str(cause)
+        elif error["type"] == "literal_error":
+            text = f"must be one of {error['ctx']['expected']}, got {error['input']!r}"
+        else:
+            text = f"{error['msg']}, got {error['input']!r}"
+        clauses.append(f"{where} {text}" if where else text)
+    return "JobSpec: " + "; ".join(clauses)
+
+
+def _belongs(key: str) -> str:
+    if key in _BUILD_FIELDS:
+        return f": it is a build setting, give it as build.{key}"
+    name = _OLD_VERIFY_NAMES.get(key, key)
+    if name in _VERIFY_FIELDS:
+        return f": it is a verification setting, give it as verify.{name}"
+    return f"; the fields are {', '.join(JobSpec.model_fields)}"
+
+
+def _physical_memory() -> int:
+    """Bytes of RAM of this machine (0 where the OS does not say)."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, OSError, ValueError):
+        return 0
+
+
+def default_memory_budget() -> int:
+    """Half of this machine's RAM (the other half is the API, the OS and other services); 4 GiB where the
+    OS does not say how much there is."""
+    return _physical_memory() // 2 or 4 * 1024**3
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one job may ask for; beyond it the job is refused with a message."""
+
+    max_n: int = MAX_N  # largest n
+    max_batch_items: int = 32  # checkpoints x n values
+    max_weights_per_job: int = 20_000_000  # target weights summed over the items
+    max_checkpoint_bytes: int = 64 * 1024**2  # one checkpoint file
+    #: bytes the items running at once may use together (estimated peak RSS of each worker, see
+    #: ticketsolver.jobs.memory): an item whose estimate alone exceeds it is refused at intake
+    memory_budget_bytes: int = field(default_factory=default_memory_budget)
+    #: wall-clock limit of an item whose spec sets none (seconds); None: no limit
+    time_limit_s: float | None = None

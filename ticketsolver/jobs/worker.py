@@ -1,0 +1,244 @@
+"""One item in a worker process: build, save and verify its ticket; the outcome goes to the store.
+
+Place in the pipeline: jobs/service. :func:`run_item` is the function the dispatcher
+(:mod:`ticketsolver.jobs.dispatcher`) hands an executor's worker for each item (checkpoint, n). The
+worker reports progress through the store at most every 0.25 s; the same write tells it whether the
+item is still its own, so an item cancelled or re-queued stops at its next progress report (the
+dispatcher also kills the process, which is what stops a long solver call). Each finished layer is kept
+in a per-item resume directory, so a build interrupted by a restart or a dead worker resumes from its
+finished layers.
+
+When the store refuses a write, the worker stops and says so in its :class:`ItemResult`; the dispatcher
+then records the failure once the store accepts writes again, so no item stays "running" for ever.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from ticketsolver.errors import TicketSolverError, VerificationError
+from ticketsolver.jobs.executors import parent_alive, run_on_cluster, solver_for, verify_on_cluster
+from ticketsolver.jobs.spec import JobSpec
+from ticketsolver.jobs.store import ItemTask, JobStore, StoreError
+
+__all__ = ["ItemResult", "nonfinite_errors", "run_item", "verify_files", "verify_ticket"]
+
+log = logging.getLogger("ticketsolver.jobs")
+
+
+@dataclass(frozen=True)
+class ItemResult:
+    """What a worker tells the dispatcher about one item (the store already says the rest).
+
+    Attributes:
+        state: ``succeeded`` / ``failed`` (recorded in the store), ``stopped`` (the item is no longer this
+            worker's: cancelled, re-queued, or the service went away) or ``store_unavailable`` (the store
+            refused a write: the dispatcher records the item failed with ``error`` once it can).
+        error: why the item failed.
+    """
+
+    state: Literal["succeeded", "failed", "stopped", "store_unavailable"]
+    error: str | None = None
+
+
+class _Stopped(Exception):
+    """The item is no longer this worker's (cancelled, re-queued, or the service died)."""
+
+
+def run_item(task: ItemTask, context: dict[str, Any], data_dir: str, url: str) -> ItemResult:
+    """Build, save and verify the ticket of one item; its outcome goes to the store.
+
+    Args:
+        task: the claimed item (its attempt fences every write).
+        context: the executor's :meth:`~ticketsolver.jobs.executors.Executor.context` (how to solve).
+        data_dir: the store's data directory.
+        url: the store's database URL.
+
+    Returns:
+        The :class:`ItemResult`. Never raises for a failure of the item itself.
+    """
+    try:
+        store = _worker_store(data_dir, url)
+    except StoreError as exc:
+        return ItemResult("store_unavailable", f"the job store cannot be opened: {exc}")
+    try:
+        return _run_item(store, task, context)
+    except _Stopped:
+        return ItemResult("stopped")
+    except StoreError as exc:
+        return ItemResult("store_unavailable", f"the job store refused a write: {exc}")
+    except TicketSolverError as exc:
+        error = str(exc)
+    except Exception as exc:  # noqa: BLE001 - a job must say why it failed, whatever the cause
+        log.exception("item %s failed", task.item_id)
+        error = f"internal error: {type(exc).__name__}: {exc}"
+    try:
+        if not store.fail_item(task.item_id, task.attempt, error):
+            return ItemResult("stopped")
+    except StoreError:
+        return ItemResult("store_unavailable", error)
+    return ItemResult("failed", error)
+
+
+_STORES: dict[tuple[str, str], JobStore] = {}
+
+
+def _worker_store(data_dir: str, url: str) -> JobStore:
+    """One store (one connection pool) per worker process and database."""
+    key = (data_dir, url)
+    if key not in _STORES:
+        _STORES[key] = JobStore(data_dir, url)
+    return _STORES[key]
+
+
+@dataclass
+class _Progress:
+    """The builder's progress callback: item progress weighted by layer size, written at most every
+    ``interval`` seconds (and whenever a layer finishes); raises _Stopped when the item is not ours."""
+
+    store: JobStore
+    task: ItemTask
+    sizes: list[int]
+    share: float  # part of the item's progress that the build represents
+    interval: float = 0.25
+    fractions: dict[int, float] = field(default_factory=dict)
+    last: float = 0.0
+
+    def __call__(self, pair: int, fraction: float, message: str) -> None:
+        if not parent_alive():
+            raise _Stopped("the service process is gone")
+        # the builder restarts its fraction for a layer's bias problems; progress shown never goes back
+        fraction = self.fractions[pair] = max(self.fractions.get(pair, 0.0), fraction)
+        now = time.monotonic()
+        if fraction < 1.0 and now - self.last < self.interval:
+            return
+        self.last = now
+        done = sum(size * self.fractions.get(k, 0.0) for k, size in enumerate(self.sizes))
+        progress = self.share * done / max(1, sum(self.sizes))
+        if not self.store.report_progress(
+            self.task.item_id, self.task.attempt, progress, f"layer {pair}: {message}", (pair, fraction)
+        ):
+            raise _Stopped("cancelled or re-queued")
+
+    def stage(self, progress: float, message: str) -> None:
+        if not self.store.report_progress(self.task.item_id, self.task.attempt, progress, message):
+            raise _Stopped("cancelled or re-queued")
+
+
+def _run_item(store: JobStore, task: ItemTask, context: dict[str, Any]) -> ItemResult:
+    from torch import nn
+
+    from ticketsolver import build_ticket, load_target
+    from ticketsolver.construction.builder import solver_options
+    from ticketsolver.ticket.summary import ticket_summary
+
+    spec = JobSpec.from_dict(task.spec)
+    config = spec.build_config(task.n)
+    path = store.upload_path(task.checkpoint_id)
+    try:
+        target = dataclasses.replace(load_target(path, arch=spec.arch), source=task.checkpoint_name)
+    except TicketSolverError as exc:  # name the client's file, not the server's id
+        raise type(exc)(str(exc).replace(path.name, task.checkpoint_name)) from exc
+    sizes = [m.weight.numel() for m in target.module if isinstance(m, nn.Linear | nn.Conv2d)]
+    progress = _Progress(store, task, sizes, share=1.0 if spec.verify is None else 0.9)
+    if not store.init_layers(task.item_id, task.attempt, len(sizes)):
+        raise _Stopped("cancelled")
+    resume = store.resume_dir(task.item_id)
+    solve_with = solver_for(context, config.solver, **solver_options(config))
+    ticket = build_ticket(target, config, progress=progress, solve_with=solve_with, resume_dir=resume)
+    progress.stage(progress.share, "saving the ticket")
+    out = store.ticket_path(task.item_id, task.attempt)
+    ticket.save(out)
+    try:
+        report: dict[str, Any] = {
+            "item": {"checkpoint": task.checkpoint_name, "n": task.n},
+            "ticket": ticket_summary(ticket, out.stat().st_size),
+            "kept_values_sha256": ticket.kept_hash(),
+            "verification": None,
+        }
+        if spec.verify is not None:
+            progress.stage(progress.share, "verifying")
+            gpus = verify_on_cluster(context)
+            if gpus is None:
+                verification = verify_ticket(target, ticket, spec.verify.to_dict())
+            else:
+                payload = (path.read_bytes(), spec.arch, out.read_bytes(), spec.verify.to_dict())
+                verification = run_on_cluster(context, gpus, verify_files, *payload)
+            bad = nonfinite_errors(verification)
+            if bad:
+                raise VerificationError(
+                    "verification measured non-finite errors (" + ", ".join(bad[:4]) + "): the pruned network "
+                    "overflows or breaks down on this input box; the ticket is not reported as a success"
+                )
+            report["verification"] = verification
+        problems = sum(int(p.get("problems_solved", 0)) for p in ticket.build.get("pairs", []))
+        if not store.finish_item(task.item_id, task.attempt, report, problems):
+            raise _Stopped("cancelled")
+    except BaseException:
+        out.unlink(missing_ok=True)  # this attempt failed or lost (cancelled, re-queued): its file is nobody's
+        raise
+    shutil.rmtree(resume, ignore_errors=True)
+    return ItemResult("succeeded")
+
+
+def verify_ticket(target: Any, ticket: Any, verify_config: dict[str, Any], device: Any = None) -> dict[str, Any]:
+    """Verify a ticket against its target with a job's :class:`~ticketsolver.config.VerifyConfig` (as its
+    ``to_dict()``); returns the report as plain data. The box is the config's, else the ticket's build
+    box, else the documented default; the report states which."""
+    from ticketsolver import VerifyConfig, verify
+
+    return verify(target, ticket, VerifyConfig(**verify_config), device=device).to_dict()
+
+
+def verify_files(checkpoint: bytes, arch: str | None, ticket: bytes, verify_config: dict[str, Any]) -> dict[str, Any]:
+    """Verify from bytes (a Ray task on another node): load the vetted checkpoint and the ticket, then
+    :func:`verify_ticket` on this node's device."""
+    from ticketsolver.models import load_target
+    from ticketsolver.ticket import Ticket
+
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "checkpoint").write_bytes(checkpoint)
+        (Path(tmp) / "t.ticket").write_bytes(ticket)
+        target = load_target(Path(tmp) / "checkpoint", arch=arch)
+        return verify_ticket(target, Ticket.load(Path(tmp) / "t.ticket"), verify_config)
+
+
+#: how a report's plain data writes a non-finite float (see ticketsolver.verification.report)
+_NONFINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+
+
+def nonfinite_errors(report: Any, path: str = "") -> list[str]:
+    """Where a verification report (plain data, non-finite floats written ``"nan"``, ``"inf"``) holds an
+    error that is not a number: every NaN under a key naming an error, and every NaN or infinite
+    ``max_abs_error`` (an output error is finite whenever both networks compute finite values; a relative
+    error over a zero target may be infinite). Returns ``"path = value"`` strings.
+
+    >>> nonfinite_errors({"sections": {"random": {"float32": {"max_abs_error": "nan"}}}})
+    ['sections.random.float32.max_abs_error = nan']
+    >>> nonfinite_errors({"worst_case": {"float64": {"max_abs_error": 1e-6}}})
+    []
+    """
+    found: list[str] = []
+    if isinstance(report, dict):
+        for key, value in report.items():
+            where = f"{path}.{key}" if path else str(key)
+            if isinstance(value, dict | list):
+                found += nonfinite_errors(value, where)
+                continue
+            number = _NONFINITE.get(value) if isinstance(value, str) else value
+            if not isinstance(number, float) or math.isfinite(number):
+                continue
+            if (math.isnan(number) and "error" in str(key)) or key == "max_abs_error":
+                found.append(f"{where} = {value}")
+    elif isinstance(report, list):
+        for index, value in enumerate(report):
+            found += nonfinite_errors(value, f"{path}[{index}]")
+    return found
