@@ -29,8 +29,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from ticketsolver.errors import SolverUnavailableError, TicketSolverError
-from ticketsolver.jobs.intake import MemoryBudgetError
-from ticketsolver.jobs.store import StoreError
+from ticketsolver.jobs import MemoryBudgetError, StoreError
 
 __all__ = ["disk_full", "install_error_handlers", "public_message", "status_of"]
 

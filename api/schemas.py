@@ -14,8 +14,7 @@ from typing import Any, get_type_hints
 
 from pydantic import BaseModel, ConfigDict, create_model
 
-from ticketsolver.jobs import JobState
-from ticketsolver.jobs.store import JobSummary
+from ticketsolver.jobs import JobState, JobSummary
 from ticketsolver.ticket.artifact import TicketSizes
 
 __all__ = [

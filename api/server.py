@@ -94,7 +94,7 @@ def run(
     """
     import uvicorn
 
-    from ticketsolver.jobs.store import DataDirLock
+    from ticketsolver.jobs import DataDirLock
 
     from .main import create_app
     from .settings import Settings

@@ -47,7 +47,7 @@ def build_ticket(
             (then ``input_shape`` is required).
         config: how to build: n, seed, solver, input domain, re-randomisation, ... (:class:`BuildConfig`).
         input_shape: per-sample input shape when ``target`` is a plain module.
-        progress: called with (pair, fraction of that layer done, message) after every solved chunk; an
+        progress: called with (pair, fraction of that layer done, message) as the solver reports solved problems; an
             exception it raises aborts the build (how a service cancels one).
         solve_with: the solver instance to use instead of ``get_solver(config.solver)`` (e.g. one that spreads
             chunks over a cluster); the manifest still records ``config.solver``. Exact solvers give identical

@@ -270,6 +270,19 @@ def test_health_probes_a_real_write(store, tmp_path):
     assert not any(str(tmp_path) in problem for problem in health["problems"])
 
 
+def test_health_is_degraded_when_a_subfolder_the_service_writes_to_is_broken(store):
+    tickets = store.data_dir / "tickets"
+    tickets.rmdir()
+    tickets.write_bytes(b"a file where the folder was")  # as root, chmod would not stop a write
+    try:
+        health = store.health()
+    finally:
+        tickets.unlink()
+        tickets.mkdir()
+    assert health["status"] == "degraded" and not health["files_writable"]
+    assert health["problems"] == ["data dir's tickets/ not writable: Not a directory"]
+
+
 def test_health_is_degraded_when_the_disk_is_nearly_full(store):
     health = store.health(min_free_bytes=2**62)
     assert health["status"] == "degraded" and "bytes free" in health["problems"][0]

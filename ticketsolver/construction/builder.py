@@ -233,7 +233,7 @@ def construct(
     Args:
         target: the trained network in normal form.
         config: how to build (see :class:`~ticketsolver.config.BuildConfig`).
-        progress: called with (pair, fraction of that layer done, message) after every solved chunk; an
+        progress: called with (pair, fraction of that layer done, message) as the solver reports solved problems; an
             exception it raises aborts the build (how a service cancels one).
         solve_with: the solver instance to use instead of ``get_solver(config.solver)`` (e.g. one that spreads
             chunks over a cluster); the record still names ``config.solver``. Exact solvers give identical

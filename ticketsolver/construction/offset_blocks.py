@@ -146,7 +146,14 @@ def solve_offset_blocks(
         coeffs, use, targets = blocks.weight_problems(units, weight)
         return coeffs[:, None], use[:, None], targets[:, None]
 
-    w = solve_with_resampling(solver, d_out * d_in, weight_problems, 0, 0.0, progress)
+    total = d_out * d_in + d_out  # weight problems, then one bias problem per output: one fraction over both
+
+    def phase(offset: int) -> RoundProgress | None:
+        if progress is None:
+            return None
+        return lambda round_, done, _: progress(round_, offset + done, total)
+
+    w = solve_with_resampling(solver, d_out * d_in, weight_problems, 0, 0.0, phase(0))
     chosen = w.masks[:, 0].reshape(d_out, d_in, n)
     constants = (v.astype(np.float64) * np.where(offset, beta, 0.0) * chosen).sum((1, 2))  # K_i
 
@@ -161,7 +168,7 @@ def solve_offset_blocks(
             target_bias[units][:, None],
         )
 
-    b = solve_with_resampling(bias_solver or solver, d_out, bias_problems, 0, 0.0, progress)
+    b = solve_with_resampling(bias_solver or solver, d_out, bias_problems, 0, 0.0, phase(d_out * d_in))
     bias_chosen = b.masks[:, 0]  # (d_out, nb)
     effective_bias = constants + (coeffs_bias * bias_chosen).sum(1)
 

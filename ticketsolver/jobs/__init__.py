@@ -30,14 +30,27 @@ from __future__ import annotations
 
 from ticketsolver.jobs.dispatcher import JobRunner
 from ticketsolver.jobs.executors import Executor, LocalExecutor, Outcome, RayExecutor, RaySolver, make_executor
-from ticketsolver.jobs.intake import accept_job
+from ticketsolver.jobs.intake import LimitError, MemoryBudgetError, UploadRejectedError, accept_job
 from ticketsolver.jobs.spec import JobSpec, JobState, Limits
-from ticketsolver.jobs.store import JOB_STATES, TERMINAL_STATES, ItemView, JobStore, JobView, LayerView
+from ticketsolver.jobs.store import (
+    JOB_STATES,
+    TERMINAL_STATES,
+    DataDirInUseError,
+    DataDirLock,
+    ItemView,
+    JobStore,
+    JobSummary,
+    JobView,
+    LayerView,
+    StoreError,
+)
 from ticketsolver.jobs.worker import ItemResult, run_item, verify_ticket
 
 __all__ = [
     "JOB_STATES",
     "TERMINAL_STATES",
+    "DataDirInUseError",
+    "DataDirLock",
     "Executor",
     "ItemResult",
     "ItemView",
@@ -45,13 +58,18 @@ __all__ = [
     "JobSpec",
     "JobState",
     "JobStore",
+    "JobSummary",
     "JobView",
     "LayerView",
+    "LimitError",
     "Limits",
     "LocalExecutor",
+    "MemoryBudgetError",
     "Outcome",
     "RayExecutor",
     "RaySolver",
+    "StoreError",
+    "UploadRejectedError",
     "accept_job",
     "make_executor",
     "run_item",

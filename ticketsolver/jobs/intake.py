@@ -223,7 +223,7 @@ def accept_job(
             try:
                 target = load_target(path, arch=spec.arch, max_bytes=limits.max_checkpoint_bytes)
             except TicketSolverError as exc:
-                raise UploadRejectedError(shown, _without_server_names(str(exc), path)) from exc
+                raise UploadRejectedError(shown, without_server_names(str(exc), path)) from exc
             layers = layer_weights(target)
             params.append(sum(layers))
             checkpoints.append(
@@ -245,7 +245,7 @@ def accept_job(
         raise
 
 
-def _without_server_names(message: str, path: Path) -> str:
+def without_server_names(message: str, path: Path) -> str:
     """The library's message about the stored upload, with the server's path and file name replaced."""
     for server_name in (str(path), str(path.parent), path.name, path.stem):
         message = message.replace(f"'{server_name}'", "the file").replace(server_name, "the file")

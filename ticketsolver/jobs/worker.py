@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 from ticketsolver.errors import TicketSolverError, VerificationError
 from ticketsolver.jobs.executors import parent_alive, run_on_cluster, solver_for, verify_on_cluster
+from ticketsolver.jobs.intake import UploadRejectedError, without_server_names
 from ticketsolver.jobs.spec import JobSpec
 from ticketsolver.jobs.store import ItemTask, JobStore, StoreError
 
@@ -146,7 +147,7 @@ def _run_item(store: JobStore, task: ItemTask, context: dict[str, Any]) -> ItemR
     try:
         target = dataclasses.replace(load_target(path, arch=spec.arch), source=task.checkpoint_name)
     except TicketSolverError as exc:  # name the client's file, not the server's id
-        raise type(exc)(str(exc).replace(path.name, task.checkpoint_name)) from exc
+        raise UploadRejectedError(task.checkpoint_name, without_server_names(str(exc), path)) from exc
     sizes = [m.weight.numel() for m in target.module if isinstance(m, nn.Linear | nn.Conv2d)]
     progress = _Progress(store, task, sizes, share=1.0 if spec.verify is None else 0.9)
     if not store.init_layers(task.item_id, task.attempt, len(sizes)):

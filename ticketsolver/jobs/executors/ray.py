@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import threading
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -104,9 +105,10 @@ def _task_solver(name: str, tolerance: float = 0.0) -> Solver:
 def _solve_chunk(
     name: str, coeffs: np.ndarray, targets: np.ndarray, usable: np.ndarray, tolerance: float = 0.0
 ) -> tuple[Any, ...]:
-    """One Ray task: solve a chunk (exactly, or ``auto`` to ``tolerance``); returns masks, status and backends."""
+    """One Ray task: solve a chunk (exactly, or ``auto`` to ``tolerance``); returns masks, status, backends and
+    the tolerance the chunk was solved to (a chunk whose problems went to the MIP chain reports the chain's)."""
     sol = _task_solver(name, tolerance).solve(coeffs, targets, usable)
-    return sol.masks, sol.status, sol.backends
+    return sol.masks, sol.status, sol.backends, sol.tolerance
 
 
 _REMOTE: dict[str, Any] = {}
@@ -135,7 +137,7 @@ class RaySolver(Solver):
         tolerance: what ``auto`` solves to (0: exactly).
 
     Raises:
-        SolverError: an unknown backend or a bad tolerance (refused here, not in a remote task).
+        InvalidProblemError: an unknown backend or a bad tolerance (refused here, not in a remote task).
         JobError: ``chunk`` is not a positive integer.
 
     Example:
@@ -158,7 +160,8 @@ class RaySolver(Solver):
         self.name = solver
         self.address = address
         self.chunk = chunk
-        self.tasks = 0  # Ray tasks submitted so far
+        self.tasks = 0  # Ray tasks submitted so far (all batches; a statistic, not batch state)
+        self._count = threading.Lock()
 
     def chunk_size(self, problems: int, cpus: float) -> int:
         """Problems per task for a batch of ``problems`` on a cluster of ``cpus`` CPUs."""
@@ -177,7 +180,8 @@ class RaySolver(Solver):
             task.remote(self.name, coeffs[s : s + size], targets[s : s + size], usable[s : s + size], self.tolerance)
             for s in starts
         ]
-        self.tasks += len(refs)
+        with self._count:
+            self.tasks += len(refs)
         problems = {ref: min(size, len(targets) - s) for ref, s in zip(refs, starts, strict=True)}
         pending, done = list(refs), 0
         try:
@@ -195,6 +199,7 @@ class RaySolver(Solver):
             status=np.concatenate([p[1] for p in parts]),
             backends=np.concatenate([p[2] for p in parts]),
             info={"engine": "ray", "tasks": len(refs), "chunk": size},
+            tolerance=max(float(p[3]) for p in parts),
         )
 
 

@@ -11,6 +11,7 @@ import os
 import shutil
 import threading
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select
@@ -54,17 +55,10 @@ def probe(store: JobStore, min_free_bytes: int = MIN_FREE_BYTES) -> dict[str, An
         writable = True
     except DBAPIError as exc:
         problems.append(f"database not writable: {store._reason(exc)}")
-    probe = store.data_dir / f".health-{os.getpid()}-{threading.get_ident()}"
-    try:
-        with probe.open("wb") as handle:
-            handle.write(b"ok")
-            handle.flush()
-            os.fsync(handle.fileno())
-        files_writable = True
-    except OSError as exc:
-        problems.append(f"data dir not writable: {exc.strerror}")
-    finally:
-        probe.unlink(missing_ok=True)
+    # every folder the service writes to: a broken uploads/ or tickets/ fails every job while the root is fine
+    failures = [f"{where} not writable: {reason}" for where, reason in _unwritable_folders(store.data_dir)]
+    problems.extend(failures)
+    files_writable = not failures
     try:
         free = shutil.disk_usage(store.data_dir).free
     except OSError as exc:
@@ -84,3 +78,25 @@ def probe(store: JobStore, min_free_bytes: int = MIN_FREE_BYTES) -> dict[str, An
         "deferred_failures": deferred,
         "problems": problems,
     }
+
+
+def _unwritable_folders(data_dir: Path) -> list[tuple[str, str]]:
+    """(folder shown without server paths, reason) for each of the data dir and its subfolders that refuses
+    a small written-and-synced file."""
+    failed = []
+    for name in (".", "uploads", "tickets", "resume"):
+        folder = data_dir / name
+        probe = folder / f".health-{os.getpid()}-{threading.get_ident()}"
+        try:
+            with probe.open("wb") as handle:
+                handle.write(b"ok")
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError as exc:
+            failed.append(("data dir" if name == "." else f"data dir's {name}/", exc.strerror or type(exc).__name__))
+        finally:
+            try:
+                probe.unlink(missing_ok=True)
+            except OSError:
+                pass
+    return failed

@@ -566,19 +566,23 @@ class JobStore:
                 if any(i.state not in TERMINAL_STATES for i in items):
                     continue
                 failed = [i for i in items if i.state == JobState.FAILED]
+                values: dict[str, Any] = {"state": JobState.SUCCEEDED, "finished_at": now}
                 if failed:
                     names = {
                         c.id: c.name
                         for c in session.scalars(select(CheckpointRow).where(CheckpointRow.job_id == job.id))
                     }
-                    job.state = JobState.FAILED
-                    job.error = "; ".join(
+                    values["state"] = JobState.FAILED
+                    values["error"] = "; ".join(
                         f"item {i.position} ({names.get(i.checkpoint_id, '?')}, n={i.n}): {i.error}" for i in failed
                     )[:4000]
-                else:
-                    job.state = JobState.SUCCEEDED
-                job.finished_at = now
-                closed.append(job.id)
+                # The reads above ran before this transaction's first write (pysqlite begins lazily), so a cancel
+                # may have committed since: close the job only if it is still active (compare-and-set).
+                result = session.execute(
+                    update(JobRow).where(JobRow.id == job.id, JobRow.state.in_(ACTIVE_STATES)).values(**values)
+                )
+                if result.rowcount:  # type: ignore[attr-defined]
+                    closed.append(job.id)
             return closed
 
         return self._write(finalize, "close finished jobs")
