@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from ticketsolver.data import load_digits_28, load_digits_flat, load_wine_standardized
+from ticketsolver.errors import ConfigError
 
 
 def test_digits_28_are_28x28_images_in_the_unit_interval() -> None:
@@ -43,5 +44,5 @@ def test_wine_is_signed_and_standardised_on_the_training_set() -> None:
 
 
 def test_bad_test_fraction_is_refused() -> None:
-    with pytest.raises(ValueError, match="test_fraction"):
+    with pytest.raises(ConfigError, match="test_fraction"):
         load_digits_28(test_fraction=1.5)

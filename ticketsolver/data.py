@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ticketsolver.errors import VerificationError
+from ticketsolver.errors import ConfigError, VerificationError
 
 __all__ = ["Dataset", "load_arrays", "load_digits_28", "load_digits_flat", "load_wine_standardized"]
 
@@ -68,7 +68,7 @@ def _split(
     x: np.ndarray, y: np.ndarray, test_fraction: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+        raise ConfigError(f"test_fraction must be in (0, 1), got {test_fraction}")
     _, model_selection = _sklearn_datasets()
     x_train, x_test, y_train, y_test = model_selection.train_test_split(
         x, y, test_size=test_fraction, random_state=seed, stratify=y

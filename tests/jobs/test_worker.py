@@ -105,11 +105,12 @@ def test_an_unbuildable_item_fails_with_the_reason(store):
     task = store.claim_next_item()
     store.upload_path(task.checkpoint_id).write_bytes(b"garbage")  # e.g. the disk lost the file
     result = run_item(task, {"kind": "local"}, str(store.data_dir), store.url)
-    assert result.state == "failed" and result.error.startswith("net.pt contains pickled objects")
+    assert result.state == "failed"
+    assert result.error.startswith("checkpoint 'net.pt': the file contains pickled objects")
     assert task.checkpoint_id not in result.error  # the client's file name, never the server's
     store.finalize_jobs()
     job = store.get_job(job_id)
-    assert job.state == "failed" and "net.pt contains pickled objects" in job.error
+    assert job.state == "failed" and "checkpoint 'net.pt': the file contains pickled objects" in job.error
 
 
 def test_a_verification_with_non_finite_errors_fails_the_item(store):

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ticketsolver.data import Dataset
+from ticketsolver.errors import ConfigError
 
 __all__ = ["evaluate_accuracy", "train_classifier"]
 
@@ -35,7 +36,7 @@ def evaluate_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_
         ValueError: x and y have different lengths.
     """
     if len(x) != len(y):
-        raise ValueError(f"x has {len(x)} samples but y has {len(y)}")
+        raise ConfigError(f"x has {len(x)} samples but y has {len(y)}")
     if len(x) == 0:
         return 0.0
     was_training = model.training
@@ -87,7 +88,7 @@ def train_classifier(
     ['epochs', 'final_loss', 'seconds', 'test_accuracy', 'train_accuracy']
     """
     if epochs < 1 or lr <= 0 or batch_size < 1:
-        raise ValueError(f"epochs, lr and batch_size must be positive, got {epochs}, {lr}, {batch_size}")
+        raise ConfigError(f"epochs, lr and batch_size must be positive, got {epochs}, {lr}, {batch_size}")
     start = time.perf_counter()
     torch.manual_seed(seed)
     order = torch.Generator().manual_seed(seed)

@@ -17,6 +17,7 @@ from typing import Final
 import torch
 
 from ticketsolver.construction.box import DEFAULT_INPUT_BOX
+from ticketsolver.errors import ConfigError
 
 __all__ = [
     "DEFAULT_LAW",
@@ -72,7 +73,7 @@ def sample_inputs(
         ValueError: an unknown law.
     """
     if law not in LAWS:
-        raise ValueError(f"unknown input law {law!r}; expected one of {sorted(LAWS)}")
+        raise ConfigError(f"unknown input law {law!r}; expected one of {sorted(LAWS)}")
     generator = torch.Generator().manual_seed(seed)
     lo64, hi64 = lo.to("cpu", torch.float64), hi.to("cpu", torch.float64)
     if law == "normal":
