@@ -11,13 +11,13 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 import pytest
-from sqlalchemy import event
 
 import ticketsolver as ts
 from ticketsolver.jobs import JobRunner, JobSpec, JobStore, Limits, LocalExecutor
 from ticketsolver.jobs.memory import estimate_peak_bytes
 from ticketsolver.ticket import Ticket
 
+from .faults import back_to_normal, pragma_on_connect
 from .test_worker import mlp_bytes
 
 #: an item that spends ~50 s in single solver calls of ~25 s (brute force at n = 20): the worker itself
@@ -202,31 +202,15 @@ def test_a_failure_the_store_refuses_is_recorded_once_it_accepts_writes(tmp_path
     try:
         job_id = _submit(runner, SLOW.model_copy(update={"time_limit_s": 3.0}))
         pid = _busy_pid(runner)
-        read_only = _pragma_on_connect(store, "PRAGMA query_only=ON")
+        read_only = pragma_on_connect(store, "PRAGMA query_only=ON")
         wait_for(lambda: not _alive(pid), 15, "the overdue item's worker killed")
         for _ in range(5):  # the dispatcher keeps trying; nothing is written while the store refuses
             time.sleep(0.2)
             assert str(store.get_job(job_id).items[0].state) == "running"
-        _back_to_normal(store, read_only)
+        back_to_normal(store, read_only)
         _finished(runner, job_id, timeout=10)
         job = store.get_job(job_id)
         assert job.state == "failed" and "time limit of 3 s exceeded" in job.items[0].error
     finally:
         runner.stop()
         store.close()
-
-
-def _pragma_on_connect(store: JobStore, pragma: str):
-    """Every new connection of the store runs ``pragma`` (old connections are closed first)."""
-
-    def run(dbapi_connection, _record):
-        dbapi_connection.execute(pragma)
-
-    event.listen(store.engine, "connect", run)
-    store.engine.dispose()
-    return run
-
-
-def _back_to_normal(store: JobStore, listener) -> None:
-    event.remove(store.engine, "connect", listener)
-    store.engine.dispose()

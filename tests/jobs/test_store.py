@@ -8,11 +8,12 @@ import time
 
 import pytest
 from pydantic import TypeAdapter
-from sqlalchemy import event
 
 from ticketsolver.errors import JobError
 from ticketsolver.jobs.spec import JobState
 from ticketsolver.jobs.store import JobStore, JobSummary, JobView, StoreError, new_id
+
+from .faults import back_to_normal, pragma_on_connect
 
 MiB = 1024**2
 
@@ -31,22 +32,6 @@ def _job(store: JobStore, ns=(10, 12), checkpoints: int = 1, memory: dict[int, i
         for i in range(checkpoints)
     ]
     return store.create_job({"n": list(ns)}, ckpts, ns, "local")
-
-
-def _pragma_on_connect(store: JobStore, pragma: str):
-    """Every new connection of the store runs ``pragma`` (old connections are closed first)."""
-
-    def run(dbapi_connection, _record):
-        dbapi_connection.execute(pragma)
-
-    event.listen(store.engine, "connect", run)
-    store.engine.dispose()
-    return run
-
-
-def _back_to_normal(store: JobStore, listener) -> None:
-    event.remove(store.engine, "connect", listener)
-    store.engine.dispose()
 
 
 @pytest.fixture
@@ -214,36 +199,36 @@ def test_the_queue_keeps_its_order_a_small_item_does_not_overtake(store):
 def test_a_write_to_a_read_only_store_is_retried_then_raises_store_error(store, tmp_path):
     job_id = _job(store, ns=(10,))
     task = store.claim_next_item()
-    read_only = _pragma_on_connect(store, "PRAGMA query_only=ON")
+    read_only = pragma_on_connect(store, "PRAGMA query_only=ON")
     started = time.monotonic()
     with pytest.raises(StoreError, match="could not be written \\(record a failed item\\): .*readonly") as caught:
         store.fail_item(task.item_id, task.attempt, "boom")
     assert time.monotonic() - started >= 0.02  # the two retries waited
     assert str(tmp_path) not in str(caught.value)
     assert store.get_job(job_id).state == "running"  # reads still work
-    _back_to_normal(store, read_only)
+    back_to_normal(store, read_only)
     assert store.fail_item(task.item_id, task.attempt, "boom")
 
 
 def test_a_full_disk_is_a_store_error(store):
     with store.engine.connect() as connection:
         pages = connection.exec_driver_sql("PRAGMA page_count").scalar()
-    full = _pragma_on_connect(store, f"PRAGMA max_page_count={pages}")
+    full = pragma_on_connect(store, f"PRAGMA max_page_count={pages}")
     with pytest.raises(StoreError, match="full"):
         for _ in range(200):  # fills the last free pages, then needs a new one
             _job(store, ns=tuple(range(1, 33)))
-    _back_to_normal(store, full)
+    back_to_normal(store, full)
 
 
 def test_a_failure_that_cannot_be_written_is_kept_and_written_when_the_store_recovers(store):
     job_id = _job(store, ns=(10,))
     task = store.claim_next_item()
-    read_only = _pragma_on_connect(store, "PRAGMA query_only=ON")
+    read_only = pragma_on_connect(store, "PRAGMA query_only=ON")
     assert store.record_failure(task.item_id, task.attempt, "worker died") is None  # deferred, no raise
     assert store.flush_deferred() == 1  # still unwritable: still waiting
     health = store.health()
     assert health["status"] == "degraded" and health["deferred_failures"] == 1
-    _back_to_normal(store, read_only)
+    back_to_normal(store, read_only)
     assert store.flush_deferred() == 0
     assert store.finalize_jobs() == [job_id]
     job = store.get_job(job_id)
@@ -262,9 +247,9 @@ def test_health_of_a_working_store(store):
 
 
 def test_health_probes_a_real_write(store, tmp_path):
-    read_only = _pragma_on_connect(store, "PRAGMA query_only=ON")
+    read_only = pragma_on_connect(store, "PRAGMA query_only=ON")
     health = store.health()
-    _back_to_normal(store, read_only)
+    back_to_normal(store, read_only)
     assert health["status"] == "degraded" and health["readable"] and not health["writable"]
     assert any("not writable" in problem for problem in health["problems"])
     assert not any(str(tmp_path) in problem for problem in health["problems"])
