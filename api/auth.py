@@ -4,10 +4,12 @@ A pure ASGI middleware rather than a FastAPI dependency: dependencies run after 
 parsed, so an unauthenticated client could still make the service read (and spool to disk) a 60 MiB upload
 before hearing 401. Here the answer goes out while the body is still unread.
 
-Open without a token: ``/healthz`` (load balancers, container healthchecks) and the API description
-(``/docs``, ``/redoc``, ``/openapi.json``: the routes and schemas of this open-source service are no
-secret, and ``/docs`` cannot render without ``/openapi.json``). Every other path, unknown ones included,
-answers 401 without the token.
+Open without a token: ``/healthz`` (load balancers, container healthchecks), the API description
+(``/docs``, ``/redoc``, ``/openapi.json`` and the Swagger UI / ReDoc files under :data:`DOCS_ASSETS`: the
+routes and schemas of this open-source service are no secret, and ``/docs`` cannot render without
+``/openapi.json``), and the web view's shells: ``/`` and everything under ``/ui/`` (pages and assets that
+hold no job data; their script asks the JSON API, with the token, for that). Every other path, unknown
+ones included, answers 401 without the token.
 """
 
 from __future__ import annotations
@@ -17,10 +19,19 @@ import secrets
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-__all__ = ["OPEN_PATHS", "BearerTokenMiddleware"]
+__all__ = ["DOCS_ASSETS", "OPEN_PATHS", "OPEN_PREFIX", "BearerTokenMiddleware", "is_open"]
 
+#: where Swagger UI's and ReDoc's own files are served (under the open prefix)
+DOCS_ASSETS = "/ui/docs-assets"
 #: paths that answer without a token
-OPEN_PATHS = frozenset({"/healthz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+OPEN_PATHS = frozenset({"/", "/healthz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+#: every path under it answers without a token: web pages and static files, never job data
+OPEN_PREFIX = "/ui/"
+
+
+def is_open(path: str) -> bool:
+    """Whether ``path`` answers without a token (no ``..`` segment can lead out of the open prefix)."""
+    return path in OPEN_PATHS or (path.startswith(OPEN_PREFIX) and ".." not in path.split("/"))
 
 
 def bearer_token(scope: Scope) -> bytes | None:
@@ -45,7 +56,7 @@ class BearerTokenMiddleware:
         self.expected = None if token is None else token.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or self.expected is None or scope["path"] in OPEN_PATHS:
+        if scope["type"] != "http" or self.expected is None or is_open(scope["path"]):
             await self.app(scope, receive, send)
             return
         given = bearer_token(scope)

@@ -1,4 +1,5 @@
-"""The FastAPI app: settings, the job runner's lifetime, middleware, error handlers and routers. Nothing else."""
+"""The FastAPI app: settings, the job runner's lifetime, middleware, error handlers, routers, the web view's
+pages and files, and API docs whose Swagger UI / ReDoc files are served from here. Nothing else."""
 
 from __future__ import annotations
 
@@ -11,14 +12,18 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
+from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from starlette.concurrency import run_in_threadpool
 
 from ticketsolver._version import __version__
 from ticketsolver.jobs import JobRunner, JobSpec, JobStore, make_executor
 
-from .auth import BearerTokenMiddleware
+from . import web
+from .auth import DOCS_ASSETS, BearerTokenMiddleware
 from .errors import install_error_handlers
-from .routes import health, jobs
+from .headers import SecurityHeadersMiddleware
+from .routes import exports, figures, health, jobs, progress
 from .settings import Settings
 
 log = logging.getLogger("ticketsolver.api")
@@ -90,18 +95,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             runner.stop()
             store.close()
 
-    app = FastAPI(
+    # FastAPI's /docs and /redoc with Swagger UI's and ReDoc's files served from here (no CDN: they work offline)
+    app = FastAPIOffline(
         title="ticketsolver",
         version=__version__,
         summary="Strong lottery tickets of trained networks, as persistent batch jobs.",
         lifespan=lifespan,
         max_body_size=settings.max_upload_bytes,  # 413 as soon as the body passes it, streamed or not
+        static_url=DOCS_ASSETS,
+        swagger_ui_parameters={"validatorUrl": None},  # Swagger UI would otherwise ask an outside validator
     )
     app.state.settings = settings
     app.state.runner = runner
     app.state.metrics = health.Metrics(store)
     app.openapi = _openapi(app)  # type: ignore[method-assign]
-    # added innermost first: latency (outermost) -> CORS (answers preflights) -> token check -> routes
+    # added innermost first: latency (outermost) -> security headers -> CORS (preflights) -> token check -> routes
     token = settings.token.get_secret_value() if settings.token is not None else None
     app.add_middleware(BearerTokenMiddleware, token=token)
     if settings.cors_origins:
@@ -111,8 +119,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_methods=["GET", "POST", "DELETE"],
             allow_headers=["Authorization", "Content-Type"],
         )
+    app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(health.LatencyMiddleware, metrics=app.state.metrics)
     install_error_handlers(app)
     app.include_router(health.router)
+    app.include_router(progress.router)  # before jobs: /jobs/progress is no /jobs/{job_id}
     app.include_router(jobs.router)
+    app.include_router(exports.router)
+    app.include_router(figures.router)
+    app.include_router(web.router)
+    app.mount("/ui/static", StaticFiles(directory=web.STATIC_DIR), name="web-static")
     return app

@@ -9,15 +9,25 @@
    the clean run by ``kept_values_sha256`` (goal: all).
 3. Ray: the same LeNet5 build through the local exact engine (what a worker runs) and through a real local
    Ray cluster with 1 and 2 CPUs; problems solved per second and whether the tickets are bit-identical.
+4. Jobs table under load: a server with a token and ``--table-workers`` worker processes (default: one per
+   job) gets ``--table-jobs`` long jobs (an MLP 8-64-64-4 each at n = 40 with the exact engine, ~35 s of CPU
+   alone, far longer when they share the cores; no verification): as many run as there are workers, the rest
+   wait in the queue. While they do, it times what the web view's jobs page asks for on each refresh
+   (``GET /jobs/progress?limit=100``, the JSON the table is drawn from) and the page itself (``GET /``), and,
+   in Debian's headless chromium (driven as the browser test drives it), the time from the start of a
+   refresh's request to the table's DOM updated and laid out, and from navigation to the table drawn with
+   every job. The chromium rows are left out, with the reason, where chromium cannot be found.
 
-    python benchmarks/service.py                       # latency and faults (a few minutes on 2 cores)
+    python benchmarks/service.py                       # latency, faults, jobs table (minutes on 2 cores)
     python benchmarks/service.py --ray                 # and the Ray comparison
     python benchmarks/service.py --jobs 50 --window 20 --fault-jobs 10 --kills 3
+    python benchmarks/service.py --skip-latency --skip-faults --table-workers 2   # only the jobs table
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import io
 import json
 import os
@@ -30,6 +40,8 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import httpx
 import numpy as np
@@ -42,17 +54,20 @@ ROOT = Path(__file__).resolve().parents[1]
 console = Console(width=150)
 FINISHED = {"succeeded", "failed", "cancelled"}
 #: a small job: n = 12, re-randomised (so that it takes a moment), cheap verification
-SMALL = {
+SMALL: dict[str, Any] = {
     "n": 12,
     "build": {"resample": 4},
     "verify": {"n_random": 64, "worst_case_starts": 1, "worst_case_steps": 3, "dtypes": ["float32"]},
 }
 
 
-def _mlp_bytes(seed: int) -> bytes:
+def _mlp_bytes(seed: int, sizes: tuple[int, ...] = (8, 16, 4)) -> bytes:
     torch.manual_seed(seed)
+    layers: list[nn.Module] = []
+    for a, b in zip(sizes[:-1], sizes[1:], strict=True):
+        layers += [nn.Linear(a, b), nn.ReLU()]
     buffer = io.BytesIO()
-    torch.save(nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)).state_dict(), buffer)
+    torch.save(nn.Sequential(*layers[:-1]).state_dict(), buffer)
     return buffer.getvalue()
 
 
@@ -67,10 +82,15 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 class Server:
-    """A real server on 127.0.0.1 in its own process group, on ``data_dir``; restartable."""
+    """A real server on 127.0.0.1 in its own process group, on ``data_dir``; restartable. ``env`` adds
+    service settings (``TICKETSOLVER_*``); with ``token`` set, the server requires it and we send it."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, env: dict[str, str] | None = None, token: str | None = None) -> None:
         self.data_dir = data_dir
+        self.env = {"TICKETSOLVER_POLL_INTERVAL": "0.2", **(env or {})}
+        if token is not None:
+            self.env["TICKETSOLVER_TOKEN"] = token
+        self.headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
         self.process: subprocess.Popen | None = None
         self.url = ""
 
@@ -81,7 +101,7 @@ class Server:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "ticketsolver_api.server", "--port", str(port), "--data-dir", str(self.data_dir)],
             cwd=ROOT,
-            env={**os.environ, "TICKETSOLVER_POLL_INTERVAL": "0.2"},
+            env={**os.environ, **self.env},
             stdout=log,
             stderr=log,
             start_new_session=True,
@@ -117,12 +137,17 @@ class Server:
         except ProcessLookupError:
             pass
 
-    def submit(self, seed: int) -> str | None:
-        with httpx.Client(base_url=self.url, timeout=120) as client:
+    def client(self, timeout: float = 120) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers=self.headers, timeout=timeout)
+
+    def submit(self, seed: int, job: dict[str, Any] | None = None, checkpoint: bytes | None = None) -> str | None:
+        """Submit ``job`` (default :data:`SMALL`) with build seed ``seed`` on an MLP; the job id, or None."""
+        job = job or SMALL
+        with self.client() as client:
             response = client.post(
                 "/approximate",
-                files=[("checkpoint", (f"mlp{seed}.pt", _mlp_bytes(seed)))],
-                data={"params": json.dumps({**SMALL, "build": {**SMALL["build"], "seed": seed}})},
+                files=[("checkpoint", (f"mlp{seed}.pt", checkpoint or _mlp_bytes(seed)))],
+                data={"params": json.dumps({**job, "build": {**job["build"], "seed": seed}})},
             )
         return response.json()["job_id"] if response.status_code == 202 else None
 
@@ -274,7 +299,7 @@ def ray_benchmark(n: int, resample: int, heavy_problems: int) -> None:
 
     def timed_batch(solver: object) -> tuple[np.ndarray, float]:
         t0 = time.perf_counter()
-        masks = solver.solve(*heavy).masks  # type: ignore[attr-defined]
+        masks = solver.solve(*heavy).masks
         return masks, time.perf_counter() - t0
 
     ts.build_ticket(target, warm)  # load the compiled engine once
@@ -346,6 +371,138 @@ def ray_benchmark(n: int, resample: int, heavy_problems: int) -> None:
         console.print(f"Ray throughput, 2 CPUs / 1 CPU: ticket {ticket_ratio:.2f}x, n=28 batch {batch_ratio:.2f}x")
 
 
+#: a long job for the jobs table benchmark: the exact engine at n = 40 on an MLP 8-64-64-4 (4,864 weights)
+LONG: dict[str, Any] = {"n": 40, "build": {"solver": "mitm"}, "verify": None}
+LONG_SIZES = (8, 64, 64, 4)
+#: installed in every page before its own script: times each refresh of the jobs table, from the start of the
+#: request the table is drawn from to its DOM updated and laid out, and the moment it first shows every job
+TABLE_TIMER = """
+(() => {
+  const timing = (window.__jobsTable = { refreshes: [], drawn: null, pending: null, expected: %d });
+  const fetchFirst = window.fetch;
+  window.fetch = function (input, init) {
+    const url = typeof input === "string" ? input : input.url;
+    if (url.includes("/jobs/progress")) timing.pending = performance.now();
+    return fetchFirst.call(this, input, init);
+  };
+  document.addEventListener("DOMContentLoaded", () => {
+    const tbody = document.querySelector("table#jobs tbody");
+    if (!tbody) return;
+    new MutationObserver(() => {
+      if (timing.pending === null) return;
+      void tbody.offsetHeight; // style and layout now, so that the time includes them
+      const now = performance.now();
+      timing.refreshes.push(now - timing.pending);
+      timing.pending = null;
+      const rows = tbody.querySelectorAll("tr[data-job-id] progress.job-progress").length;
+      if (timing.drawn === null && rows >= timing.expected) timing.drawn = now;
+    }).observe(tbody, { childList: true, subtree: true, characterData: true, attributes: true });
+  });
+})();
+"""
+
+
+def _browser_kit() -> ModuleType:
+    """scripts/screenshot.py (chromium as the browser test drives it), loaded by path."""
+    spec = importlib.util.spec_from_file_location("ticketsolver_screenshot", ROOT / "scripts" / "screenshot.py")
+    assert spec is not None and spec.loader is not None
+    kit = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(kit)
+    return kit
+
+
+def _browser_timings(kit: ModuleType, server: Server, token: str, jobs: int, reloads: int, window: float) -> dict:
+    """In headless chromium: ms from navigation to the table drawn with ``jobs`` rows, ``reloads`` times, and
+    ms per live refresh (request start to DOM laid out) while the page stays open for ``window`` seconds."""
+    driver = kit.chrome()
+    try:
+        driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": TABLE_TIMER % jobs})
+        kit.sign_in(driver, server.url, token)
+        drawn: list[float] = []
+        for _ in range(reloads):
+            driver.get(server.url + "/")
+            found = kit.wait(
+                driver, lambda d: d.execute_script("return window.__jobsTable && window.__jobsTable.drawn"), 60
+            )
+            drawn.append(float(found))
+        driver.get(server.url + "/")
+        time.sleep(window)
+        refreshes = driver.execute_script("return window.__jobsTable.refreshes")[1:]  # [0] is the page's first
+    finally:
+        driver.quit()
+    return {"drawn": drawn, "refreshes": [float(v) for v in refreshes]}
+
+
+def table_benchmark(jobs: int, workers: int, window: float, reloads: int, start_timeout: float) -> None:
+    token = "bench-token"
+    estimate = 600 * 1024**2  # the store's estimate for one such item is ~590 MiB; real RSS is about half
+    env = {"TICKETSOLVER_WORKERS": str(workers), "TICKETSOLVER_MEMORY_BUDGET_BYTES": str(workers * estimate)}
+    server = Server(Path(tempfile.mkdtemp(prefix="ticketsolver-table-")) / "data", env, token).start()
+    checkpoint = _mlp_bytes(0, LONG_SIZES)
+    try:
+        with ThreadPoolExecutor(min(jobs, 8)) as pool:
+            ids = [i for i in pool.map(lambda s: server.submit(s, LONG, checkpoint), range(jobs)) if i is not None]
+        with server.client(timeout=30) as client:
+
+            def running() -> int:
+                listed = client.get("/jobs", params={"limit": 500}).json()["data"]
+                return sum(job["state"] == "running" for job in listed if job["id"] in ids)
+
+            deadline = time.monotonic() + start_timeout
+            while (running_at_start := running()) < min(workers, len(ids)) and time.monotonic() < deadline:
+                time.sleep(1)
+            load_at_start = os.getloadavg()[0]
+            progress_ms: list[float] = []
+            page_ms: list[float] = []
+            end = time.monotonic() + window
+            while time.monotonic() < end:
+                for path, times in (("/jobs/progress?limit=100", progress_ms), ("/", page_ms)):
+                    t0 = time.perf_counter()
+                    client.get(path).raise_for_status()
+                    times.append(1000 * (time.perf_counter() - t0))
+                time.sleep(0.05)
+            browser: dict | None = None
+            reason = ""
+            try:
+                kit = _browser_kit()
+                kit.browser_paths()
+            except Exception as exc:  # noqa: BLE001 - BrowserMissing, or selenium absent: the HTTP part stands
+                reason = str(exc)
+            else:
+                browser = _browser_timings(kit, server, token, len(ids), reloads, window)
+            running_at_end = running()
+            load_at_end = os.getloadavg()[0]
+    finally:
+        server.stop()
+
+    title = (
+        f"Jobs table with {len(ids)} long jobs listed, {workers} workers: {running_at_start} running when timing "
+        f"began, {running_at_end} at its end{' (the rest queued)' if workers < len(ids) else ''}; "
+        f"{os.cpu_count()} cores, load average {load_at_start:.1f} -> {load_at_end:.1f}"
+    )
+    table = Table(title=title)
+    for column in ("what", "samples", "p50 ms", "p95 ms", "max ms"):
+        table.add_column(column, justify="right")
+    rows = [("GET /jobs/progress?limit=100 (the JSON of one refresh)", progress_ms), ("GET / (the page)", page_ms)]
+    if browser is not None:
+        rows += [
+            ("chromium: refresh, request start to table laid out", browser["refreshes"]),
+            ("chromium: navigation to the table drawn with every job", browser["drawn"]),
+        ]
+    for label, values in rows:
+        table.add_row(
+            label,
+            str(len(values)),
+            f"{_percentile(values, 50):.1f}",
+            f"{_percentile(values, 95):.1f}",
+            f"{max(values, default=float('nan')):.1f}",
+        )
+    console.print(table)
+    if browser is None:
+        console.print(f"chromium part skipped: {reason}")
+    console.print("goal: the jobs table renders in <= 200 ms at p95")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=50, help="jobs queued or running while status is timed")
@@ -356,6 +513,11 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=900, help="seconds before a run gives up waiting")
     parser.add_argument("--skip-latency", action="store_true")
     parser.add_argument("--skip-faults", action="store_true")
+    parser.add_argument("--skip-table", action="store_true", help="skip the jobs table under load")
+    parser.add_argument("--table-jobs", type=int, default=20, help="long jobs listed while the table is timed")
+    parser.add_argument("--table-workers", type=int, help="worker processes (jobs running at once); default: all")
+    parser.add_argument("--table-window", type=float, default=30, help="seconds of each timing window")
+    parser.add_argument("--table-reloads", type=int, default=20, help="page loads timed in chromium")
     parser.add_argument("--ray", action="store_true", help="also compare Ray with the local workers")
     parser.add_argument("--n", type=int, default=20, help="n of the Ray comparison")
     parser.add_argument("--resample", type=int, default=8, help="resampling rounds of the Ray comparison")
@@ -365,6 +527,9 @@ def main() -> None:
         latency_benchmark(args.jobs, args.window)
     if not args.skip_faults:
         fault_benchmark(args.fault_jobs, args.kills, args.timeout, args.seed)
+    if not args.skip_table:
+        workers = args.table_workers or args.table_jobs
+        table_benchmark(args.table_jobs, workers, args.table_window, args.table_reloads, args.timeout)
     if args.ray:
         try:
             import ray  # noqa: F401

@@ -1,7 +1,9 @@
-"""Fixtures of the service tests: small checkpoints, a TestClient factory and real uvicorn servers."""
+"""Fixtures of the service tests: small checkpoints, a TestClient factory, real uvicorn servers and a real
+browser (headless chromium, for the web view)."""
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import os
 import select
@@ -12,7 +14,8 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
@@ -23,6 +26,7 @@ from ticketsolver_api.settings import Settings
 
 if TYPE_CHECKING:
     from fastapi.testclient import TestClient
+    from selenium.webdriver.chrome.webdriver import WebDriver
 
 ROOT = Path(__file__).resolve().parents[2]
 #: generous: the machine running the tests may be small and busy
@@ -181,7 +185,7 @@ class Server:
             except (ProcessLookupError, PermissionError):
                 pass
 
-    def client(self, **kwargs: object) -> httpx.Client:
+    def client(self, **kwargs: Any) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=30, **kwargs)
 
 
@@ -213,6 +217,48 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         yield running.start()
     finally:
         running.stop()
+
+
+# --- a real browser: Debian's chromium driven by Selenium (tests marked ``browser``) ------------------------
+
+#: the token of the browser tests' server
+BROWSER_TOKEN = "browser-test-token"
+
+
+@pytest.fixture(scope="session")
+def browser_kit() -> ModuleType:
+    """scripts/screenshot.py, whose functions start chromium, sign in and take the README's picture; skips
+    the test (with the reason) where chromium, chromedriver or selenium cannot be found."""
+    spec = importlib.util.spec_from_file_location("ticketsolver_screenshot", ROOT / "scripts" / "screenshot.py")
+    assert spec is not None and spec.loader is not None
+    kit = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(kit)
+    try:
+        kit.browser_paths()
+    except kit.BrowserMissing as exc:
+        pytest.skip(f"no browser to drive: {exc}")
+    return kit
+
+
+@pytest.fixture(scope="module")
+def token_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One real server with :data:`BROWSER_TOKEN` set, for a test module."""
+    running = Server(tmp_path_factory.mktemp("token-server") / "data", {"TICKETSOLVER_TOKEN": BROWSER_TOKEN})
+    running.data_dir.mkdir()
+    try:
+        yield running.start()
+    finally:
+        running.stop()
+
+
+@pytest.fixture
+def browser(browser_kit: ModuleType, tmp_path: Path) -> Iterator[WebDriver]:
+    """A fresh headless chromium (its downloads go to ``tmp_path / "downloads"``); quit at the end."""
+    driver = browser_kit.chrome(download_dir=tmp_path / "downloads")
+    try:
+        yield driver
+    finally:
+        driver.quit()
 
 
 # --- processes and raw HTTP, for the tests of a real server -----------------------------------------------

@@ -177,7 +177,7 @@ class LocalExecutor:
 
     kind = "local"
 
-    def __init__(self, workers: int = 1, niceness: int = 10) -> None:
+    def __init__(self, workers: int = 1, niceness: int = 19) -> None:
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
             raise JobError(f"workers must be a positive integer, got {workers!r}")
         self.workers = workers
