@@ -16,8 +16,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 from fastapi import APIRouter, HTTPException, Response, status
-from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from ticketsolver.jobs import JobSpec, JobStore
 
@@ -46,16 +44,11 @@ def _cached(key: tuple[str, str], draw: Callable[[], bytes]) -> bytes:
 
 
 def _checkpoint_path(store: JobStore, job_id: str, k: int) -> Path:
-    """The stored upload item ``k`` was built from (the store's views do not expose checkpoint ids)."""
-    from ticketsolver.jobs.store.tables import ItemRow
-
-    with Session(store.engine) as session:
-        checkpoint_id = session.scalar(
-            select(ItemRow.checkpoint_id).where(ItemRow.job_id == job_id, ItemRow.position == k)
-        )
-    if checkpoint_id is None:
+    """The stored upload item ``k`` was built from."""
+    path = store.item_checkpoint(job_id, k)
+    if path is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no item {k} in job {job_id}")
-    return store.upload_path(checkpoint_id)
+    return path
 
 
 def _item_figure(store: JobStore, job_id: str, k: int, name: Literal["weight-errors", "output-errors"]) -> bytes:

@@ -278,6 +278,14 @@ class JobStore:
         item = job.items[position]
         return item, self.ticket_of(item.id) if item.has_ticket else None
 
+    def item_checkpoint(self, job_id: str, position: int) -> Path | None:
+        """The stored upload item ``position`` of a job was built from, or None when there is no such item."""
+        with self._session() as session:
+            checkpoint_id = session.scalar(
+                select(ItemRow.checkpoint_id).where(ItemRow.job_id == job_id, ItemRow.position == position)
+            )
+        return None if checkpoint_id is None else self.upload_path(checkpoint_id)
+
     def item_reports(self, job_id: str) -> list[dict[str, Any] | None] | None:
         """Per item (in position order) the stored report, or None when the job does not exist."""
 
