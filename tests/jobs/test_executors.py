@@ -83,7 +83,7 @@ def test_a_call_runs_in_a_spawned_worker_below_the_service_priority(executor):
     executor.submit("a", whoami)
     pid, parent, nice = outcomes(executor, {"a"})["a"].value
     assert pid != os.getpid() and parent == os.getpid()
-    assert nice == min(19, os.nice(0) + 10)
+    assert nice == min(19, os.nice(0) + executor.niceness) and executor.niceness == 19  # the lowest priority
     assert executor.idle() == 1  # the worker is free again
 
 
