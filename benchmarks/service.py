@@ -48,7 +48,8 @@ import numpy as np
 import torch
 from rich.console import Console
 from rich.table import Table
-from torch import nn
+
+from ticketsolver.models import MLP
 
 ROOT = Path(__file__).resolve().parents[1]
 console = Console(width=150)
@@ -63,11 +64,8 @@ SMALL: dict[str, Any] = {
 
 def _mlp_bytes(seed: int, sizes: tuple[int, ...] = (8, 16, 4)) -> bytes:
     torch.manual_seed(seed)
-    layers: list[nn.Module] = []
-    for a, b in zip(sizes[:-1], sizes[1:], strict=True):
-        layers += [nn.Linear(a, b), nn.ReLU()]
     buffer = io.BytesIO()
-    torch.save(nn.Sequential(*layers[:-1]).state_dict(), buffer)
+    torch.save(MLP(sizes).state_dict(), buffer)
     return buffer.getvalue()
 
 

@@ -199,14 +199,12 @@ def save_job_page(driver: WebDriver, path: Path, max_height: int = 4000) -> Path
 def mlp_checkpoint(seed: int = 0, sizes: tuple[int, ...] = MLP_SIZES) -> bytes:
     """A seeded MLP's state_dict as torch.save writes it."""
     import torch
-    from torch import nn
+
+    from ticketsolver.models import MLP
 
     torch.manual_seed(seed)
-    layers: list[nn.Module] = []
-    for a, b in zip(sizes[:-1], sizes[1:], strict=True):
-        layers += [nn.Linear(a, b), nn.ReLU()]
     buffer = io.BytesIO()
-    torch.save(nn.Sequential(*layers[:-1]).state_dict(), buffer)
+    torch.save(MLP(sizes).state_dict(), buffer)
     return buffer.getvalue()
 
 

@@ -22,6 +22,7 @@ import pytest
 import torch
 from torch import nn
 
+from ticketsolver.models import MLP
 from ticketsolver_api.settings import Settings
 
 if TYPE_CHECKING:
@@ -53,10 +54,7 @@ def state_dict_bytes(module: nn.Module) -> bytes:
 
 def mlp(seed: int = 0, sizes: tuple[int, ...] = (8, 16, 4)) -> nn.Sequential:
     torch.manual_seed(seed)
-    layers: list[nn.Module] = []
-    for a, b in zip(sizes[:-1], sizes[1:], strict=False):
-        layers += [nn.Linear(a, b), nn.ReLU()]
-    return nn.Sequential(*layers[:-1])
+    return MLP(sizes)
 
 
 @pytest.fixture

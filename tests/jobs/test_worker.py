@@ -9,12 +9,12 @@ import time
 import pytest
 import torch
 from sqlalchemy import event
-from torch import nn
 
 import ticketsolver as ts
 from ticketsolver.jobs import JobSpec, JobStore, Limits, accept_job, run_item
 from ticketsolver.jobs import worker as worker_module
 from ticketsolver.jobs.worker import _Progress, _Stopped, nonfinite_errors
+from ticketsolver.models import MLP
 from ticketsolver.ticket import Ticket
 
 #: a light verification for tests (a VerifyConfig's fields)
@@ -24,11 +24,8 @@ LIGHT = {"n_random": 64, "worst_case_starts": 1, "worst_case_steps": 3, "dtypes"
 def mlp_bytes(seed: int = 0, sizes=(8, 16, 4)) -> bytes:
     """A state_dict of a small ReLU MLP, as a client uploads it."""
     torch.manual_seed(seed)
-    layers: list[nn.Module] = []
-    for a, b in zip(sizes[:-1], sizes[1:], strict=False):
-        layers += [nn.Linear(a, b), nn.ReLU()]
     buffer = io.BytesIO()
-    torch.save(nn.Sequential(*layers[:-1]).state_dict(), buffer)
+    torch.save(MLP(sizes).state_dict(), buffer)
     return buffer.getvalue()
 
 
