@@ -71,6 +71,7 @@ def relative_output_errors(
     """
     from ticketsolver.verification.inputs import sample_inputs
     from ticketsolver.verification.layers import validate_networks
+    from ticketsolver.verification.metrics import relative_errors
 
     box = verification["input_box"]
     # the service verifies over one scalar box (declared, the ticket's build box or the default): take it
@@ -89,12 +90,9 @@ def relative_output_errors(
     with torch.no_grad():
         for name in verification["dtypes"]:
             dtype = _DTYPES[name]
-            f = _copy(target, dtype)(inputs.to(dtype)).flatten(1).to(torch.float64)
-            g = _copy(pruned, dtype)(inputs.to(dtype)).flatten(1).to(torch.float64)
-            scale = f.abs().amax(1)
-            difference = (f - g).abs().amax(1)
-            relative = torch.where(scale > 0, difference / scale.clamp(min=torch.finfo(torch.float64).tiny), torch.nan)
-            errors[name] = relative.numpy()
+            f = _copy(target, dtype)(inputs.to(dtype))
+            g = _copy(pruned, dtype)(inputs.to(dtype))
+            errors[name] = relative_errors(f, g).numpy()
     return errors
 
 

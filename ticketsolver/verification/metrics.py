@@ -16,7 +16,7 @@ import torch
 
 from ticketsolver.errors import VerificationError
 
-__all__ = ["OutputComparison", "OutputMetrics", "compare_outputs"]
+__all__ = ["OutputComparison", "OutputMetrics", "compare_outputs", "per_input_errors", "relative_errors"]
 
 
 @dataclass(frozen=True)
@@ -100,15 +100,14 @@ class OutputComparison:
         if self._has_labels is not None and has_labels != self._has_labels:
             raise VerificationError("labels must be given for every batch or for none")
         self._has_labels = has_labels
-        f = f_out.detach().flatten(1).to(torch.float64)
-        g = g_out.detach().flatten(1).to(torch.float64)
-        self._abs.append((f - g).abs().amax(1).cpu())
-        self._scale.append(f.abs().amax(1).cpu())
-        f_top, g_top = f.argmax(1), g.argmax(1)
+        abs_err, scale = per_input_errors(f_out, g_out)
+        self._abs.append(abs_err.cpu())
+        self._scale.append(scale.cpu())
+        f_top, g_top = f_out.detach().flatten(1).argmax(1), g_out.detach().flatten(1).argmax(1)
         self._agree.append((f_top == g_top).cpu())
         if labels is not None:
-            if labels.shape != (f.shape[0],):
-                raise VerificationError(f"labels must have shape ({f.shape[0]},), got {tuple(labels.shape)}")
+            if labels.shape != (f_out.shape[0],):
+                raise VerificationError(f"labels must have shape ({f_out.shape[0]},), got {tuple(labels.shape)}")
             y = labels.to(f_top.device)
             self._correct_f.append((f_top == y).cpu())
             self._correct_g.append((g_top == y).cpu())
@@ -143,6 +142,24 @@ class OutputComparison:
             top1_agreement=float(torch.cat(self._agree).double().mean()),
             argmax_input=int(abs_err.argmax()),
         )
+
+
+def per_input_errors(f_out: torch.Tensor, g_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per input, in float64: ``max_c |f - g|`` and ``max_c |f|`` over all of that input's outputs."""
+    f = f_out.detach().flatten(1).to(torch.float64)
+    g = g_out.detach().flatten(1).to(torch.float64)
+    return (f - g).abs().amax(1), f.abs().amax(1)
+
+
+def relative_errors(f_out: torch.Tensor, g_out: torch.Tensor) -> torch.Tensor:
+    """Per input, da Cunha et al.'s relative error ``max_c |f - g| / max_c |f|`` in float64; NaN where f's
+    output is all zeros (undefined there).
+
+    >>> relative_errors(torch.tensor([[2.0, -4.0], [0.0, 0.0]]), torch.tensor([[2.0, -3.0], [1.0, 0.0]])).tolist()
+    [0.25, nan]
+    """
+    abs_err, scale = per_input_errors(f_out, g_out)
+    return torch.where(scale > 0, abs_err / torch.where(scale > 0, scale, 1.0), torch.nan)
 
 
 def compare_outputs(f_out: torch.Tensor, g_out: torch.Tensor, labels: torch.Tensor | None = None) -> OutputMetrics:
