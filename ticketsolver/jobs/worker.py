@@ -116,7 +116,7 @@ class _Progress:
     def __call__(self, pair: int, fraction: float, message: str) -> None:
         if not parent_alive():
             raise _Stopped("the service process is gone")
-        # the builder restarts its fraction for a layer's bias problems; progress shown never goes back
+        # progress shown never goes back, whatever order the solver's reports arrive in
         fraction = self.fractions[pair] = max(self.fractions.get(pair, 0.0), fraction)
         now = time.monotonic()
         if fraction < 1.0 and now - self.last < self.interval:
@@ -138,7 +138,7 @@ def _run_item(store: JobStore, task: ItemTask, context: dict[str, Any]) -> ItemR
     from torch import nn
 
     from ticketsolver import build_ticket, load_target
-    from ticketsolver.construction.builder import solver_options
+    from ticketsolver.construction import solver_options
     from ticketsolver.ticket.summary import ticket_summary
 
     spec = JobSpec.from_dict(task.spec)
