@@ -148,9 +148,15 @@ def test_rng_layout_text_states_the_algorithm_key_and_transform() -> None:
     assert "Philox4x64-10" in RNG_LAYOUT["algorithm"]
     assert "first block is generated at counter 1" in RNG_LAYOUT["algorithm"]
     assert "[seed, pair * 2**32 + tensor * 2**16 + draw]" in RNG_LAYOUT["key"]
-    assert "U=0, beta=1, V=2" in RNG_LAYOUT["key"] and TENSOR_IDS == {"U": 0, "beta": 1, "V": 2}
+    assert "U=0, beta=1, V=2, W=3, b=4" in RNG_LAYOUT["key"]
+    assert TENSOR_IDS == {"U": 0, "beta": 1, "V": 2, "W": 3, "b": 4}
     assert "law symmetric: float32(scale * (2 * r - 1))" in RNG_LAYOUT["values"]
     assert "law nonnegative: float32(scale * r)" in RNG_LAYOUT["values"]
+    assert "law signed_constant: float32(scale * (1 if r >= 0.5 else -1))" in RNG_LAYOUT["values"]
+    assert (
+        "law normal: float32(scale * Generator(Philox(key=key)).standard_normal(size, dtype=float64))"
+        in (RNG_LAYOUT["values"])
+    )
 
 
 def test_both_laws_follow_the_documented_formula() -> None:
@@ -165,6 +171,24 @@ def test_both_laws_follow_the_documented_formula() -> None:
     assert nonnegative.min() >= 0 and symmetric.min() < 0
     with pytest.raises(ValueError, match="law"):
         source.tensor(2, "beta", (3,), 0.75, law="gaussian")  # type: ignore[arg-type]
+
+
+def test_the_initialisation_laws_of_learned_masks_follow_the_documented_formula() -> None:
+    """signed_constant: ±scale by the sign of 2r - 1; normal: scale times Philox's float64 standard normal."""
+    source = RandomSource(seed=9)
+    r = np.random.Generator(np.random.Philox(key=source.key(4, "W", 3))).random(2000, dtype=np.float64)
+    z = np.random.Generator(np.random.Philox(key=source.key(4, "W", 3))).standard_normal(2000, dtype=np.float64)
+    signed = source.tensor(4, "W", (40, 50), 0.125, draw=3, law="signed_constant")
+    normal = source.tensor(4, "W", (40, 50), 0.125, draw=3, law="normal")
+    assert np.array_equal(signed.ravel(), np.where(r >= 0.5, 0.125, -0.125).astype(np.float32))
+    assert np.array_equal(normal.ravel(), (0.125 * z).astype(np.float32))
+    assert set(np.unique(signed).tolist()) == {-0.125, 0.125}
+    assert abs(float(normal.std()) - 0.125) < 0.01  # 2000 samples: the std's standard error is ~0.002
+
+
+def test_an_unknown_tensor_name_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown random tensor 'X'"):
+        RandomSource(0).tensor(0, "X", (2,), 1.0)
 
 
 @pytest.mark.parametrize(

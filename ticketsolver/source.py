@@ -2,15 +2,18 @@
 
 Values come from NumPy's counter-based Philox4x64-10 generator, keyed by (seed, pair, tensor, draw): no
 state is carried between tensors, so any tensor of any draw can be produced alone, in any order, on any
-machine. A tensor follows one of two uniform laws, drawn in float64 and rounded once to float32 (which can
-round a value just below scale up to scale itself): ``symmetric``, uniform on [-scale, scale] (every weight
-tensor), or ``nonnegative``, uniform on [0, scale] (the offsets of construction L, see
-construction/offset_blocks.py). The float32 value is what the network holds, and what the solver sees
-(upcast to float64, exactly). The layout is docs/design.md section 3.
+machine. A tensor follows one of four laws, drawn in float64 and rounded once to float32 (which can round a
+uniform value just below scale up to scale itself): ``symmetric``, uniform on [-scale, scale] (every weight
+tensor of a construction), ``nonnegative``, uniform on [0, scale] (the offsets of construction L, see
+construction/offset_blocks.py), and the two initialisations of learned-mask networks (edge-popup, IteRand):
+``signed_constant``, ±scale with equal probability, and ``normal``, Gaussian with standard deviation scale.
+The float32 value is what the network holds, and what the solver sees (upcast to float64, exactly). The
+layout is docs/design.md section 3.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -20,20 +23,22 @@ from ticketsolver.errors import ConfigError
 
 __all__ = ["LAWS", "RNG_LAYOUT", "TENSOR_IDS", "Law", "RandomSource"]
 
-#: a tensor's law: uniform on [-scale, scale] or on [0, scale]
-Law = Literal["symmetric", "nonnegative"]
-LAWS: tuple[str, ...] = ("symmetric", "nonnegative")
+#: a tensor's law: uniform on [-scale, scale] or on [0, scale]; ±scale; Gaussian of standard deviation scale
+Law = Literal["symmetric", "nonnegative", "signed_constant", "normal"]
+LAWS: tuple[str, ...] = ("symmetric", "nonnegative", "signed_constant", "normal")
 
-#: tensor name -> id in the stream key
-TENSOR_IDS: dict[str, int] = {"U": 0, "beta": 1, "V": 2}
+#: tensor name -> id in the stream key: a pair's U, beta, V; a learned-mask network's own layer W (and bias b)
+TENSOR_IDS: dict[str, int] = {"U": 0, "beta": 1, "V": 2, "W": 3, "b": 4}
 
 #: recorded in every ticket so that anyone can regenerate the values without ticketsolver
 RNG_LAYOUT: dict[str, str] = {
     "algorithm": "numpy.random.Philox (Philox4x64-10) with counter 0; NumPy increments the counter before each "
     "block, so the first block is generated at counter 1",
-    "key": "[seed, pair * 2**32 + tensor * 2**16 + draw] as two uint64 words; tensor ids U=0, beta=1, V=2",
+    "key": "[seed, pair * 2**32 + tensor * 2**16 + draw] as two uint64 words; tensor ids U=0, beta=1, V=2, W=3, b=4",
     "values": "r = Generator(Philox(key=key)).random(size, dtype=float64); "
-    "law symmetric: float32(scale * (2 * r - 1)); law nonnegative: float32(scale * r); C order",
+    "law symmetric: float32(scale * (2 * r - 1)); law nonnegative: float32(scale * r); "
+    "law signed_constant: float32(scale * (1 if r >= 0.5 else -1)); "
+    "law normal: float32(scale * Generator(Philox(key=key)).standard_normal(size, dtype=float64)); C order",
 }
 
 
@@ -59,6 +64,8 @@ class RandomSource:
     def key(self, pair: int, tensor: str, draw: int = 0) -> np.ndarray:
         if not 0 <= pair < 2**32 or not 0 <= draw < 2**16:
             raise ConfigError(f"pair must be < 2**32 and draw < 2**16, got pair={pair}, draw={draw}")
+        if tensor not in TENSOR_IDS:
+            raise ConfigError(f"unknown random tensor {tensor!r}; expected one of {list(TENSOR_IDS)}")
         word = pair * 2**32 + TENSOR_IDS[tensor] * 2**16 + draw
         return np.array([int(self.seed), word], dtype=np.uint64)
 
@@ -66,13 +73,19 @@ class RandomSource:
         self, pair: int, tensor: str, shape: tuple[int, ...], scale: float, draw: int = 0, law: Law = "symmetric"
     ) -> np.ndarray:
         """The float32 tensor ``tensor`` of pair ``pair`` at draw ``draw``: uniform on [-scale, scale]
-        (``law="symmetric"``) or on [0, scale] (``law="nonnegative"``)."""
+        (``law="symmetric"``) or on [0, scale] (``law="nonnegative"``), ±scale (``"signed_constant"``), or
+        Gaussian with standard deviation scale (``"normal"``)."""
         if not np.isfinite(scale) or scale <= 0:
             raise ConfigError(f"scale must be positive and finite, got {scale}")
         if law not in LAWS:
             raise ConfigError(f"unknown law {law!r}; expected one of {LAWS}")
         gen = np.random.Generator(np.random.Philox(key=self.key(pair, tensor, draw)))
-        values = gen.random(int(np.prod(shape)), dtype=np.float64)
+        size = math.prod(shape)
+        if law == "normal":
+            return (scale * gen.standard_normal(size, dtype=np.float64)).astype(np.float32).reshape(shape)
+        values = gen.random(size, dtype=np.float64)
+        if law == "signed_constant":
+            return np.where(values >= 0.5, scale, -scale).astype(np.float32).reshape(shape)
         if law == "nonnegative":
             return (scale * values).astype(np.float32).reshape(shape)
         return (scale * (2.0 * values - 1.0)).astype(np.float32).reshape(shape)

@@ -52,6 +52,7 @@ def _checkpoint_path(store: JobStore, job_id: str, k: int) -> Path:
 
 
 def _item_figure(store: JobStore, job_id: str, k: int, name: Literal["weight-errors", "output-errors"]) -> bytes:
+    from ticketsolver.construction import PairLayout
     from ticketsolver.models import load_target
     from ticketsolver.ticket import Ticket
 
@@ -67,7 +68,7 @@ def _item_figure(store: JobStore, job_id: str, k: int, name: Literal["weight-err
         target = load_target(_checkpoint_path(store, job_id, k), arch=JobSpec.from_dict(job.params).arch).module
         ticket = Ticket.load(ticket_path)
         if name == "weight-errors":
-            constructions = [layout.construction for layout in ticket.layouts]
+            constructions = [unit.construction for unit in ticket.layouts if isinstance(unit, PairLayout)]
             return plots.weight_error_figure(measures.weight_errors(target, ticket), constructions)
         assert verification is not None
         return plots.output_error_figure(measures.relative_output_errors(target, ticket, verification))

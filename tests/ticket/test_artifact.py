@@ -585,7 +585,7 @@ def test_manifest_of_another_format_is_refused(saved: Path, tmp_path: Path, edit
         Ticket.load(bad)
 
 
-@pytest.mark.parametrize("version", [0, 1, FORMAT_VERSION - 1, FORMAT_VERSION + 1, str(FORMAT_VERSION), None])
+@pytest.mark.parametrize("version", [0, 1, 2, FORMAT_VERSION + 1, str(FORMAT_VERSION), True, None])
 def test_manifest_with_another_format_version_is_refused(saved: Path, tmp_path: Path, version: Any) -> None:
     bad = rewrite(saved, tmp_path / "bad.ticket", manifest=lambda m: m.update(format_version=version))
     with pytest.raises(TicketFormatError, match="format version"):

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -30,7 +30,7 @@ from ticketsolver.construction.steps import as_pair
 from ticketsolver.errors import TicketFormatError
 from ticketsolver.source import Law, RandomSource
 
-__all__ = ["ConvGeometry", "DrawCache", "PairLayout"]
+__all__ = ["ConvGeometry", "DrawCache", "PairLayout", "set_masked"]
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,17 @@ class ConvGeometry:
             dilation=tuple(as_pair(module.dilation)),  # type: ignore[arg-type]
         )
 
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> ConvGeometry:
+        """Parse a manifest entry; anything but the five fields of integers raises KeyError/TypeError/ValueError."""
+        return cls(
+            in_channels=int(data["in_channels"]),
+            **{k: _int_pair(data[k]) for k in ("kernel_size", "stride", "padding", "dilation")},
+        )
+
 
 @dataclass(frozen=True)
 class PairLayout:
@@ -71,6 +82,9 @@ class PairLayout:
     scales: dict[str, float] = field(default_factory=dict)  # per random tensor: U, beta, V
     conv: ConvGeometry | None = None
     bias_units: int = 0  # construction L: width of the bias block (it cancels the offsets' constants)
+
+    #: the random tensors, in the order the ticket's hash reads them
+    tensor_names: ClassVar[tuple[str, ...]] = ("U", "beta", "V")
 
     @property
     def hidden(self) -> int:
@@ -245,9 +259,9 @@ class PairLayout:
             )
             second = skip_init(nn.Conv2d, self.hidden, self.d_out, 1, bias=False)
         for layer, wname, bname in ((first, "U", "beta"), (second, "V", None)):
-            _set(layer, "weight", tensors[wname], masks[wname], prune_buffers)
+            set_masked(layer, "weight", tensors[wname], masks[wname], prune_buffers)
             if bname is not None and self.first_has_bias:
-                _set(layer, "bias", tensors[bname], masks[bname], prune_buffers)
+                set_masked(layer, "bias", tensors[bname], masks[bname], prune_buffers)
         return PrunedPair(first, second, self.construction).eval()
 
     # -- manifest -----------------------------------------------------------------------------------
@@ -261,14 +275,7 @@ class PairLayout:
             raise TicketFormatError(f"a pair entry of the manifest must be an object, got {type(data).__name__}")
         try:
             conv = data.get("conv")
-            geometry = (
-                ConvGeometry(
-                    in_channels=int(conv["in_channels"]),
-                    **{k: _int_pair(conv[k]) for k in ("kernel_size", "stride", "padding", "dilation")},
-                )
-                if conv
-                else None
-            )
+            geometry = ConvGeometry.from_dict(conv) if conv else None
             layout = cls(
                 pair=int(data["pair"]),
                 construction=data["construction"],
@@ -322,7 +329,9 @@ def _int_pair(value: Any) -> tuple[int, int]:
     return first, second
 
 
-def _set(layer: nn.Module, name: str, source: np.ndarray, mask: np.ndarray, prune_buffers: bool) -> None:
+def set_masked(layer: nn.Module, name: str, source: np.ndarray, mask: np.ndarray, prune_buffers: bool) -> None:
+    """Set ``layer.<name>`` to ``source * mask`` (frozen), or, with ``prune_buffers``, to the whole source with
+    the mask as a ``torch.nn.utils.prune`` buffer."""
     param = getattr(layer, name)
     src = torch.tensor(source).reshape(param.shape)  # a copy: the ticket's regenerated source stays read-only
     keep = torch.tensor(mask).reshape(param.shape)

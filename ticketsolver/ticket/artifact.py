@@ -2,7 +2,9 @@
 
 A ticket holds no weight values. It holds the seed and the stream layout (so every random value can be
 regenerated on any machine), each random layer's shape, scale and construction, its masks (bit-packed,
-compressed) and the draw indices where resampling kept a later draw, plus the build's statistics. It is
+compressed) and the draw indices where resampling kept a later draw, plus the build's statistics. Its
+*units* are pairs (a constructed ticket: two random layers per target layer) or single random layers (a
+learned-mask ticket, :mod:`ticketsolver.ticket.layer`). It is
 stored as safetensors: one uint8 tensor per compressed mask, the manifest as JSON metadata. Loading
 regenerates the kept values and checks them against a stored SHA-256, so a ticket that does not rebuild
 exactly the network it was saved from is refused; a second SHA-256 covers the build's statistics, the sizes
@@ -25,7 +27,7 @@ import lzma
 import math
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypedDict
 
@@ -35,13 +37,20 @@ from torch import nn
 from ticketsolver.construction import PairLayout, PrunedPair, module_from_step
 from ticketsolver.errors import TicketFormatError
 from ticketsolver.source import RNG_LAYOUT, RandomSource
+from ticketsolver.ticket.layer import LayerLayout, unit_from_dict
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "SourceKind", "Ticket", "TicketSizes"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "SourceKind", "Ticket", "TicketSizes", "Unit"]
 
 FORMAT = "ticketsolver.ticket"
 # 2: construction I records the draw of each input block (an extra row of draws)
 # 3: sizes state source_kind and examined_values; build_sha256 covers the build statistics, sizes and draws
-FORMAT_VERSION = 3
+# 4: units may be single random layers (learned masks: "unit_kind": "layer", steps {"op": "layer", "unit": k})
+FORMAT_VERSION = 4
+#: versions this ticketsolver reads (a version-3 ticket is a version-4 ticket made of pairs only)
+READABLE_VERSIONS = (3, 4)
+
+#: a ticket's unit: a pair of random layers (construction) or one random layer (learned mask)
+Unit = PairLayout | LayerLayout
 #: a ticket file larger than this is not a ticket (LeNet5's is ~100 KB)
 MAX_TICKET_BYTES = 256 * 1024 * 1024
 #: default limit on the random source a ticket may describe (float32: 1.6 GB); Ticket.load(max_source_params=)
@@ -107,21 +116,34 @@ class TicketSizes(TypedDict):
     examined_values: int | None  # random values drawn and compared, discarded draws included; None = not recorded
 
 
-_KNOWN_OPS = {"pair", "relu", "maxpool2d", "avgpool2d", "flatten"}
+_KNOWN_OPS = {"pair", "layer", "relu", "maxpool2d", "avgpool2d", "flatten"}
 
 
-def _check_steps(steps: Any, n_pairs: int) -> list[dict[str, Any]]:
-    """The network's sequence must name every pair once, in order, and otherwise only known modules."""
+def unit_of_step(step: dict[str, Any]) -> int | None:
+    """The unit a step names (``{"op": "pair", "pair": k}`` or ``{"op": "layer", "unit": k}``), else None."""
+    if step.get("op") == "pair":
+        return step.get("pair")
+    if step.get("op") == "layer":
+        return step.get("unit")
+    return None
+
+
+def _check_steps(steps: Any, units: list[Unit]) -> list[dict[str, Any]]:
+    """The network's sequence must name every unit once, in order, each by its kind's step (a pair by
+    ``pair``, a layer by ``layer``), and otherwise only known modules."""
     if not isinstance(steps, list) or not all(isinstance(step, dict) for step in steps):
         raise TicketFormatError("the manifest's steps must be a list of objects")
-    pairs = [step.get("pair") for step in steps if step.get("op") == "pair"]
-    if pairs != list(range(n_pairs)):
-        raise TicketFormatError(f"the steps name pairs {pairs}, expected each of 0..{n_pairs - 1} once, in order")
+    named = [unit_of_step(step) for step in steps if step.get("op") in ("pair", "layer")]
+    if named != list(range(len(units))):
+        raise TicketFormatError(f"the steps name units {named}, expected each of 0..{len(units) - 1} once, in order")
     for step in steps:
         if step.get("op") not in _KNOWN_OPS:
             raise TicketFormatError(f"unknown step {step.get('op')!r} in the ticket")
-        if step["op"] != "pair":
+        k = unit_of_step(step)
+        if k is None:
             module_from_step(step)  # raises TicketFormatError when malformed
+        elif (step["op"] == "layer") != isinstance(units[k], LayerLayout):
+            raise TicketFormatError(f"step {step['op']!r} names unit {k}, which is not a {step['op']}")
     return steps
 
 
@@ -184,11 +206,15 @@ class Ticket:
         seed: the random source's seed.
         input_shape: per-sample input shape of the network.
         input_domain: the declared input box (lo, hi), or None.
-        steps: the network's sequence: ``{"op": "pair", "pair": k}`` or a kept module (relu, pools, flatten).
-        layouts: one :class:`PairLayout` per pair.
-        masks: per pair, ``{"U", "beta", "V"} -> bool`` arrays (True = kept).
-        draws: per pair, the uint8 draw index of each unit, shaped as ``PairLayout.draw_shape`` says.
-        build: the build's configuration and statistics.
+        steps: the network's sequence: ``{"op": "pair", "pair": k}``, ``{"op": "layer", "unit": k}`` or a kept
+            module (relu, pools, flatten).
+        layouts: one unit per pair or layer: a :class:`PairLayout` (construction) or a :class:`LayerLayout`
+            (learned mask).
+        masks: per unit, tensor name -> bool array (True = kept): ``U``, ``beta``, ``V`` of a pair, ``weight``,
+            ``bias`` of a layer.
+        draws: per unit, uint8 draw indices, shaped as its ``draw_shape`` says (a pair: per block unit; a
+            layer: per entry).
+        build: the build's (or the mask learning's) configuration and statistics.
     """
 
     def __init__(
@@ -198,7 +224,7 @@ class Ticket:
         input_shape: tuple[int, ...],
         input_domain: tuple[float, float] | None,
         steps: list[dict[str, Any]],
-        layouts: list[PairLayout],
+        layouts: Sequence[Unit],
         masks: list[dict[str, np.ndarray]],
         draws: list[np.ndarray],
         build: dict[str, Any],
@@ -207,7 +233,7 @@ class Ticket:
         self.input_shape = tuple(int(v) for v in input_shape)
         self.input_domain = None if input_domain is None else (float(input_domain[0]), float(input_domain[1]))
         self.steps = steps
-        self.layouts = layouts
+        self.layouts: list[Unit] = list(layouts)
         self.masks = masks
         self.draws = draws
         self.build = build
@@ -226,9 +252,20 @@ class Ticket:
             self._sources[pair] = _read_only(self.layouts[pair].source_tensors(self.source, self.draws[pair]))
         return self._sources[pair]
 
+    @property
+    def learned(self) -> bool:
+        """True for a learned-mask ticket (its units are single random layers), False for a constructed one."""
+        return any(isinstance(layout, LayerLayout) for layout in self.layouts)
+
+    def unit_module(self, k: int, prune_buffers: bool = False) -> nn.Module:
+        """Unit ``k`` materialised: a :class:`PrunedPair` or a pruned ``nn.Linear``/``nn.Conv2d``."""
+        return self.layouts[k].to_module(self.source_tensors(k), self.masks[k], prune_buffers)
+
     def pairs(self, prune_buffers: bool = False) -> Iterator[PrunedPair]:
+        """The pruned pairs, in order (a learned ticket has none)."""
         for k, layout in enumerate(self.layouts):
-            yield layout.to_module(self.source_tensors(k), self.masks[k], prune_buffers)
+            if isinstance(layout, PairLayout):
+                yield layout.to_module(self.source_tensors(k), self.masks[k], prune_buffers)
 
     def to_module(self, prune_buffers: bool = False) -> nn.Sequential:
         """The pruned random network as a plain ``nn.Sequential`` (float32, eval mode).
@@ -237,10 +274,10 @@ class Ticket:
             prune_buffers: keep each random tensor whole as ``weight_orig`` with its ``weight_mask``
                 (``torch.nn.utils.prune``) instead of plain pruned weights.
         """
-        pairs = list(self.pairs(prune_buffers))
         modules: list[nn.Module] = []
         for step in self.steps:
-            modules.append(pairs[int(step["pair"])] if step["op"] == "pair" else module_from_step(step))
+            k = unit_of_step(step)
+            modules.append(module_from_step(step) if k is None else self.unit_module(int(k), prune_buffers))
         return nn.Sequential(*modules).eval()
 
     # -- sizes --------------------------------------------------------------------------------------------
@@ -249,9 +286,10 @@ class Ticket:
         """Parameter counts (target, random source, kept = mask True, pruned), the source kind and the number
         of random values the build examined.
 
-        ``source_kind`` is ``"iid"`` when no unit of any pair carries a draw index above 0 (one i.i.d. random
-        network), else ``"rerandomized"``. ``examined_values`` sums :meth:`examined_values` over the pairs; it
-        is None when a rerandomized pair's build did not record its count.
+        ``source_kind`` is ``"iid"`` when no unit carries a draw index above 0 (one i.i.d. random network), else
+        ``"rerandomized"`` (construction: redrawn knowing the target; IteRand: redrawn while learning the task).
+        ``examined_values`` sums :meth:`examined_values` over the units; it is None when a rerandomized pair's
+        build did not record its count.
         """
         source = sum(layout.source_params() for layout in self.layouts)
         kept = sum(int(m.sum()) for masks in self.masks for m in masks.values())
@@ -266,11 +304,12 @@ class Ticket:
         }
 
     def examined_values(self, pair: int) -> int | None:
-        """Random values the build drew and compared for ``pair``, discarded draws included.
+        """Random values the build drew and compared for unit ``pair``, discarded draws included.
 
-        The builder's record (``build["pairs"][pair]["examined_values"]``) where there is one; else, for a pure
-        pair (every draw index 0), exactly its source params; else None: a rerandomized pair whose count was not
-        recorded is unknown (its draw indices say which draw was kept, not how many were compared).
+        The builder's record (``build["pairs"][pair]["examined_values"]``, one entry per unit) where there is
+        one; else, for a pure unit (every draw index 0), exactly its source params; else None: a rerandomized
+        pair whose count was not recorded is unknown (its draw indices say which draw was kept, not how many
+        were compared).
         """
         pairs = self.build.get("pairs")
         stats = pairs[pair] if isinstance(pairs, list) and pair < len(pairs) and isinstance(pairs[pair], dict) else {}
@@ -281,7 +320,8 @@ class Ticket:
 
     def kept_hash(self) -> str:
         """SHA-256 of the network: its structure (input shape, steps, layouts as JSON) and every kept value
-        (float32, C order), pair by pair, tensors U, beta, V."""
+        (float32, C order), unit by unit, tensors in the unit's ``tensor_names`` order (U, beta, V of a pair;
+        weight, bias of a layer)."""
         if self._kept_hash is None:
             structure = {
                 "input_shape": list(self.input_shape),
@@ -291,7 +331,7 @@ class Ticket:
             digest = hashlib.sha256(json.dumps(structure, sort_keys=True).encode())
             for k in range(len(self.layouts)):
                 tensors = self.source_tensors(k)
-                for name in ("U", "beta", "V"):
+                for name in self.layouts[k].tensor_names:
                     if name in tensors:
                         digest.update(name.encode())
                         digest.update(np.where(self.masks[k][name], tensors[name], np.float32(0)).tobytes())
@@ -357,7 +397,7 @@ class Ticket:
             "mask_encoding": (
                 "bits of the bool mask (dense-view shape, C order) at the construction's candidate positions only "
                 "(O: U > 0, beta > 0, V block diagonal; I: U block diagonal, beta > 0 on the bias block, V all; "
-                "L: U block diagonal of the input blocks, beta > 0, V all), "
+                "L: U block diagonal of the input blocks, beta > 0, V all; a learned layer: every entry), "
                 "numpy.packbits, LZMA-compressed"
             ),
             "counting": "kept = mask True; pruned = mask False (zero in the network); source = all entries",
@@ -376,7 +416,7 @@ class Ticket:
             allowed = self.layouts[k].candidates(self.source_tensors(k))
             for name, mask in masks.items():
                 if (mask & ~allowed[name]).any():
-                    raise TicketFormatError(f"pair {k}: mask {name} keeps an entry its construction forbids")
+                    raise TicketFormatError(f"unit {k}: mask {name} keeps an entry its construction forbids")
                 tensors[f"pair{k}.{name}.mask"] = _pack(mask[allowed[name]])
             if self.draws[k].any():
                 tensors[f"pair{k}.draws"] = _pack(self.draws[k])
@@ -411,17 +451,20 @@ class Ticket:
         tensors, manifest = _read_file(path)
         if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
             raise TicketFormatError(f"{path} is not a ticketsolver ticket")
-        if manifest.get("format_version") != FORMAT_VERSION:
+        version = manifest.get("format_version")
+        if isinstance(version, bool) or version not in READABLE_VERSIONS:
             raise TicketFormatError(
-                f"{path} has format version {manifest.get('format_version')}; this ticketsolver reads {FORMAT_VERSION}"
+                f"{path} has format version {version}; this ticketsolver reads "
+                f"{' and '.join(map(str, READABLE_VERSIONS))}"
             )
         try:
             if not isinstance(manifest["pairs"], list):
                 raise TicketFormatError("the manifest's pairs must be a list")
-            layouts = [PairLayout.from_dict(p) for p in manifest["pairs"]]
-            if [layout.pair for layout in layouts] != list(range(len(layouts))):
-                raise TicketFormatError("the manifest's pairs must be numbered 0, 1, ... in order")
-            steps = _check_steps(manifest["steps"], len(layouts))
+            layouts = [PairLayout.from_dict(p) if version == 3 else unit_from_dict(p) for p in manifest["pairs"]]
+            numbers = [layout.pair if isinstance(layout, PairLayout) else layout.unit for layout in layouts]
+            if numbers != list(range(len(layouts))):
+                raise TicketFormatError("the manifest's units must be numbered 0, 1, ... in order")
+            steps = _check_steps(manifest["steps"], layouts)
             claimed = sum(layout.source_params() for layout in layouts)
             if claimed > max_source_params:
                 raise TicketFormatError(
@@ -481,7 +524,9 @@ class Ticket:
 
     def __repr__(self) -> str:
         s = self.sizes()
-        return (
-            f"Ticket(pairs={len(self.layouts)}, n={[layout.n for layout in self.layouts]}, seed={self.seed}, "
-            f"kept={s['kept_params']:,}/{s['source_params']:,})"
+        units = (
+            f"layers={len(self.layouts)}, learned"
+            if self.learned
+            else f"pairs={len(self.layouts)}, n={[getattr(layout, 'n', None) for layout in self.layouts]}"
         )
+        return f"Ticket({units}, seed={self.seed}, kept={s['kept_params']:,}/{s['source_params']:,})"

@@ -8,10 +8,11 @@
       {step}.first.weight.mask       bool, True = kept
       {step}.first.bias[.source|.mask]   beta, where the target layer has a bias
       {step}.second.weight[.source|.mask] V
+      {step}.weight[.source|.mask]   a learned-mask ticket's random layer (and {step}.bias where it has one)
 
   ``{step}`` is the module's index in the network, so the pruned names are exactly the keys of
   ``ticket.to_module().state_dict()``; anyone can check ``weight == source * mask``. The metadata gives
-  each source tensor's law (``source_laws``: uniform on [-s, s] or on [0, s]) and states
+  each source tensor's law (``source_laws``: uniform on [-s, s] or on [0, s], ±s, or Gaussian of std s) and states
   ``source_kind`` (``iid``: every source tensor its law at draw 0; ``rerandomized``: some units redrawn with
   knowledge of the target) and ``examined_values`` (random values the build drew and compared).
 """
@@ -27,9 +28,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
+from ticketsolver.construction import PrunedPair
 from ticketsolver.errors import ConfigError, TicketFormatError
 from ticketsolver.ticket.artifact import Ticket
+from ticketsolver.ticket.layer import LayerLayout
 
 __all__ = ["EXPORT_FORMATS", "export_onnx", "export_safetensors", "export_ticket"]
 
@@ -46,28 +50,41 @@ def export_safetensors(ticket: Ticket, path: str | os.PathLike[str]) -> Path:
 
     tensors: dict[str, torch.Tensor] = {}
     laws: dict[str, list[Any]] = {}
-    pair_steps = [i for i, step in enumerate(ticket.steps) if step["op"] == "pair"]
-    for k, (step, layout) in enumerate(zip(pair_steps, ticket.layouts, strict=True)):
+    unit_steps = [i for i, step in enumerate(ticket.steps) if step["op"] in ("pair", "layer")]
+    for k, (step, layout) in enumerate(zip(unit_steps, ticket.layouts, strict=True)):
         source = ticket.source_tensors(k)
         module = layout.to_module(source, ticket.masks[k])
-        for layer, wname, bname in (("first", "U", "beta"), ("second", "V", None)):
-            for attr, name in (("weight", wname), ("bias", bname)):
-                if name is None or name not in source:
-                    continue
-                shape = getattr(getattr(module, layer), attr).shape
-                key = f"{step}.{layer}.{attr}"
-                tensors[key] = getattr(getattr(module, layer), attr).detach().clone()
-                tensors[f"{key}.source"] = torch.tensor(np.array(source[name])).reshape(shape)
-                laws[f"{key}.source"] = [layout.law(name), layout.scales[name]]
-                tensors[f"{key}.mask"] = torch.from_numpy(ticket.masks[k][name]).reshape(shape).clone()
+        slots: list[tuple[str, nn.Module, str]]
+        if isinstance(layout, LayerLayout):
+            slots = [("weight", module, "weight"), ("bias", module, "bias")]
+            scales = {name: stream.scale for name, stream in layout.streams().items()}
+        else:
+            assert isinstance(module, PrunedPair)
+            slots = [
+                ("first.weight", module.first, "U"),
+                ("first.bias", module.first, "beta"),
+                ("second.weight", module.second, "V"),
+            ]
+            scales = layout.scales
+        for suffix, layer, name in slots:
+            if name not in source:
+                continue
+            param = getattr(layer, suffix.rsplit(".", 1)[-1])
+            key = f"{step}.{suffix}"
+            tensors[key] = param.detach().clone()
+            tensors[f"{key}.source"] = torch.tensor(np.array(source[name])).reshape(param.shape)
+            laws[f"{key}.source"] = [layout.law(name), scales[name]]
+            tensors[f"{key}.mask"] = torch.from_numpy(ticket.masks[k][name]).reshape(param.shape).clone()
     sizes = ticket.sizes()
     metadata = {
         "format": "ticketsolver.pruned-network",
-        "naming": "{step}.{first|second}.{weight|bias}[.source|.mask]; pruned = source * mask",
+        "naming": "{step}.{first|second}.{weight|bias}[.source|.mask] (a pair), {step}.{weight|bias}[.source|.mask] "
+        "(a learned layer); pruned = source * mask",
         "steps": json.dumps(ticket.steps),
         "input_shape": json.dumps(list(ticket.input_shape)),
         "kept_values_sha256": ticket.kept_hash(),
-        # each .source tensor's law: [symmetric, s] = uniform on [-s, s]; [nonnegative, s] = uniform on [0, s]
+        # each .source tensor's law: [symmetric, s] = uniform on [-s, s]; [nonnegative, s] = uniform on [0, s];
+        # [signed_constant, s] = ±s; [normal, s] = Gaussian with standard deviation s
         "source_laws": json.dumps(laws),
         # how the .source tensors came about: iid (each its law at draw 0) or rerandomized, and how many
         # random values the build examined to get them ("unrecorded" where the build did not count them)

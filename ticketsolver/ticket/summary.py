@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from ticketsolver.construction import CONSTRUCTIONS
 from ticketsolver.ticket.artifact import Ticket
+from ticketsolver.ticket.layer import LayerLayout
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -20,6 +21,9 @@ def ticket_summary(ticket: Ticket, file_bytes: int | None = None) -> dict[str, A
     layers = []
     for k, layout in enumerate(ticket.layouts):
         stats = pairs[k] if k < len(pairs) else {}
+        if isinstance(layout, LayerLayout):
+            layers.append(_layer_row(ticket, k, layout))
+            continue
         layers.append(
             {
                 "pair": k,
@@ -39,7 +43,7 @@ def ticket_summary(ticket: Ticket, file_bytes: int | None = None) -> dict[str, A
                 },
             }
         )
-    return {
+    summary: dict[str, Any] = {
         "seed": ticket.seed,
         "input_shape": list(ticket.input_shape),
         "input_domain": ticket.input_domain,
@@ -50,6 +54,36 @@ def ticket_summary(ticket: Ticket, file_bytes: int | None = None) -> dict[str, A
         "config": ticket.build.get("config"),
         "layers": layers,
     }
+    if ticket.learned:
+        keys = ("method", "task", "rerandomization", "random_network")
+        summary["learned"] = {key: ticket.build.get(key) for key in keys}
+    return summary
+
+
+def _layer_row(ticket: Ticket, k: int, layout: LayerLayout) -> dict[str, Any]:
+    """A learned-mask ticket's random layer: shape, law, kept counts, entries redrawn by IteRand."""
+    kept = int(sum(m.sum() for m in ticket.masks[k].values()))
+    return {
+        "pair": k,
+        "unit": "layer",
+        "kind": layout.kind,
+        "construction": "learned",
+        "n": None,
+        "target_shape": [layout.d_out, layout.d_in],
+        "hidden": None,
+        "source_params": layout.source_params(),
+        "kept_params": kept,
+        "kept_fraction": kept / layout.source_params(),
+        "source_kind": "rerandomized" if ticket.draws[k].any() else "iid",
+        "examined_values": ticket.examined_values(k),
+        "scales": {name: stream.scale for name, stream in layout.streams().items()},
+        "laws": {name: stream.law for name, stream in layout.streams().items()},
+        "redrawn_entries": int((ticket.draws[k] > 0).sum()),
+        "weight_error_max": None,
+        "weight_error_mean": None,
+        "usable_mean": None,
+        "redrawn_units": None,
+    }
 
 
 def render_ticket(ticket: Ticket, console: Console | None = None, file_bytes: int | None = None) -> None:
@@ -59,6 +93,9 @@ def render_ticket(ticket: Ticket, console: Console | None = None, file_bytes: in
     from rich.table import Table
 
     console = console or Console()
+    if ticket.learned:
+        _render_learned(ticket, console, file_bytes)
+        return
     s = ticket.sizes()
     extra = f", file {file_bytes / 1024:.1f} KiB" if file_bytes is not None else ""
     console.print(
@@ -93,13 +130,47 @@ def render_ticket(ticket: Ticket, console: Console | None = None, file_bytes: in
     console.print(table)
 
 
-def _source_line(kind: str, examined: int | None, source: int) -> str:
+def _render_learned(ticket: Ticket, console: Console, file_bytes: int | None) -> None:
+    """A learned-mask ticket: its method, task accuracy, sizes and a per-layer table."""
+    from rich import box
+    from rich.table import Table
+
+    s, build = ticket.sizes(), ticket.build
+    task = build.get("task") or {}
+    extra = f", file {file_bytes / 1024:.1f} KiB" if file_bytes is not None else ""
+    accuracy = task.get("test_accuracy")
+    console.print(
+        f"[bold]learned-mask ticket[/bold] ({build.get('method', '?')}, random network: "
+        f"{build.get('random_network', '?')}): seed {ticket.seed}, {len(ticket.layouts)} random layers{extra}\n"
+        f"task: {task.get('data', '?')}, test accuracy "
+        f"{'-' if accuracy is None else f'{accuracy:.2%}'} on {task.get('examples', '?')} examples\n"
+        f"params: target {s['target_params']:,} | random source {s['source_params']:,} | "
+        f"kept {s['kept_params']:,} ({s['kept_params'] / max(s['source_params'], 1):.2%} of the source)\n"
+        f"{_source_line(s['source_kind'], s['examined_values'], s['source_params'], knowing='the task')}"
+    )
+    table = Table(title="random layers: mask learned (top-K of the scores per tensor)", box=box.SIMPLE_HEAD)
+    for col in ("#", "kind", "shape", "law", "kept/source", "kept", "redrawn"):
+        table.add_column(col, justify="right", no_wrap=True)
+    for row in ticket_summary(ticket)["layers"]:
+        table.add_row(
+            str(row["pair"]),
+            row["kind"],
+            "x".join(map(str, row["target_shape"])),
+            row["laws"]["weight"],
+            f"{_si(row['kept_params'])}/{_si(row['source_params'])}",
+            f"{row['kept_fraction']:.1%}",
+            _si(row["redrawn_entries"]),
+        )
+    console.print(table)
+
+
+def _source_line(kind: str, examined: int | None, source: int, knowing: str = "the target") -> str:
     """What the random source is, and how many random values the build drew and compared to get it."""
     if kind == "iid":
         law = "one i.i.d. random network, every tensor its law at draw 0"
         return f"source: iid ({law}); examined {examined:,} random values (= the source)"
     among = "an unrecorded number of" if examined is None else f"{examined:,} ({examined / max(source, 1):.2f}x source)"
-    return f"source: rerandomized (IteRand-style: values chosen among {among} random draws knowing the target)"
+    return f"source: rerandomized (IteRand-style: values chosen among {among} random draws knowing {knowing})"
 
 
 def _si(value: int) -> str:
