@@ -1,8 +1,10 @@
 """The command line: a thin shell over the library.
 
 ``ticketsolver build lenet5.pt --n 20`` loads the target, builds and saves the ticket, verifies it and
-prints the report; ``verify``, ``inspect``, ``export``, ``bench`` and ``demo`` do one job each. Every
-ticketsolver error exits with status 1 and its message; bad usage exits with 2.
+prints the report; ``ticketsolver learn-mask mlp --data wine --keep 0.5`` learns a mask over a frozen random
+network for a task instead (edge-popup, IteRand); ``verify`` (against a target, or on a task), ``inspect``,
+``export``, ``bench`` and ``demo`` do one job each. Every ticketsolver error exits with status 1 and its
+message; bad usage exits with 2.
 """
 
 from __future__ import annotations
@@ -34,6 +36,11 @@ DATA_HELP = (
     "evaluation data: 'digits' (28x28, in [0,1]), 'digits-signed' (in [-1,1]), 'digits-flat', 'wine', or an "
     ".npz/.safetensors file with x (and y)"
 )
+
+
+def _usage_error(message: str) -> typer.BadParameter:
+    """Bad usage that is no single option's value (a combination of options): exit 2 with the message."""
+    return typer.BadParameter(message)
 
 
 def _parse_domain(text: str | None) -> tuple[float, float] | None:
@@ -225,33 +232,337 @@ def build(
 @app.command("verify")
 def verify_cmd(
     ticket: Annotated[Path, typer.Argument(help="ticket file")],
-    against: Annotated[Path, typer.Option(help="the target checkpoint the ticket was built for")],
+    against: Annotated[
+        Path | None,
+        typer.Option(
+            help="the target checkpoint a constructed ticket was built for; without it the ticket is measured on "
+            "its task (--data with labels)"
+        ),
+    ] = None,
     data: Annotated[str | None, typer.Option(help=DATA_HELP)] = None,
-    arch: Annotated[str | None, typer.Option(help="built-in architecture of a state_dict")] = None,
+    arch: Annotated[str | None, typer.Option(help="built-in architecture of a state_dict (with --against)")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="write the report as JSON")] = None,
     device: Annotated[str | None, typer.Option(help="torch device (default: cuda when present, else cpu)")] = None,
     input_box: Annotated[
         str | None,
         typer.Option(
-            help="box LO,HI of the random inputs, the worst-case search and the certified bound (default: the "
-            "ticket's declared build box, else the data's range, else the ticket's default box)"
+            help="with --against: box LO,HI of the random inputs, the worst-case search and the certified bound "
+            "(default: the ticket's declared build box, else the data's range, else the ticket's default box)"
         ),
     ] = None,
 ) -> None:
-    """Verify a ticket against its target on data and random inputs; print the report."""
+    """Verify a ticket and print the report. With --against: a constructed ticket against its target, on data
+    and random inputs (errors, per-layer checks, certified bound). Without it: the ticket's network on its task,
+    the accuracy and mean cross-entropy on labelled --data (a bundled dataset's test split, or a whole file with
+    x and y), beside the accuracy a learned ticket's learning recorded. A learned-mask ticket has a task, not a
+    target: verify it with --data alone.
+    """
     box = _parse_domain(input_box)
+    if against is None:
+        if data is None:
+            raise _usage_error(
+                "without --against, verify measures the ticket on its task: give labelled --data "
+                "(or --against TARGET for a constructed ticket)"
+            )
+        for name, value in (("--input-box", input_box), ("--arch", arch)):
+            if value is not None:
+                raise _usage_error(f"{name} applies with --against only")
 
     def run() -> None:
         from ticketsolver import Ticket, load_target
         from ticketsolver import verify as verify_ticket
+        from ticketsolver.errors import VerificationError
+        from ticketsolver.verification import evaluate_task
 
-        target = load_target(against, arch=arch)
-        config = VerifyConfig(input_box=box)
-        report = verify_ticket(target, Ticket.load(ticket), config, data=_load_data(data), device=device)
+        loaded = Ticket.load(ticket)
+        if against is not None and loaded.learned:
+            raise VerificationError("a learned-mask ticket has a task, not a target: verify it with --data alone")
+        dataset = _load_data(data)
+        report: Any
+        if against is None:
+            if isinstance(dataset, tuple) and dataset[1] is None:
+                raise typer.BadParameter(
+                    f"{data} has no labels (y): without --against, verify measures the task on labelled data",
+                    param_hint="--data",
+                )
+            report = evaluate_task(loaded, dataset, device=device, name=_data_name(data, dataset))
+        else:
+            target = load_target(against, arch=arch)
+            report = verify_ticket(target, loaded, VerifyConfig(input_box=box), data=dataset, device=device)
         report.render(console)
         if json_out:
             report.to_json(json_out)
             console.print(f"report -> {json_out}")
+
+    _run(run)
+
+
+def _data_name(spec: str | None, dataset: Any) -> str | None:
+    """How a report names the data: a bundled set's test split, or the file."""
+    if spec is None:
+        return None
+    return f"{spec} (test split)" if hasattr(dataset, "x_test") else Path(spec).name
+
+
+LEARN_DATA_HELP = (
+    "the task: 'digits' (28x28, for lenet5), 'digits-signed', 'digits-flat', 'wine', or an .npz/.safetensors "
+    "file with x and labels y, which is split 70/30 into training and test examples (seeded: the same split "
+    "every run); the test split gives the reported accuracy"
+)
+#: built-in architectures learn-mask draws a random network for (the hidden width of mlp is the wine example's)
+LEARN_ARCHITECTURES = ("lenet5", "mlp")
+MLP_HIDDEN = 64
+#: the share of a data file held out as its test split, and the seed of that split
+FILE_TEST_FRACTION, FILE_SPLIT_SEED = 0.3, 0
+
+
+def _task_data(spec: str) -> Any:
+    """A Dataset with train and test splits; a file's labelled (x, y) is split 70/30 with a fixed seed."""
+    import numpy as np
+    import torch
+
+    from ticketsolver.data import Dataset
+    from ticketsolver.errors import ConfigError
+
+    loaded = _load_data(spec)
+    if isinstance(loaded, Dataset):
+        return loaded
+    x, y = loaded
+    if y is None:
+        raise typer.BadParameter(
+            f"{spec} has no labels (y): learning a mask needs a labelled task", param_hint="--data"
+        )
+    if len(x) != len(y) or len(x) < 2:
+        raise ConfigError(f"{spec}: learning needs at least 2 examples with one label each, got {len(x)} x, {len(y)} y")
+    order = torch.from_numpy(np.random.default_rng(FILE_SPLIT_SEED).permutation(len(x)))
+    n_test = min(len(x) - 1, max(1, round(FILE_TEST_FRACTION * len(x))))
+    test, train = order[:n_test], order[n_test:]
+    return Dataset(x[train], y[train], x[test], y[test], None, Path(spec).name)
+
+
+def _arch_target(spec: str, dataset: Any, arch: str | None) -> Any:
+    """The Target whose architecture the random network widens: a built-in shaped by the data, or a checkpoint."""
+    from ticketsolver import load_target
+    from ticketsolver.models import MLP, LeNet5, Target
+
+    shape, classes = tuple(dataset.input_shape), dataset.num_classes
+    if spec in LEARN_ARCHITECTURES:
+        if arch is not None:
+            raise _usage_error(f"--arch names a checkpoint's architecture; {spec} is one already")
+        if spec == "lenet5":
+            if len(shape) != 3 or shape[1:] != (28, 28):
+                raise _usage_error(f"lenet5 takes (C, 28, 28) images; the data ({dataset.name}) have inputs {shape}")
+            return Target.from_module(LeNet5(shape[0], classes), shape, arch="lenet5")
+        if len(shape) != 1:
+            raise _usage_error(f"mlp takes flat inputs; the data ({dataset.name}) have inputs {shape}")
+        return Target.from_module(MLP((shape[0], MLP_HIDDEN, classes)), shape, arch="mlp")
+    if not Path(spec).is_file():
+        raise typer.BadParameter(
+            f"{spec!r} is neither a built-in architecture ({', '.join(LEARN_ARCHITECTURES)}) nor a checkpoint file",
+            param_hint="ARCH_OR_MODEL",
+        )
+    with _stage(f"loaded {spec}"):
+        return load_target(spec, arch=arch)
+
+
+@contextmanager
+def _epoch_progress(epochs: int):
+    """A rich progress bar over the epochs (training loss, test accuracy, ETA); yields the learner's callback."""
+    from rich.progress import MofNCompleteColumn, TimeRemainingColumn
+
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[note]}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    ) as progress:
+        task = progress.add_task("epochs", total=epochs, note="")
+
+        def update(done: int, total: int, stats: dict[str, float]) -> None:
+            note = f"loss {stats['loss']:.4f}, test accuracy {stats['test_accuracy']:.2%}"
+            progress.update(task, completed=done, total=total, note=note)
+
+        yield update
+
+
+def _check_learn_usage(
+    model: str | None,
+    source_of: Path | None,
+    n: int | None,
+    init_from: Path | None,
+    method: str,
+    arch_only: dict[str, object],
+    iterand_only: dict[str, object],
+) -> None:
+    """Bad combinations of learn-mask's options are usage errors (exit 2)."""
+    given = [
+        name
+        for name, value in (("ARCH_OR_MODEL", model), ("--source-of", source_of), ("--init-from", init_from))
+        if value is not None
+    ]
+    if len(given) != 1:
+        raise _usage_error(
+            "the random network comes from exactly one of ARCH_OR_MODEL (an architecture drawn afresh), "
+            f"--source-of TARGET --n N (a construction's source) or --init-from TICKET; got "
+            f"{' and '.join(given) or 'none'}"
+        )
+    if (source_of is None) != (n is None):
+        raise _usage_error("--source-of and --n go together: the source build uses for TARGET at n")
+    if model is None:
+        for name, value in arch_only.items():
+            if value is not None:
+                raise _usage_error(
+                    f"{name} shapes a network drawn for an architecture; --source-of and --init-from take a "
+                    "construction's random source as it is"
+                )
+    if method != "iterand":
+        for name, value in iterand_only.items():
+            if value is not None:
+                raise _usage_error(f"{name} applies with --method iterand only")
+
+
+@app.command("learn-mask")
+def learn_mask_cmd(
+    data: Annotated[str, typer.Option(help=LEARN_DATA_HELP)],
+    out: Annotated[Path, typer.Option("-o", "--out", help="ticket file")],
+    model: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="ARCH_OR_MODEL",
+            help="lenet5 or mlp (in -> 64 -> classes), shaped by --data, or a checkpoint whose architecture is "
+            "widened; not with --source-of / --init-from",
+            show_default=False,
+        ),
+    ] = None,
+    method: Annotated[
+        str, typer.Option(help="edge-popup (learn scores) or iterand (also re-randomise pruned weights)")
+    ] = "edge-popup",
+    keep: Annotated[
+        float | None,
+        typer.Option(
+            help="kept fraction of every layer tensor, in (0, 1] (default 0.5; with --init-from each tensor's "
+            "kept fraction in that ticket)"
+        ),
+    ] = None,
+    width: Annotated[
+        float | None, typer.Option(help="hidden width multiplier of the architecture's random network (default 1)")
+    ] = None,
+    # epochs, batch size and lr show LearnConfig's defaults (tests/test_cli_learn.py keeps them equal)
+    epochs: Annotated[int, typer.Option(help="passes over the training split")] = 30,
+    seed: Annotated[
+        int, typer.Option(help="seed of the random network (and of the --source-of build), scores and batches")
+    ] = 0,
+    init: Annotated[
+        str | None,
+        typer.Option(help="law of the architecture's random weights: signed-constant (default) or kaiming-normal"),
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="examples per SGD step")] = 64,
+    lr: Annotated[float, typer.Option(help="SGD learning rate of the scores (cosine schedule)")] = 0.1,
+    rerand_period: Annotated[
+        int | None, typer.Option(help="iterand: iterations (SGD steps) between re-randomisations (default 300)")
+    ] = None,
+    rerand_rate: Annotated[
+        float | None, typer.Option(help="iterand: probability that a pruned weight is redrawn (default 0.1)")
+    ] = None,
+    source_of: Annotated[
+        Path | None,
+        typer.Option(
+            help="learn over the very random source build uses for this target checkpoint at --n (one random "
+            "layer per U and per V)"
+        ),
+    ] = None,
+    n: Annotated[int | None, typer.Option(help="with --source-of: random hidden units per block")] = None,
+    init_from: Annotated[
+        Path | None,
+        typer.Option(help="start from a constructed (pure) ticket: its random source, with its masks as the start"),
+    ] = None,
+    arch: Annotated[
+        str | None, typer.Option(help="built-in architecture of a state_dict checkpoint; inferred by default")
+    ] = None,
+    report: Annotated[Path | None, typer.Option(help="JSON report path (default TICKET.report.json)")] = None,
+) -> None:
+    """Learn a mask over a frozen random network for a task (edge-popup or IteRand) and save the ticket. The
+    random network is an architecture's, widened (ARCH_OR_MODEL), the random source a build uses for a
+    target (--source-of TARGET --n N), or a constructed ticket's source with its masks as the start
+    (--init-from TICKET). Prints the ticket and its task report (accuracy on the test split) and writes the
+    JSON report: the learn config, seconds, the task report and the ticket summary. A learned ticket has a
+    task, not a target: verify it with `ticketsolver verify TICKET --data ...`.
+    """
+    _check_learn_usage(
+        model,
+        source_of,
+        n,
+        init_from,
+        method,
+        arch_only={"--width": width, "--init": init},
+        iterand_only={"--rerand-period": rerand_period, "--rerand-rate": rerand_rate},
+    )
+    options: dict[str, Any] = {"method": method, "keep": keep, "epochs": epochs, "seed": seed}
+    options |= {"batch_size": batch_size, "lr": lr, "width": width, "init": init and init.replace("-", "_")}
+    options |= {"rerand_period": rerand_period, "rerand_rate": rerand_rate}
+
+    def run() -> None:
+        from ticketsolver import Ticket, build_ticket, load_target
+        from ticketsolver.learning import LearnConfig, learn_mask, network_of_ticket, random_network_of
+        from ticketsolver.ticket.summary import render_ticket, ticket_summary
+        from ticketsolver.verification import evaluate_task
+
+        # options left out take LearnConfig's defaults; a bad value is its ConfigError, naming the field
+        config = LearnConfig(**{name: value for name, value in options.items() if value is not None})
+        dataset = _task_data(data)
+        result: dict[str, Any] = {"learn_config": config.to_dict()}
+        if init_from is not None:
+            with _stage(f"loaded {init_from}"):
+                network = network_of_ticket(Ticket.load(init_from), use_masks=True)
+        elif source_of is not None:
+            with _stage(f"loaded {source_of}"):
+                target = load_target(source_of, arch=arch)
+            assert n is not None  # _check_learn_usage
+            build = BuildConfig(n=n, seed=seed, input_domain=dataset.input_domain)
+            t0 = time.perf_counter()
+            with _layer_progress(_layer_names(target)) as layer_progress:
+                built = build_ticket(target, build, progress=layer_progress)
+            result["source_build_seconds"] = time.perf_counter() - t0
+            console.print(
+                f"built the pure ticket at n={n} in {result['source_build_seconds']:.1f} s: its source is the network"
+            )
+            network = network_of_ticket(built, use_masks=False)
+        else:
+            assert model is not None  # _check_learn_usage
+            target = _arch_target(model, dataset, arch)
+            network = random_network_of(
+                target,
+                width=config.width,
+                init=config.init,
+                keep=config.default_keep,
+                scale_fan=config.scale_fan,
+                seed=config.seed,
+            )
+        console.print(
+            f"random network ({network.origin}): {len(network.layouts)} random layers, "
+            f"{network.source_params():,} random values; task {dataset.name}: {len(dataset.x_train)} training, "
+            f"{len(dataset.x_test)} test examples"
+        )
+        t1 = time.perf_counter()
+        with _epoch_progress(config.epochs) as epoch_progress:
+            learned = learn_mask(network, dataset, config, progress=epoch_progress)
+        result["seconds"] = time.perf_counter() - t1
+        learned.save(out)
+        size = out.stat().st_size
+        console.print(f"learned in {result['seconds']:.1f} s -> [bold]{out}[/bold] ({size / 1024:.1f} KiB)")
+        saved = Ticket.load(out)  # the task is measured on the network the file regenerates
+        render_ticket(saved, console, size)
+        task = evaluate_task(saved, dataset, name=f"{dataset.name} (test split)")
+        task.render(console)
+        result |= {"task": task.to_dict(), "ticket": ticket_summary(saved, size)}
+        report_path = report or out.with_suffix(".report.json")
+        report_path.write_text(json.dumps(result, indent=2, default=str) + "\n")
+        console.print(f"report -> {report_path}")
 
     _run(run)
 

@@ -7,6 +7,9 @@ are usable on their own: output metrics (:func:`compare_outputs`), per-layer che
 (:func:`certify_bound`, for exact arithmetic and for float forward passes). Without a box or data, inputs
 follow the documented default law (:mod:`ticketsolver.verification.inputs`).
 
+A ticket without a target (a learned mask) is measured on its task instead: :func:`evaluate_task` gives
+the accuracy and loss of its network on labelled data (a :class:`TaskReport`).
+
 How hard it looks is one :class:`~ticketsolver.config.VerifyConfig`; :func:`ticketsolver.verify` checks a
 ticket against its target with it. Here g is an exact O pair made by hand for a layer f (valid for inputs
 >= 0: ``relu(W+ x + b+) - relu(W- x + b-) = W x + b``), so there is no error to find:
@@ -42,6 +45,7 @@ from ticketsolver.verification.layers import (
 )
 from ticketsolver.verification.metrics import OutputComparison, OutputMetrics, compare_outputs
 from ticketsolver.verification.report import Report
+from ticketsolver.verification.task import TaskReport, evaluate_task
 from ticketsolver.verification.verify import verify_networks
 from ticketsolver.verification.worst_case import WorstCase, random_starts, search_worst_case
 
@@ -54,12 +58,14 @@ __all__ = [
     "OutputComparison",
     "OutputMetrics",
     "Report",
+    "TaskReport",
     "WorstCase",
     "certify_bound",
     "check_layers",
     "compare_outputs",
     "default_input_box",
     "describe_module",
+    "evaluate_task",
     "random_starts",
     "sample_inputs",
     "search_worst_case",
