@@ -42,7 +42,7 @@ class JobsPublic(BaseModel):
 class TicketPublic(BaseModel):
     k: int
     checkpoint: str
-    n: int
+    n: int | None  # null for an item of a learned-mask job
     state: JobState
     url: str | None
 
@@ -69,12 +69,18 @@ class TicketReportPublic(BaseModel):
 
 
 class ItemReport(BaseModel):
+    """One finished item: the ticket's summary and its verification against the target; a learned-mask item
+    has its ``task`` report (``TaskReport.to_dict()``: accuracy and loss on the data's test split) instead,
+    no verification, and ``verification_note`` saying why."""
+
     model_config = ConfigDict(extra="allow")
 
     item: dict[str, Any]
     ticket: TicketReportPublic
     kept_values_sha256: str
     verification: dict[str, Any] | None = None
+    task: dict[str, Any] | None = None
+    verification_note: str | None = None
 
 
 class JobReport(BaseModel):

@@ -18,7 +18,7 @@ from ticketsolver.jobs import ItemView, JobStore, JobView
 
 from ..deps import Authorized, StoreDep
 from ..schemas import ItemReport
-from .jobs import MAX_OFFSET, JobId
+from .jobs import MAX_OFFSET, JobId, item_file_stem
 
 router = APIRouter(tags=["jobs"], dependencies=[Authorized])
 
@@ -52,9 +52,9 @@ def export_item(store: StoreDep, job_id: JobId, k: Position, fmt: Literal["onnx"
     dynamic batch) or safetensors (pruned weights, random sources and masks). Made on demand."""
     from ticketsolver.ticket import Ticket, export_ticket
 
-    _, item, path = finished_item(store, job_id, k)
+    job, item, path = finished_item(store, job_id, k)
     folder = Path(tempfile.mkdtemp(prefix="ticketsolver-export-"))
-    out = folder / f"job-{job_id}-{k}-n{item.n}.{fmt}"
+    out = folder / f"{item_file_stem(job_id, k, item.n, job.params)}.{fmt}"
     try:
         with _EXPORTING:
             export_ticket(Ticket.load(path), out, fmt)
@@ -77,11 +77,13 @@ def export_item(store: StoreDep, job_id: JobId, k: Position, fmt: Literal["onnx"
 
 @router.get("/jobs/{job_id}/tickets/{k}/report", response_model=ItemReport)
 def item_report(store: StoreDep, job_id: JobId, k: Position) -> JSONResponse:
-    """The report of item ``k`` alone (ticket summary and verification), as a JSON file to save."""
-    _, item, _ = finished_item(store, job_id, k)
+    """The report of item ``k`` alone (ticket summary and verification, or a learned item's task report), as
+    a JSON file to save."""
+    job, item, _ = finished_item(store, job_id, k)
     reports = store.item_reports(job_id) or []
     report = ItemReport.model_validate(reports[k])
+    name = f"{item_file_stem(job_id, k, item.n, job.params)}.report.json"
     return JSONResponse(
         report.model_dump(mode="json"),
-        headers={"Content-Disposition": f'attachment; filename="job-{job_id}-{k}-n{item.n}.report.json"'},
+        headers={"Content-Disposition": f'attachment; filename="{name}"'},
     )

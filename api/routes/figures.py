@@ -5,6 +5,9 @@ The item figures recompute their numbers from the ticket and the uploaded checkp
 (:mod:`ticketsolver_api.web.measures`, a second or two), one figure at a time, and keep the last
 :data:`CACHE_SIZE` drawings: a finished item's ticket never changes (each attempt writes its own file,
 whose path is part of the key), so a drawing stays true until the job is purged.
+
+They compare a ticket with its target: an item of a learned-mask job (``learn``) has no target, so its
+figures, and the sweep of such a job, answer 409 with the reason.
 """
 
 from __future__ import annotations
@@ -51,6 +54,10 @@ def _checkpoint_path(store: JobStore, job_id: str, k: int) -> Path:
     return path
 
 
+#: why a learned-mask item has no figure
+NO_TARGET = "it is a learned-mask ticket: no target to compare it with (its task accuracy is in the report)"
+
+
 def _item_figure(store: JobStore, job_id: str, k: int, name: Literal["weight-errors", "output-errors"]) -> bytes:
     from ticketsolver.construction import PairLayout
     from ticketsolver.models import load_target
@@ -59,6 +66,9 @@ def _item_figure(store: JobStore, job_id: str, k: int, name: Literal["weight-err
     from ..web import measures, plots
 
     job, _, ticket_path = finished_item(store, job_id, k)
+    if job.params.get("learn"):
+        what = "per-weight errors" if name == "weight-errors" else "output errors"
+        raise HTTPException(status.HTTP_409_CONFLICT, f"item {k} has no {what}: {NO_TARGET}")
     report: dict[str, Any] = (store.item_reports(job_id) or [])[k] or {}
     verification = report.get("verification")
     if name == "output-errors" and verification is None:
@@ -78,26 +88,33 @@ def _item_figure(store: JobStore, job_id: str, k: int, name: Literal["weight-err
 
 @router.get("/jobs/{job_id}/tickets/{k}/figures/weight-errors.svg", response_class=Response)
 def weight_errors_figure(store: StoreDep, job_id: JobId, k: Position) -> Response:
-    """Histogram of the per-weight error ``|w - w_eff|`` of each target layer of item ``k`` (log x axis)."""
+    """Histogram of the per-weight error ``|w - w_eff|`` of each target layer of item ``k`` (log x axis). 409
+    for a learned-mask item (no target)."""
     return Response(_item_figure(store, job_id, k, "weight-errors"), media_type=SVG)
 
 
 @router.get("/jobs/{job_id}/tickets/{k}/figures/output-errors.svg", response_class=Response)
 def output_errors_figure(store: StoreDep, job_id: JobId, k: Position) -> Response:
     """Relative output error ``max|f-g| / max|f|`` against input index, per dtype, on the random inputs of
-    item ``k``'s verification (its box, law and seed; at most 1024 inputs). 409 for an unverified item."""
+    item ``k``'s verification (its box, law and seed; at most 1024 inputs). 409 for an unverified item and for
+    a learned-mask item (no target)."""
     return Response(_item_figure(store, job_id, k, "output-errors"), media_type=SVG)
 
 
 @router.get("/jobs/{job_id}/figures/sweep.svg", response_class=Response)
 def sweep_figure(store: StoreDep, job_id: JobId) -> Response:
     """A sweep over n: per checkpoint, the largest weight error and the largest relative output error on
-    random inputs (float64 where verified in it) against n, from the finished items' reports."""
+    random inputs (float64 where verified in it) against n, from the finished items' reports. 409 for a
+    learned-mask job."""
     from ..web import plots
 
     job = store.get_job(job_id)
     if job is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no job {job_id}")
+    if job.params.get("learn"):
+        raise HTTPException(
+            status.HTTP_409_CONFLICT, f"job {job_id} learned masks: no sweep over n and no errors against a target"
+        )
     names_unique = len({c.name for c in job.checkpoints}) == len(job.checkpoints)
     series: dict[str, list[tuple[int, float | None, float | None]]] = {}
     for item, report in zip(job.items, store.item_reports(job_id) or [], strict=True):

@@ -53,6 +53,12 @@ APPROXIMATE_BODY: dict[str, Any] = {
 }
 
 
+def item_file_stem(job_id: str, k: int, n: int, params: dict[str, Any]) -> str:
+    """How item ``k``'s downloads are named: ``job-<id>-<k>-n<n>``, or ``job-<id>-<k>-learned`` for an item of
+    a learned-mask job (it has no n)."""
+    return f"job-{job_id}-{k}-" + ("learned" if params.get("learn") else f"n{n}")
+
+
 def _job_or_404(store: StoreDep, job_id: str) -> JobView:
     job = store.get_job(job_id)
     if job is None:
@@ -75,7 +81,8 @@ def _spec(params: str | None) -> JobSpec:
     "/approximate", status_code=status.HTTP_202_ACCEPTED, response_model=JobCreated, openapi_extra=APPROXIMATE_BODY
 )
 async def approximate(request: Request, runner: RunnerDep, settings: SettingsDep, response: Response) -> JobCreated:
-    """Accept a batch job: every checkpoint x every n gives one ticket and one report."""
+    """Accept a batch job: every checkpoint x every n gives one ticket and one report (with ``learn``: every
+    checkpoint gives one learned-mask ticket, learned on the named bundled data)."""
     form = await read_job_form(request, settings.max_batch_items)
     try:
         spec = _spec(form.params)
@@ -83,7 +90,11 @@ async def approximate(request: Request, runner: RunnerDep, settings: SettingsDep
         job_id = await run_in_threadpool(runner.submit, form.checkpoints, spec)
     finally:
         form.close()
-    log.info("accepted job %s: %d checkpoint(s) x n = %s", job_id, len(form.checkpoints), list(spec.n))
+    if spec.learn is None:
+        log.info("accepted job %s: %d checkpoint(s) x n = %s", job_id, len(form.checkpoints), list(spec.n))
+    else:
+        what = f"{spec.learn.method} on {spec.learn.data}"
+        log.info("accepted job %s: %d checkpoint(s), learning masks (%s)", job_id, len(form.checkpoints), what)
     response.headers["Location"] = f"/jobs/{job_id}"
     return JobCreated(job_id=job_id)
 
@@ -108,13 +119,15 @@ def get_job(store: StoreDep, job_id: JobId) -> JobView:
 
 @router.get("/jobs/{job_id}/tickets", response_model=TicketsPublic)
 def list_tickets(store: StoreDep, job_id: JobId) -> TicketsPublic:
-    """One entry per (checkpoint, n); ``url`` is set once its ticket exists."""
+    """One entry per (checkpoint, n); ``url`` is set once its ticket exists. An item of a learned-mask job has
+    no n (null)."""
     job = _job_or_404(store, job_id)
+    learned = bool(job.params.get("learn"))
     data = [
         TicketPublic(
             k=item.position,
             checkpoint=item.checkpoint,
-            n=item.n,
+            n=None if learned else item.n,
             state=item.state,
             url=f"/jobs/{job_id}/tickets/{item.position}" if item.has_ticket else None,
         )
@@ -132,12 +145,14 @@ def download_ticket(store: StoreDep, job_id: JobId, k: Annotated[int, Path(ge=0,
     item, path = found
     if path is None:
         raise HTTPException(status.HTTP_409_CONFLICT, f"item {k} has no ticket (state {item.state})")
-    return FileResponse(path, media_type="application/octet-stream", filename=f"job-{job_id}-{k}-n{item.n}.ticket")
+    stem = item_file_stem(job_id, k, item.n, _job_or_404(store, job_id).params)
+    return FileResponse(path, media_type="application/octet-stream", filename=f"{stem}.ticket")
 
 
 @router.get("/jobs/{job_id}/report", response_model=JobReport)
 def get_report(store: StoreDep, job_id: JobId) -> JobReport:
-    """Per item: ticket summary (sizes, per-layer errors) and verification report; null until done."""
+    """Per item: ticket summary (sizes, per-layer errors) and verification report; null until done. A learned
+    item has its task report (accuracy, loss) instead of a verification, and says why."""
     job = _job_or_404(store, job_id)
     items = [None if r is None else ItemReport.model_validate(r) for r in store.item_reports(job_id) or []]
     return JobReport(job=job, items=items)

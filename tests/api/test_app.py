@@ -257,8 +257,8 @@ def test_openapi_describes_the_routes_and_takes_the_job_spec_as_params(client_fa
     form = paths["/approximate"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
     assert form["properties"]["params"]["contentSchema"] == {"$ref": "#/components/schemas/JobSpec"}
     schemas = document["components"]["schemas"]
-    assert {"n", "arch", "build", "verify", "time_limit_s"} == set(schemas["JobSpec"]["properties"])
-    assert {"BuildConfig", "VerifyConfig", "JobView", "JobSummary", "ItemView"} <= set(schemas)
+    assert {"n", "arch", "build", "verify", "time_limit_s", "learn"} == set(schemas["JobSpec"]["properties"])
+    assert {"BuildConfig", "VerifyConfig", "LearnSpec", "JobView", "JobSummary", "ItemView"} <= set(schemas)
 
 
 def test_openapi_states_the_sizes_of_a_report_as_ticket_sizes_says(client_factory):

@@ -19,14 +19,20 @@ Errors::
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from ticketsolver.errors import CheckpointError, JobError, TicketSolverError
-from ticketsolver.jobs.memory import estimate_peak_bytes, layer_weights
-from ticketsolver.jobs.spec import JobSpec, Limits
+from ticketsolver.errors import CheckpointError, JobError, SolverUnavailableError, TicketSolverError
+from ticketsolver.jobs.memory import (
+    activations_per_example,
+    estimate_learn_peak_bytes,
+    estimate_peak_bytes,
+    layer_weights,
+)
+from ticketsolver.jobs.spec import LEARN_DATA, JobSpec, LearnSpec, Limits
 from ticketsolver.jobs.store import JobStore, new_id
 
 __all__ = [
@@ -34,6 +40,7 @@ __all__ = [
     "MemoryBudgetError",
     "UploadRejectedError",
     "accept_job",
+    "check_learn",
     "check_limits",
     "check_memory",
     "display_name",
@@ -77,8 +84,9 @@ def target_params(target: Any) -> int:
 
 
 def check_limits(spec: JobSpec, params: Sequence[int], limits: Limits) -> None:
-    """Refuse (LimitError) a job beyond ``limits``; ``params`` are the target sizes of its checkpoints."""
-    too_big = [n for n in spec.n if n > limits.max_n]
+    """Refuse (LimitError) a job beyond ``limits``; ``params`` are the target sizes of its checkpoints (of a
+    learned-mask job: the random networks' values, see :func:`check_learn`)."""
+    too_big = [n for n in spec.n if n > limits.max_n] if spec.learn is None else []  # learning uses no n
     if too_big:
         raise LimitError(f"n = {too_big[0]} is above this service's limit of {limits.max_n}")
     items = len(params) * len(spec.n)
@@ -89,8 +97,9 @@ def check_limits(spec: JobSpec, params: Sequence[int], limits: Limits) -> None:
         )
     weights = sum(params) * len(spec.n)
     if weights > limits.max_weights_per_job:
+        what = "approximate" if spec.learn is None else "learn masks over"
         raise LimitError(
-            f"the job would approximate {weights:,} weights ({items} items); the limit is "
+            f"the job would {what} {weights:,} weights ({items} items); the limit is "
             f"{limits.max_weights_per_job:,} per job"
         )
 
@@ -110,6 +119,48 @@ def check_memory(
             limits.memory_budget_bytes,
         )
     return estimates
+
+
+def check_learn(name: str, target: Any, learn: LearnSpec, limits: Limits) -> tuple[int, int]:
+    """Check that one checkpoint can learn a mask as ``learn`` asks; returns the random network's values (what
+    the job's weight limit counts) and the item's estimated peak memory.
+
+    Raises:
+        UploadRejectedError: the checkpoint's input shape or its number of outputs does not fit the data.
+        MemoryBudgetError: the estimate exceeds ``limits.memory_budget_bytes`` (the message states both).
+    """
+    from ticketsolver.learning import random_network_of
+
+    data = LEARN_DATA[learn.data]
+    if tuple(target.input_shape) != data.input_shape:
+        raise UploadRejectedError(
+            name, f"it takes inputs of shape {tuple(target.input_shape)}, but {learn.data!r} has {data.input_shape}"
+        )
+    config = learn.config()
+    network = random_network_of(
+        target,
+        width=config.width,
+        init=config.init,
+        keep=config.default_keep,
+        scale_fan=config.scale_fan,
+        seed=config.seed,
+    )
+    outputs = network.layouts[-1].d_out
+    if outputs != data.classes:
+        raise UploadRejectedError(name, f"it has {outputs} outputs, but {learn.data!r} has {data.classes} classes")
+    values = network.source_params()
+    activations = round(config.width * activations_per_example(target))
+    examples = min(1024, max(config.batch_size, data.test_examples))
+    estimate = estimate_learn_peak_bytes(values, activations, examples)
+    if estimate > limits.memory_budget_bytes:
+        raise MemoryBudgetError(
+            f"checkpoint {name!r} learning a mask at width {config.width:g} ({values:,} random values) needs an "
+            f"estimated {_gib(estimate)} of memory; this service's memory budget is "
+            f"{_gib(limits.memory_budget_bytes)} (use a smaller width or a smaller network)",
+            estimate,
+            limits.memory_budget_bytes,
+        )
+    return values, estimate
 
 
 def _gib(size: int) -> str:
@@ -204,6 +255,11 @@ def accept_job(
 
     if not uploads:
         raise JobError("no checkpoint: send one or more files in the field 'checkpoint'")
+    if spec.learn is not None and importlib.util.find_spec("sklearn") is None:
+        raise SolverUnavailableError(
+            "a learned-mask job learns on bundled data, which needs scikit-learn; this service lacks it "
+            "(install ticketsolver[data])"
+        )
     if len(uploads) > limits.max_batch_items:
         raise LimitError(f"{len(uploads)} checkpoints; the limit is {limits.max_batch_items} items per job")
     written: list[Path] = []
@@ -225,7 +281,13 @@ def accept_job(
             except TicketSolverError as exc:
                 raise UploadRejectedError(shown, without_server_names(str(exc), path)) from exc
             layers = layer_weights(target)
-            params.append(sum(layers))
+            if spec.learn is None:
+                params.append(sum(layers))
+                memory = check_memory(shown, layers, spec.n, limits, verify=spec.verify is not None)
+            else:  # one item per checkpoint, learning over a random network of its architecture
+                values, estimate = check_learn(shown, target, spec.learn, limits)
+                params.append(values)
+                memory = dict.fromkeys(spec.n, estimate)
             checkpoints.append(
                 {
                     "id": checkpoint_id,
@@ -234,7 +296,7 @@ def accept_job(
                     "sha256": sha256,
                     "arch": target.arch,
                     "target_params": sum(layers),
-                    "memory_bytes": check_memory(shown, layers, spec.n, limits, verify=spec.verify is not None),
+                    "memory_bytes": memory,
                 }
             )
         check_limits(spec, params, limits)

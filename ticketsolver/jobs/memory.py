@@ -39,6 +39,26 @@ Measured (MiB; "wide": h -> h -> 10, "deep": four h x h layers; weights = larges
 A worker's RSS after importing torch and ticketsolver is 229 MiB. Not measured: convolutional targets
 (LeNet5 is far below the smallest case here) and networks above ~1M weights per layer; for those the
 margin is the only cover.
+
+**Learning a mask** (a job with ``learn``) holds, per random value, the weight, its score, the score's gradient
+and momentum and the mask, and regenerates the network at the end; per activation of an example, the forward
+and backward tensors of a minibatch and of the test split evaluated at once (up to 1024 examples)::
+
+    peak ≈ 464 MiB + 60 B · random values + 8 B · activations per example · examples at once    (x 1.25)
+
+an upper envelope of these measurements, not a fit (a fresh process each: imports, ``random_network_of``, the
+bundled data, one epoch of ``learn_mask`` with the defaults, ``evaluate_task``; same machine, torch on one
+thread; "activations" counts the target's per-example module outputs, times the width)::
+
+    network          data          width  random values  peak MiB  estimate (x 1.25) MiB
+    MLP 13-8-3       wine            1            128        452      581
+    MLP 64-64-10     digits-flat    48        227,328        491      631
+    MLP 64-1024²-10  digits-flat     2      4,345,856        750      934
+    MLP 64-1024²-10  digits-flat     4     17,080,320       1065     1887
+    LeNet5           digits          1         61,470        540      662
+    LeNet5           digits          4        971,640        695      959
+    LeNet5           digits          8      3,878,640        940     1476
+    LeNet5           digits         12      8,721,000       1319     2131
 """
 
 from __future__ import annotations
@@ -47,7 +67,14 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["BASE_BYTES", "MARGIN", "estimate_peak_bytes", "layer_weights"]
+__all__ = [
+    "BASE_BYTES",
+    "MARGIN",
+    "activations_per_example",
+    "estimate_learn_peak_bytes",
+    "estimate_peak_bytes",
+    "layer_weights",
+]
 
 #: a worker's peak before the build's size matters (imports, solver tables, first allocations)
 BASE_BYTES = 464 * 1024**2
@@ -59,6 +86,10 @@ PER_WEIGHT = 9.0
 PER_VERIFY_UNIT = 30 * 1024
 #: every estimate is the fit times this
 MARGIN = 1.25
+#: learning a mask: bytes per random value (weight, score, gradient, momentum, mask, the regenerated network)
+PER_LEARNED_VALUE = 60
+#: learning a mask: bytes per activation of an example, per example in a forward pass at once
+PER_LEARNED_ACTIVATION = 8
 
 
 def layer_weights(target: Any) -> list[int]:
@@ -96,5 +127,39 @@ def estimate_peak_bytes(weights: int | Sequence[int] | Any, n: int, *, verify: b
     peak = BASE_BYTES + n * (PER_LARGEST_LAYER_WEIGHT * largest + PER_WEIGHT * total)
     if verify:
         peak += PER_VERIFY_UNIT * n * math.sqrt(largest)
+    mib = 1024**2
+    return int(math.ceil(MARGIN * peak / mib) * mib)
+
+
+def activations_per_example(target: Any) -> int:
+    """Values the target's modules output for one example (every step of its normal form, ReLUs included):
+    a forward pass of one zero input."""
+    import torch
+
+    module, shape = getattr(target, "module", target), tuple(getattr(target, "input_shape", ()))
+    x = torch.zeros((1, *shape))
+    count = 0
+    with torch.no_grad():
+        for step in module.children():
+            x = step(x)
+            count += x.numel()
+    return count
+
+
+def estimate_learn_peak_bytes(random_values: int, activations: int, examples: int) -> int:
+    """Estimated peak RSS of a worker that learns a mask (edge-popup or IteRand) and measures its task.
+
+    Args:
+        random_values: values of the random network (``RandomNetwork.source_params()``).
+        activations: module outputs of one example in the random network (the target's, times the width).
+        examples: the most examples in one forward pass (the batch, or the test split evaluated at once).
+
+    Returns:
+        Bytes, rounded up to a whole MiB.
+
+    >>> estimate_learn_peak_bytes(3_878_640, 8 * 15_002, 540) // 1024**2  # LeNet5 at width 8 on digits
+    1476
+    """
+    peak = BASE_BYTES + PER_LEARNED_VALUE * random_values + PER_LEARNED_ACTIVATION * activations * examples
     mib = 1024**2
     return int(math.ceil(MARGIN * peak / mib) * mib)

@@ -6,13 +6,18 @@ worker that builds each item reads it back (:meth:`JobSpec.from_dict`). How each
 verified is the library's own :class:`~ticketsolver.config.BuildConfig` and
 :class:`~ticketsolver.config.VerifyConfig`, with their defaults; only what is about the *job* lives at
 the top level: the values of n (one item per n and checkpoint), the architecture of bare state_dicts and
-the wall-clock limit of an item.
+the wall-clock limit of an item. A job with a ``learn`` section (:class:`LearnSpec`: the library's
+:class:`~ticketsolver.learning.LearnConfig` and a bundled dataset) learns a mask over a random network of
+each checkpoint's architecture instead (one item per checkpoint; n, build and verify do not apply).
 
 >>> spec = JobSpec(n=[16, 20], build={"seed": 3})
 >>> spec.n, spec.build_config(16).n, spec.build_config(16).seed
 ((16, 20), 16, 3)
 >>> JobSpec.from_dict(spec.to_dict()) == spec
 True
+>>> learned = JobSpec(learn={"method": "iterand", "keep": 0.5, "data": "wine", "rerand_period": 5})
+>>> learned.learn.config().method, learned.learn.data, learned.verify
+('iterand', 'wine', None)
 >>> JobSpec.from_dict({"seed": 3})
 Traceback (most recent call last):
 ...
@@ -26,14 +31,18 @@ import math
 import numbers
 import os
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NamedTuple
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WithJsonSchema, model_validator
 
-from ticketsolver.config import MAX_N, BuildConfig, VerifyConfig
+from ticketsolver.config import MAX_N, MAX_RESAMPLE, BuildConfig, VerifyConfig
 from ticketsolver.errors import ConfigError
+from ticketsolver.learning.config import LearnConfig
 
-__all__ = ["JobSpec", "JobState", "Limits", "default_memory_budget"]
+if TYPE_CHECKING:
+    from ticketsolver.data import Dataset
+
+__all__ = ["LEARN_DATA", "JobSpec", "JobState", "LearnData", "LearnSpec", "Limits", "default_memory_budget"]
 
 
 class JobState(enum.StrEnum):
@@ -92,6 +101,78 @@ _VERIFY_FIELDS = frozenset(VerifyConfig.model_fields)
 _OLD_VERIFY_NAMES = {"verify_box": "input_box"}
 
 
+class LearnData(NamedTuple):
+    """A bundled dataset a learned-mask job may train on, as the library splits it (test 0.3, seed 0)."""
+
+    loader: str  # its function in ticketsolver.data
+    input_shape: tuple[int, ...]  # per-sample input shape
+    classes: int
+    train_examples: int  # examples per epoch (IteRand's event count depends on it)
+    test_examples: int  # examples the learned network is measured on
+
+
+#: the data a learned-mask job may name: bundled only, since the service never reads a client's data file
+LEARN_DATA: dict[str, LearnData] = {
+    "digits": LearnData("load_digits_28", (1, 28, 28), 10, 1257, 540),
+    "digits-flat": LearnData("load_digits_flat", (64,), 10, 1257, 540),
+    "wine": LearnData("load_wine_standardized", (13,), 3, 124, 54),
+}
+
+
+def _data_name(value: Any) -> str:
+    if value not in LEARN_DATA:
+        raise ValueError(f"must be one of {', '.join(LEARN_DATA)} (the bundled datasets), got {value!r}")
+    return str(value)
+
+
+class LearnSpec(LearnConfig):
+    """A job's ``learn`` section: how each item learns its mask (the library's
+    :class:`~ticketsolver.learning.LearnConfig`, same fields, validation and defaults) and on which bundled
+    dataset. A bad value raises :class:`~ticketsolver.errors.ConfigError` naming the field."""
+
+    data: Annotated[Literal["digits", "digits-flat", "wine"], BeforeValidator(_data_name)] = Field(
+        description="bundled dataset to learn the mask on: digits (1x28x28, for LeNet5), digits-flat (64 "
+        "features) or wine (13 features, 3 classes); the checkpoint's input and output must fit it"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _data_is_named(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "data" not in data:
+            raise ValueError(f"data is required: the bundled dataset to learn on, one of {', '.join(LEARN_DATA)}")
+        return data
+
+    @model_validator(mode="after")
+    def _rerandomizations_fit(self) -> LearnSpec:
+        """IteRand's draw indices are uint8: refuse, before any upload is read, a run that would redraw more
+        often (``learn_mask`` would refuse it too, but only once the item runs)."""
+        if self.method != "iterand":
+            return self
+        iterations = self.epochs * math.ceil(LEARN_DATA[self.data].train_examples / self.batch_size)
+        if iterations // self.rerand_period > MAX_RESAMPLE:
+            least = math.ceil(iterations / (MAX_RESAMPLE + 1))
+            raise ValueError(
+                f"rerand_period {self.rerand_period} re-randomises {iterations // self.rerand_period} times in "
+                f"{iterations} iterations ({self.epochs} epochs on {self.data}); draw indices are uint8, so at most "
+                f"{MAX_RESAMPLE}: give rerand_period >= {least}"
+            )
+        return self
+
+    def config(self) -> LearnConfig:
+        """The library's :class:`LearnConfig` of this section (everything but ``data``)."""
+        return LearnConfig(**{name: getattr(self, name) for name in self.model_fields_set - {"data"}})
+
+    def load_data(self) -> Dataset:
+        """The bundled dataset (needs scikit-learn, as the library's loaders do)."""
+        from ticketsolver import data
+
+        loaded: Dataset = getattr(data, LEARN_DATA[self.data].loader)()
+        return loaded
+
+
+_LEARN_FIELDS = frozenset(LearnSpec.model_fields)
+
+
 class JobSpec(BaseModel):
     """The parameters of a job. Frozen; unknown keys are refused with a message that says where they belong.
 
@@ -107,7 +188,10 @@ class JobSpec(BaseModel):
         tuple[int, ...],
         BeforeValidator(_n_values),
         WithJsonSchema(_N_SCHEMA),
-        Field(description="random hidden units per block; a list makes a sweep (one item per n and checkpoint)"),
+        Field(
+            description="random hidden units per block; a list makes a sweep (one item per n and checkpoint); "
+            "not used by a learned-mask job (learn), which takes one value at most"
+        ),
     ] = (BuildConfig.model_fields["n"].default,)
     #: built-in architecture of a bare state_dict; None infers it from the tensor shapes
     arch: Annotated[
@@ -130,6 +214,16 @@ class JobSpec(BaseModel):
         BeforeValidator(_time_limit),
         Field(description="wall-clock limit of one item in seconds (> 0); null: the service's default"),
     ] = None
+    #: learn a mask (edge-popup / IteRand) per checkpoint instead of building; None: build
+    learn: Annotated[
+        LearnSpec | None,
+        Field(
+            description="learn a mask over a random network of each checkpoint's architecture on bundled data "
+            "instead of building (one item per checkpoint: n and build do not apply, n may hold one value at "
+            "most; verify does not apply either, there is no target to compare with: the item reports its task "
+            "accuracy and loss); null: build"
+        ),
+    ] = None
 
     def __init__(self, **data: Any) -> None:
         try:
@@ -137,10 +231,23 @@ class JobSpec(BaseModel):
         except ValidationError as exc:
             raise ConfigError(_describe(exc)) from None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _learned_items_are_not_verified(cls, data: Any) -> Any:
+        """A learned-mask job verifies nothing (there is no target to compare with): its default is null."""
+        if isinstance(data, dict) and data.get("learn") is not None and "verify" not in data:
+            return {**data, "verify": None}
+        return data
+
     @model_validator(mode="after")
     def _n_at_the_top(self) -> JobSpec:
         if "n" in self.build.model_fields_set:
             raise ValueError("n is given at the top level of a job (a number or a list), not in build")
+        if self.learn is not None and len(self.n) > 1:
+            raise ValueError(
+                f"n lists {len(self.n)} values, but a learned-mask job (learn) makes one item per checkpoint and "
+                "does not use n: give one value or none"
+            )
         return self
 
     def build_config(self, n: int) -> BuildConfig:
@@ -155,6 +262,7 @@ class JobSpec(BaseModel):
             "build": self.build.model_dump(mode="json", exclude={"n"}),
             "verify": None if self.verify is None else self.verify.to_dict(),
             "time_limit_s": self.time_limit_s,
+            "learn": None if self.learn is None else self.learn.to_dict(),
         }
 
     @classmethod
@@ -198,6 +306,8 @@ def _belongs(key: str) -> str:
     name = _OLD_VERIFY_NAMES.get(key, key)
     if name in _VERIFY_FIELDS:
         return f": it is a verification setting, give it as verify.{name}"
+    if key in _LEARN_FIELDS:
+        return f": it is a mask-learning setting, give it as learn.{key}"
     return f"; the fields are {', '.join(JobSpec.model_fields)}"
 
 

@@ -8,6 +8,11 @@ dispatcher also kills the process, which is what stops a long solver call). Each
 in a per-item resume directory, so a build interrupted by a restart or a dead worker resumes from its
 finished layers.
 
+An item of a job with a ``learn`` section learns a mask instead (:func:`ticketsolver.learning.learn_mask`
+over a random network of the checkpoint's architecture, progress per epoch) and is measured on its task
+(:func:`ticketsolver.verification.evaluate_task`): a learned ticket has no target to be verified against.
+A learning run has no resume: an interrupted one starts again.
+
 When the store refuses a write, the worker stops and says so in its :class:`ItemResult`; the dispatcher
 then records the failure once the store accepts writes again, so no item stays "running" for ever.
 """
@@ -20,19 +25,26 @@ import math
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from ticketsolver.errors import TicketSolverError, VerificationError
+from ticketsolver.errors import JobError, TicketSolverError, VerificationError
 from ticketsolver.jobs.executors import parent_alive, run_on_cluster, solver_for, verify_on_cluster
 from ticketsolver.jobs.intake import UploadRejectedError, without_server_names
-from ticketsolver.jobs.spec import JobSpec
+from ticketsolver.jobs.spec import JobSpec, LearnSpec
 from ticketsolver.jobs.store import ItemTask, JobStore, StoreError
 
-__all__ = ["ItemResult", "nonfinite_errors", "run_item", "verify_files", "verify_ticket"]
+__all__ = ["NOT_VERIFIED_LEARNED", "ItemResult", "nonfinite_errors", "run_item", "verify_files", "verify_ticket"]
 
 log = logging.getLogger("ticketsolver.jobs")
+
+#: what a learned item's report says in place of a verification
+NOT_VERIFIED_LEARNED = (
+    "not verified against a target: a learned-mask ticket approximates no trained network; it is measured on "
+    "its task instead (see 'task')"
+)
 
 
 @dataclass(frozen=True)
@@ -133,6 +145,18 @@ class _Progress:
         if not self.store.report_progress(self.task.item_id, self.task.attempt, progress, message):
             raise _Stopped("cancelled or re-queued")
 
+    def epoch(self, done: int, epochs: int, stats: dict[str, float]) -> None:
+        """``learn_mask``'s callback: the item's progress is the epochs done (no per-layer rows: every layer
+        learns at once), written at most every ``interval`` seconds and after the last epoch."""
+        if not parent_alive():
+            raise _Stopped("the service process is gone")
+        now = time.monotonic()
+        if done < epochs and now - self.last < self.interval:
+            return
+        self.last = now
+        loss, accuracy = stats.get("loss", math.nan), stats.get("test_accuracy", math.nan)
+        self.stage(self.share * done / epochs, f"epoch {done}/{epochs}: loss {loss:.4f}, test accuracy {accuracy:.1%}")
+
 
 def _run_item(store: JobStore, task: ItemTask, context: dict[str, Any]) -> ItemResult:
     from torch import nn
@@ -142,12 +166,14 @@ def _run_item(store: JobStore, task: ItemTask, context: dict[str, Any]) -> ItemR
     from ticketsolver.ticket.summary import ticket_summary
 
     spec = JobSpec.from_dict(task.spec)
-    config = spec.build_config(task.n)
     path = store.upload_path(task.checkpoint_id)
     try:
         target = dataclasses.replace(load_target(path, arch=spec.arch), source=task.checkpoint_name)
     except TicketSolverError as exc:  # name the client's file, not the server's id
         raise UploadRejectedError(task.checkpoint_name, without_server_names(str(exc), path)) from exc
+    if spec.learn is not None:
+        return _learn_item(store, task, spec.learn, target)
+    config = spec.build_config(task.n)
     sizes = [m.weight.numel() for m in target.module if isinstance(m, nn.Linear | nn.Conv2d)]
     progress = _Progress(store, task, sizes, share=1.0 if spec.verify is None else 0.9)
     if not store.init_layers(task.item_id, task.attempt, len(sizes)):
@@ -155,10 +181,8 @@ def _run_item(store: JobStore, task: ItemTask, context: dict[str, Any]) -> ItemR
     resume = store.resume_dir(task.item_id)
     solve_with = solver_for(context, config.solver, **solver_options(config))
     ticket = build_ticket(target, config, progress=progress, solve_with=solve_with, resume_dir=resume)
-    progress.stage(progress.share, "saving the ticket")
-    out = store.ticket_path(task.item_id, task.attempt)
-    ticket.save(out)
-    try:
+
+    def report_of(out: Path) -> dict[str, Any]:
         report: dict[str, Any] = {
             "item": {"checkpoint": task.checkpoint_name, "n": task.n},
             "ticket": ticket_summary(ticket, out.stat().st_size),
@@ -180,13 +204,73 @@ def _run_item(store: JobStore, task: ItemTask, context: dict[str, Any]) -> ItemR
                     "overflows or breaks down on this input box; the ticket is not reported as a success"
                 )
             report["verification"] = verification
-        problems = sum(int(p.get("problems_solved", 0)) for p in ticket.build.get("pairs", []))
-        if not store.finish_item(task.item_id, task.attempt, report, problems):
+        return report
+
+    problems = sum(int(p.get("problems_solved", 0)) for p in ticket.build.get("pairs", []))
+    result = _save_and_finish(store, task, ticket, progress, report_of, problems)
+    shutil.rmtree(resume, ignore_errors=True)
+    return result
+
+
+def _learn_item(store: JobStore, task: ItemTask, learn: LearnSpec, target: Any) -> ItemResult:
+    """Learn the item's mask over a random network of the checkpoint's architecture on the bundled data,
+    save the ticket, and measure its network on the data's test split."""
+    from ticketsolver.learning import learn_mask, random_network_of
+    from ticketsolver.ticket.summary import ticket_summary
+    from ticketsolver.verification import evaluate_task
+
+    config = learn.config()
+    network = random_network_of(
+        target,
+        width=config.width,
+        init=config.init,
+        keep=config.default_keep,
+        scale_fan=config.scale_fan,
+        seed=config.seed,
+    )
+    try:
+        dataset = learn.load_data()
+    except ImportError as exc:  # scikit-learn holds the bundled data
+        raise JobError(f"learning on {learn.data!r} needs scikit-learn, which this service lacks: {exc}") from None
+    if not store.init_layers(task.item_id, task.attempt, 0):
+        raise _Stopped("cancelled")
+    progress = _Progress(store, task, [], share=0.95)
+    progress.stage(0.0, f"learning a mask ({config.method}) on {learn.data}")
+    ticket = learn_mask(network, dataset, config, progress=progress.epoch)
+
+    def report_of(out: Path) -> dict[str, Any]:
+        progress.stage(progress.share, f"measuring the ticket on {learn.data}")
+        return {
+            "item": {"checkpoint": task.checkpoint_name, "method": config.method, "data": learn.data},
+            "ticket": ticket_summary(ticket, out.stat().st_size),
+            "kept_values_sha256": ticket.kept_hash(),
+            "task": evaluate_task(ticket, dataset, device="cpu").to_dict(),
+            "verification": None,
+            "verification_note": NOT_VERIFIED_LEARNED,
+        }
+
+    return _save_and_finish(store, task, ticket, progress, report_of)
+
+
+def _save_and_finish(
+    store: JobStore,
+    task: ItemTask,
+    ticket: Any,
+    progress: _Progress,
+    report_of: Callable[[Path], dict[str, Any]],
+    problems: int = 0,
+) -> ItemResult:
+    """Save the ticket as this attempt's file, make its report and finish the item; the file is removed
+    when the report fails or the item is no longer this attempt's."""
+    progress.stage(progress.share, "saving the ticket")
+    out = store.ticket_path(task.item_id, task.attempt)
+    ticket.save(out)
+    try:
+        if not store.finish_item(task.item_id, task.attempt, report_of(out), problems):
             raise _Stopped("cancelled")
     except BaseException:
         out.unlink(missing_ok=True)  # this attempt failed or lost (cancelled, re-queued): its file is nobody's
         raise
-    shutil.rmtree(resume, ignore_errors=True)
     return ItemResult("succeeded")
 
 

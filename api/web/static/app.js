@@ -84,6 +84,7 @@
 
   const num = (v, digits = 2) => (v === null || v === undefined ? "-" : typeof v === "number" ? v.toExponential(digits) : String(v));
   const count = (v) => (v === null || v === undefined ? "-" : Number(v).toLocaleString("en"));
+  const fixed = (v, digits = 4) => (v === null || v === undefined ? "-" : Number(v).toFixed(digits));
   const percent = (v) => (v === null || v === undefined ? "-" : `${(100 * v).toFixed(2)} %`);
   const when = (iso) => (iso ? new Date(iso).toLocaleString() : "");
 
@@ -315,6 +316,39 @@
     return table("layers", head, rows);
   }
 
+  // A learned-mask ticket's random layers: shape, law, what the learned mask keeps, entries IteRand redrew.
+  function learnedLayersTable(ticket) {
+    const head = ["#", "kind", "shape", "law", "kept / source params", "kept", "source kind", "redrawn entries"];
+    const rows = ticket.layers.map((l) => [
+      String(l.pair), l.kind, l.target_shape.join("×"), (l.laws || {}).weight || "-",
+      `${count(l.kept_params)} / ${count(l.source_params)}`, percent(l.kept_fraction), l.source_kind, count(l.redrawn_entries),
+    ]);
+    return table("layers", head, rows);
+  }
+
+  // A learned item is measured on its task (accuracy, loss on the data's test split), not against a target.
+  function taskBlock(report, k) {
+    const box = el("div", { class: "verification task", id: k === 0 ? "task" : `task-${k}` });
+    box.append(el("h4", { text: "Task" }));
+    const t = report.task;
+    const learned = report.ticket.learned || {};
+    const rerand = learned.rerandomization;
+    const how = `${learned.method || "?"} on random network (${learned.random_network || "?"})`;
+    box.append(el("p", { text: rerand ? `${how}; re-randomised every ${rerand.period} iterations at rate ${rerand.rate}: ${rerand.events} events` : how }));
+    if (t) {
+      const recorded = t.recorded || {};
+      box.append(table("verification-table", ["", "measured", "recorded at learning"], [
+        ["examples", count(t.examples), count(recorded.examples)],
+        ["test accuracy", percent(t.accuracy), percent(t.recorded_accuracy)],
+        ["train accuracy", "-", percent(recorded.train_accuracy)],
+        ["mean cross-entropy", fixed(t.loss), fixed(recorded.test_loss)],
+      ]));
+      box.append(el("p", { text: `on ${t.data}, ${t.device} (${t.device_note})` }));
+    }
+    if (report.verification_note) box.append(el("p", { class: "note", text: report.verification_note }));
+    return box;
+  }
+
   function verificationBlock(v, k) {
     const box = el("div", { class: "verification", id: k === 0 ? "verification" : `verification-${k}` });
     box.append(el("h4", { text: "Verification" }));
@@ -368,9 +402,9 @@
     return figure;
   }
 
-  function downloads(jobId, k, n) {
+  function downloads(jobId, k, label) {
     const base = `/jobs/${jobId}/tickets/${k}`;
-    const name = `job-${jobId.slice(0, 8)}-${k}-n${n}`;
+    const name = `job-${jobId.slice(0, 8)}-${k}-${label}`;
     const link = (cls, path, file, text) =>
       el("a", { class: `download ${cls}`, href: root + path, "data-path": path, download: file, text });
     return el(
@@ -383,11 +417,13 @@
     );
   }
 
-  function renderItem(container, jobId, item, report) {
+  // learn: the job's learn section (a learned-mask job: no n, no target), else null
+  function renderItem(container, jobId, item, report, learn) {
     let section = container.querySelector(`section.item[data-k="${item.position}"]`);
     if (!section) {
+      const title = learn ? `${item.checkpoint} · learned mask (${learn.method} on ${learn.data}) ` : `${item.checkpoint} · n = ${item.n} `;
       section = el("section", { class: "item", "data-k": String(item.position) },
-        el("h3", { text: `${item.checkpoint} · n = ${item.n} ` }, el("span", { class: "item-state" })),
+        el("h3", { text: title }, el("span", { class: "item-state" })),
         el("p", { class: "item-detail" }));
       container.append(section);
     }
@@ -401,8 +437,17 @@
       section.dataset.filled = "true";
       const base = `/jobs/${jobId}/tickets/${item.position}/figures`;
       const sizes = report.ticket.sizes;
+      if (learn) {
+        section.append(
+          downloads(jobId, item.position, "learned"),
+          el("p", { text: `params: target ${count(sizes.target_params)} · random source ${count(sizes.source_params)} · kept ${count(sizes.kept_params)} (${percent(sizes.kept_params / Math.max(sizes.source_params, 1))}) · source ${sizes.source_kind} · examined ${count(sizes.examined_values)} values` }),
+          learnedLayersTable(report.ticket),
+          taskBlock(report, item.position),
+        );
+        return; // no figures: they compare with a target, and a learned ticket has none
+      }
       section.append(
-        downloads(jobId, item.position, item.n),
+        downloads(jobId, item.position, `n${item.n}`),
         el("p", { text: `params: target ${count(sizes.target_params)} · random source ${count(sizes.source_params)} · kept ${count(sizes.kept_params)} · source ${sizes.source_kind}` }),
         layersTable(report.ticket),
         verificationBlock(report.verification, item.position),
@@ -433,10 +478,11 @@
     status.textContent = job.error || (job.purged_at ? `purged ${when(job.purged_at)}: its files are gone` : "");
     if (!document.querySelector("#params dl")) renderParams(job.params);
     const container = document.getElementById("items");
-    for (const item of job.items) renderItem(container, id, item, job.purged_at ? null : reports[item.position]);
+    const learn = job.params.learn || null;
+    for (const item of job.items) renderItem(container, id, item, job.purged_at ? null : reports[item.position], learn);
     const done = reports.filter(Boolean).length;
     const sweep = document.getElementById("sweep");
-    if (!ACTIVE.has(job.state) && done > 1 && !sweep.childElementCount && !job.purged_at) {
+    if (!learn && !ACTIVE.has(job.state) && done > 1 && !sweep.childElementCount && !job.purged_at) {
       sweep.append(el("h3", { text: "Sweep" }), plot("sweep", "Largest weight and output errors against n", `/jobs/${id}/figures/sweep.svg`));
     }
     return ACTIVE.has(job.state);
