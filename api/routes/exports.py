@@ -54,7 +54,7 @@ def export_item(store: StoreDep, job_id: JobId, k: Position, fmt: Literal["onnx"
 
     job, item, path = finished_item(store, job_id, k)
     folder = Path(tempfile.mkdtemp(prefix="ticketsolver-export-"))
-    out = folder / f"{item_file_stem(job_id, k, item.n, job.params)}.{fmt}"
+    out = folder / f"{item_file_stem(job_id, k, item.n)}.{fmt}"
     try:
         with _EXPORTING:
             export_ticket(Ticket.load(path), out, fmt)
@@ -82,7 +82,7 @@ def item_report(store: StoreDep, job_id: JobId, k: Position) -> JSONResponse:
     job, item, _ = finished_item(store, job_id, k)
     reports = store.item_reports(job_id) or []
     report = ItemReport.model_validate(reports[k])
-    name = f"{item_file_stem(job_id, k, item.n, job.params)}.report.json"
+    name = f"{item_file_stem(job_id, k, item.n)}.report.json"
     return JSONResponse(
         report.model_dump(mode="json"),
         headers={"Content-Disposition": f'attachment; filename="{name}"'},

@@ -123,6 +123,7 @@ def sweep_figure(store: StoreDep, job_id: JobId) -> Response:
         errors = [layer.get("weight_error_max") for layer in report["ticket"]["layers"]]
         weight = max((e for e in errors if isinstance(e, int | float)), default=None)
         label = item.checkpoint if names_unique else f"{item.checkpoint_position}: {item.checkpoint}"
+        assert item.n is not None  # a learned-mask job answered 409 above
         series.setdefault(label, []).append((item.n, weight, _relative_error_max(report.get("verification"))))
     if not series:
         raise HTTPException(status.HTTP_409_CONFLICT, f"no item of job {job_id} has finished")

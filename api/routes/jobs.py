@@ -53,10 +53,10 @@ APPROXIMATE_BODY: dict[str, Any] = {
 }
 
 
-def item_file_stem(job_id: str, k: int, n: int, params: dict[str, Any]) -> str:
+def item_file_stem(job_id: str, k: int, n: int | None) -> str:
     """How item ``k``'s downloads are named: ``job-<id>-<k>-n<n>``, or ``job-<id>-<k>-learned`` for an item of
     a learned-mask job (it has no n)."""
-    return f"job-{job_id}-{k}-" + ("learned" if params.get("learn") else f"n{n}")
+    return f"job-{job_id}-{k}-" + ("learned" if n is None else f"n{n}")
 
 
 def _job_or_404(store: StoreDep, job_id: str) -> JobView:
@@ -122,12 +122,11 @@ def list_tickets(store: StoreDep, job_id: JobId) -> TicketsPublic:
     """One entry per (checkpoint, n); ``url`` is set once its ticket exists. An item of a learned-mask job has
     no n (null)."""
     job = _job_or_404(store, job_id)
-    learned = bool(job.params.get("learn"))
     data = [
         TicketPublic(
             k=item.position,
             checkpoint=item.checkpoint,
-            n=None if learned else item.n,
+            n=item.n,
             state=item.state,
             url=f"/jobs/{job_id}/tickets/{item.position}" if item.has_ticket else None,
         )
@@ -145,7 +144,7 @@ def download_ticket(store: StoreDep, job_id: JobId, k: Annotated[int, Path(ge=0,
     item, path = found
     if path is None:
         raise HTTPException(status.HTTP_409_CONFLICT, f"item {k} has no ticket (state {item.state})")
-    stem = item_file_stem(job_id, k, item.n, _job_or_404(store, job_id).params)
+    stem = item_file_stem(job_id, k, item.n)
     return FileResponse(path, media_type="application/octet-stream", filename=f"{stem}.ticket")
 
 

@@ -316,13 +316,14 @@ class JobStore:
         views = []
         for job in jobs:
             job_items = [i for i in items if i.job_id == job.id]
+            learned = bool(dict(job.spec).get("learn"))  # a learned-mask item has no n
             item_views = [
                 ItemView(
                     id=i.id,
                     position=i.position,
                     checkpoint=ckpt_by_id[i.checkpoint_id].name,
                     checkpoint_position=ckpt_by_id[i.checkpoint_id].position,
-                    n=i.n,
+                    n=None if learned else i.n,
                     state=JobState(i.state),
                     progress=min(1.0, max(0.0, i.progress)),
                     message=i.message,
