@@ -445,8 +445,8 @@ def learn_mask_cmd(
     keep: Annotated[
         float | None,
         typer.Option(
-            help="kept fraction of every layer tensor, in (0, 1] (default 0.5; with --init-from each tensor's "
-            "kept fraction in that ticket)"
+            help="kept fraction of every layer tensor, in (0, 1] (default 0.5; with --source-of or --init-from each "
+            "tensor's kept fraction in the constructed ticket)"
         ),
     ] = None,
     width: Annotated[

@@ -71,7 +71,8 @@ def constructed():  # noqa: ANN201 - a Ticket
 
 def test_a_ticket_source_becomes_its_pairs_layers_with_the_same_values(constructed) -> None:  # noqa: ANN001
     net = network_of_ticket(constructed, use_masks=False)
-    assert net.origin == "source-of" and net.init_masks is None and net.keep_per_unit is None
+    assert net.origin == "source-of" and net.init_masks is None
+    assert net.keep_per_unit == network_of_ticket(constructed, use_masks=True).keep_per_unit  # the construction budget
     assert [s["op"] for s in net.steps] == ["layer", "relu", "layer", "relu", "layer", "relu", "layer"]
     assert net.seed == constructed.seed and net.target_params == 5 * 6 + 6 + 6 * 3 + 3
     for p in range(2):

@@ -101,8 +101,8 @@ class LearnConfig(_Config):
     )
     keep: Annotated[float | None, BeforeValidator(_open_unit(optional=True))] = Field(
         default=None,
-        description="kept fraction of every layer tensor; None: 0.5, or with a warm start (--init-from) the initial "
-        "ticket's own kept fraction of each tensor",
+        description="kept fraction of every layer tensor; None: 0.5, or on a constructed ticket's source "
+        "(--source-of, --init-from) that ticket's own kept fraction of each tensor",
     )
     width: Annotated[float, BeforeValidator(_positive(MAX_WIDTH))] = Field(
         default=1.0,

@@ -165,9 +165,11 @@ def random_network_of(
 def network_of_ticket(ticket: Ticket, *, use_masks: bool) -> RandomNetwork:
     """A constructed ticket's random source as a layer network: each pair becomes U (+beta), ReLU, V.
 
-    The layers draw from the pair's own streams, so their values are the construction's bit for bit. With
-    ``use_masks`` (``--init-from``) the construction's masks are the starting mask (U and beta -> the first
-    layer's weight and bias, V -> the second's) and their kept fractions the default keep of each tensor.
+    The layers draw from the pair's own streams, so their values are the construction's bit for bit. The
+    construction's kept fraction of each tensor is the default keep (``LearnConfig.keep=None``: the same budget
+    as the constructed ticket; its source is not variance-scaled, and keeping half of it makes activations of
+    ~1e10 on LeNet5, where no score can be trained). With ``use_masks`` (``--init-from``) the construction's
+    masks are also the starting mask (U and beta -> the first layer's weight and bias, V -> the second's).
 
     Args:
         ticket: a constructed ticket from a pure build.
@@ -214,5 +216,5 @@ def network_of_ticket(ticket: Ticket, *, use_masks: bool) -> RandomNetwork:
         target_params=int(ticket.sizes()["target_params"]),
         origin="init-from" if use_masks else "source-of",
         init_masks=[{k: v.copy() for k, v in m.items()} for m in init_masks] if use_masks else None,
-        keep_per_unit=keep_per_unit if use_masks else None,
+        keep_per_unit=keep_per_unit,
     )

@@ -59,7 +59,7 @@ def _generator(seed: int, purpose: int) -> torch.Generator:
 
 
 def unit_keeps(network: RandomNetwork, config: LearnConfig) -> list[dict[str, float]]:
-    """The kept fraction of every tensor of every layer: ``config.keep``; else the warm start's own fractions;
+    """The kept fraction of every tensor of every layer: ``config.keep``; else the constructed ticket's own fractions;
     else 0.5."""
     if config.keep is None and network.keep_per_unit is not None:
         return [dict(keeps) for keeps in network.keep_per_unit]
