@@ -508,7 +508,7 @@ def learn_mask_cmd(
 
     def run() -> None:
         from ticketsolver import Ticket, build_ticket, load_target
-        from ticketsolver.learning import LearnConfig, learn_mask, network_of_ticket, random_network_of
+        from ticketsolver.learning import LearnConfig, learn_mask, network_for, network_of_ticket
         from ticketsolver.ticket.summary import render_ticket, ticket_summary
         from ticketsolver.verification import evaluate_task
 
@@ -535,14 +535,7 @@ def learn_mask_cmd(
         else:
             assert model is not None  # _check_learn_usage
             target = _arch_target(model, dataset, arch)
-            network = random_network_of(
-                target,
-                width=config.width,
-                init=config.init,
-                keep=config.default_keep,
-                scale_fan=config.scale_fan,
-                seed=config.seed,
-            )
+            network = network_for(target, config)
         console.print(
             f"random network ({network.origin}): {len(network.layouts)} random layers, "
             f"{network.source_params():,} random values; task {dataset.name}: {len(dataset.x_train)} training, "

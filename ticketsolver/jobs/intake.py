@@ -129,7 +129,7 @@ def check_learn(name: str, target: Any, learn: LearnSpec, limits: Limits) -> tup
         UploadRejectedError: the checkpoint's input shape or its number of outputs does not fit the data.
         MemoryBudgetError: the estimate exceeds ``limits.memory_budget_bytes`` (the message states both).
     """
-    from ticketsolver.learning import random_network_of
+    from ticketsolver.learning import network_for
 
     data = LEARN_DATA[learn.data]
     if tuple(target.input_shape) != data.input_shape:
@@ -137,14 +137,7 @@ def check_learn(name: str, target: Any, learn: LearnSpec, limits: Limits) -> tup
             name, f"it takes inputs of shape {tuple(target.input_shape)}, but {learn.data!r} has {data.input_shape}"
         )
     config = learn.config()
-    network = random_network_of(
-        target,
-        width=config.width,
-        init=config.init,
-        keep=config.default_keep,
-        scale_fan=config.scale_fan,
-        seed=config.seed,
-    )
+    network = network_for(target, config)
     outputs = network.layouts[-1].d_out
     if outputs != data.classes:
         raise UploadRejectedError(name, f"it has {outputs} outputs, but {learn.data!r} has {data.classes} classes")

@@ -215,19 +215,12 @@ def _run_item(store: JobStore, task: ItemTask, context: dict[str, Any]) -> ItemR
 def _learn_item(store: JobStore, task: ItemTask, learn: LearnSpec, target: Any) -> ItemResult:
     """Learn the item's mask over a random network of the checkpoint's architecture on the bundled data,
     save the ticket, and measure its network on the data's test split."""
-    from ticketsolver.learning import learn_mask, random_network_of
+    from ticketsolver.learning import learn_mask, network_for
     from ticketsolver.ticket.summary import ticket_summary
     from ticketsolver.verification import evaluate_task
 
     config = learn.config()
-    network = random_network_of(
-        target,
-        width=config.width,
-        init=config.init,
-        keep=config.default_keep,
-        scale_fan=config.scale_fan,
-        seed=config.seed,
-    )
+    network = network_for(target, config)
     try:
         dataset = learn.load_data()
     except ImportError as exc:  # scikit-learn holds the bundled data

@@ -11,7 +11,7 @@ layer units that regenerates the learned network bit for bit.
 from __future__ import annotations
 
 from ticketsolver.learning.config import LearnConfig
-from ticketsolver.learning.network import RandomNetwork, network_of_ticket, random_network_of
+from ticketsolver.learning.network import RandomNetwork, network_for, network_of_ticket, random_network_of
 from ticketsolver.learning.train import learn_mask
 
-__all__ = ["LearnConfig", "RandomNetwork", "learn_mask", "network_of_ticket", "random_network_of"]
+__all__ = ["LearnConfig", "RandomNetwork", "learn_mask", "network_for", "network_of_ticket", "random_network_of"]

@@ -24,13 +24,13 @@ from torch import nn
 from ticketsolver.construction import ConvGeometry, PairLayout, describe_step
 from ticketsolver.construction.steps import as_pair
 from ticketsolver.errors import ConfigError
-from ticketsolver.learning.config import MAX_WIDTH, InitLaw
+from ticketsolver.learning.config import MAX_WIDTH, InitLaw, LearnConfig
 from ticketsolver.models import Target
 from ticketsolver.source import Law, RandomSource
 from ticketsolver.ticket import Ticket
 from ticketsolver.ticket.layer import LayerLayout, Stream, layers_of_pair
 
-__all__ = ["Origin", "RandomNetwork", "network_of_ticket", "random_network_of"]
+__all__ = ["Origin", "RandomNetwork", "network_for", "network_of_ticket", "random_network_of"]
 
 #: where a random network comes from: an architecture, a ticket's source, or a ticket's source and masks
 Origin = Literal["arch", "source-of", "init-from"]
@@ -159,6 +159,19 @@ def random_network_of(
         layouts=layouts,
         target_params=sum(p.numel() for p in target.module.parameters()),
         origin="arch",
+    )
+
+
+def network_for(target: Target, config: LearnConfig) -> RandomNetwork:
+    """:func:`random_network_of` the target as ``config`` asks: its width, initialisation law, seed, and the keep
+    the weights' scale is computed for (``config.default_keep`` under ``scale_fan``)."""
+    return random_network_of(
+        target,
+        width=config.width,
+        init=config.init,
+        keep=config.default_keep,
+        scale_fan=config.scale_fan,
+        seed=config.seed,
     )
 
 
