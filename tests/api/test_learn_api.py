@@ -164,3 +164,39 @@ def test_the_job_page_shows_a_learned_item_in_a_browser(
     errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
     assert errors == []
     assert not any("/figures/" in url for url in browser_kit.requested_urls(browser))
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_a_learn_job_submitted_through_the_form_succeeds_with_the_fields_given(
+    browser_kit: ModuleType, browser: WebDriver, server: Server, tmp_path: Path
+) -> None:
+    """The jobs page's form sends {"learn": {method, data, keep, epochs, seed}} (no n, build or verify) when "learn a
+    mask" is ticked; the job it makes learns an iterand mask on wine and its spec is what the form said."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    checkpoint = tmp_path / "wine-mlp.pt"
+    checkpoint.write_bytes(state_dict_bytes(mlp(1, SIZES)))
+    with server.client() as client:
+        before = {job["id"] for job in client.get("/jobs").json()["data"]}
+    browser.get(server.url + "/")
+    (form,) = browser_kit.wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "form#submit-form"))
+    form.find_element(By.CSS_SELECTOR, "input[type=file][name=checkpoint]").send_keys(str(checkpoint))
+    form.find_element(By.CSS_SELECTOR, "input[name=learn]").click()
+    Select(form.find_element(By.CSS_SELECTOR, "select[name=method]")).select_by_value("iterand")
+    Select(form.find_element(By.CSS_SELECTOR, "select[name=data]")).select_by_value("wine")
+    for name, value in (("keep", "0.25"), ("epochs", "3"), ("seed", "7")):
+        field = form.find_element(By.CSS_SELECTOR, f"[name={name}]")
+        field.clear()
+        field.send_keys(value)
+    form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    browser_kit.wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#form-status a.job-link"), message="no job")
+    with server.client() as client:
+        (job_id,) = {job["id"] for job in client.get("/jobs").json()["data"]} - before
+        job = wait_for(lambda: client.get(f"/jobs/{job_id}"), finished)
+    assert job["state"] == "succeeded", job["error"]
+    learn = job["params"]["learn"]
+    given = (learn["method"], learn["data"], learn["keep"], learn["epochs"], learn["seed"])
+    assert given == ("iterand", "wine", 0.25, 3, 7)
+    assert job["params"]["verify"] is None and [item["n"] for item in job["items"]] == [None]

@@ -232,8 +232,21 @@
     return /^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$/.test(t) ? Number(t) : t;
   }
 
+  // A learned-mask job: the checkpoint gives the architecture; n, build and verify do not apply.
+  function learnParams(f) {
+    const learn = { method: f.method.value, data: f.data.value };
+    for (const name of ["keep", "width", "epochs", "seed"]) {
+      const value = fieldValue(f[name].value);
+      if (value !== undefined) learn[name] = value;
+    }
+    const params = { learn };
+    if (f.arch.value) params.arch = f.arch.value;
+    return params;
+  }
+
   function jobParams(form) {
     const f = form.elements;
+    if (f.learn.checked) return learnParams(f);
     const params = {};
     const n = f.n.value.includes(",") ? f.n.value.split(",").map(fieldValue) : fieldValue(f.n.value);
     if (n !== undefined) params.n = n;
