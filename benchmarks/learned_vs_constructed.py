@@ -226,7 +226,7 @@ def _figure(rows: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     tasks = list(dict.fromkeys(r["task"] for r in rows))
-    fig, axes = plt.subplots(1, len(tasks), figsize=(6.5 * len(tasks), 4.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(6.5 * len(tasks), 5.2), squeeze=False)
     styles = {
         "dense target": ("k", "*"),
         "constructed (pure)": ("tab:blue", "o"),
@@ -256,8 +256,9 @@ def _figure(rows: list[dict[str, Any]], path: Path) -> None:
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(f"{task}: accuracy against kept parameters")
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=130)
     fig.savefig(path.with_suffix(".svg"))
@@ -287,8 +288,16 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=ROOT / "runs" / "bench")
     parser.add_argument("--figure", type=Path, default=ROOT / "benchmarks" / "figures" / "learned_vs_constructed.png")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--replot", type=Path, help="redraw the table and figure from a --json file of a run")
     args = parser.parse_args()
     console = Console(width=200)
+    if args.replot:
+        rows = json.loads(args.replot.read_text())
+        for row in rows:
+            row["seconds"] = float(row["seconds"])
+        _table(rows, console)
+        _figure(rows, args.figure)
+        return
     args.workdir.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     for task in args.tasks.split(","):
