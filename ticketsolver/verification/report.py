@@ -42,8 +42,21 @@ def _plain(value: Any) -> Any:
     return value
 
 
+class JsonReport:
+    """``to_json`` for a report with a JSON-safe ``to_dict``."""
+
+    def to_dict(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def to_json(self, path: str | Path) -> Path:
+        """Writes :meth:`to_dict` as indented JSON to ``path``; returns the path."""
+        out = Path(path)
+        out.write_text(json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n", encoding="utf-8")
+        return out
+
+
 @dataclass
-class Report:
+class Report(JsonReport):
     """Everything :func:`~ticketsolver.verification.verify_networks` measured.
 
     Attributes:
@@ -97,12 +110,6 @@ class Report:
                 "torch_version": self.torch_version,
             }
         )
-
-    def to_json(self, path: str | Path) -> Path:
-        """Writes :meth:`to_dict` as indented JSON to ``path``; returns the path."""
-        out = Path(path)
-        out.write_text(json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n", encoding="utf-8")
-        return out
 
     def render(self, console: Console | None = None) -> None:
         """Prints a summary table (metric / one column per dtype) and a per-layer table.

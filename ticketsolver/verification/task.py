@@ -18,17 +18,15 @@ without ``--against`` prints this report.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 
 from ticketsolver.errors import VerificationError
-from ticketsolver.verification.report import _percent, _plain
+from ticketsolver.verification.report import JsonReport, _percent, _plain
 from ticketsolver.verification.verify import _check_data, _device_note, _ieee_float32, _resolve_device
 
 if TYPE_CHECKING:
@@ -40,7 +38,7 @@ __all__ = ["TaskReport", "evaluate_task"]
 
 
 @dataclass
-class TaskReport:
+class TaskReport(JsonReport):
     """How the ticket's pruned network does on a labelled task.
 
     Attributes:
@@ -101,12 +99,6 @@ class TaskReport:
                 "torch_version": self.torch_version,
             }
         )
-
-    def to_json(self, path: str | Path) -> Path:
-        """Writes :meth:`to_dict` as indented JSON to ``path``; returns the path."""
-        out = Path(path)
-        out.write_text(json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n", encoding="utf-8")
-        return out
 
     def render(self, console: Console | None = None) -> None:
         """Prints the ticket's sizes and a table of the task's metrics (measured, and recorded when learned).
