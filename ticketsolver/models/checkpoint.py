@@ -382,9 +382,27 @@ def _vet_node(node: Any, name: str) -> None:
     op = "operator.getitem" if op == "_operator.getitem" else op
     if op not in SUPPORTED_EXPORT_OPS:
         raise UnsupportedModuleError(
-            f"{name}: node {node.get('name')!r} [{op}] is not supported; supported ops: "
+            f"{name}: node {node.get('name')!r} [{op}{_module_of(node)}] is not supported; supported ops: "
             f"{', '.join(sorted(SUPPORTED_EXPORT_OPS))}"
         )
+
+
+def _module_of(node: dict[str, Any]) -> str:
+    """`` from module 'block.1' (ReLU6)`` for a node whose ``nn_module_stack`` metadata (``key,path,type;...``, the
+    innermost module last) names a submodule; `` in the model's own forward`` for the root; else nothing. The text
+    comes from an untrusted file: only printable characters, and at most 200 of them, are quoted."""
+    metadata = node.get("metadata")
+    stack = metadata.get("nn_module_stack") if isinstance(metadata, dict) else None
+    if not isinstance(stack, str) or not stack:
+        return ""
+    fields = stack.split(";")[-1].split(",")
+    if len(fields) < 3:
+        return ""
+    path, kind = fields[1], fields[-1].rsplit(".", 1)[-1]
+    printable = "".join(c for c in f"{path}{kind}" if c.isprintable())
+    if len(printable) != len(path) + len(kind) or len(printable) > 200:
+        return ""
+    return f" from module {path!r} ({kind})" if path else f" in the model's own forward ({kind})"
 
 
 def _safe_expression(text: Any) -> bool:
