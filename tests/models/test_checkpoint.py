@@ -226,6 +226,31 @@ def test_program_with_unsupported_op_names_node_and_op(tmp_path: Path) -> None:
         load_target(tmp_path / "gelu.pt2")
 
 
+def test_an_unsupported_node_is_refused_with_the_module_that_holds_it(tmp_path: Path) -> None:
+    model = nn.Sequential(nn.Linear(4, 4), nn.Sequential(nn.ReLU6()), nn.Linear(4, 2)).eval()
+    torch.export.save(torch.export.export(model, (torch.rand(1, 4),)), tmp_path / "relu6.pt2")
+    with pytest.raises(UnsupportedModuleError, match=r"node 'hardtanh' \[aten\.hardtanh\.default from module '1\.0' "):
+        load_target(tmp_path / "relu6.pt2")
+
+
+def test_a_module_path_with_control_characters_is_not_quoted(tmp_path: Path) -> None:
+    """The path comes from the file: a forged one with a terminal escape is left out, the op is still named."""
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU6()).eval()
+    torch.export.save(torch.export.export(model, (torch.rand(1, 4),)), tmp_path / "relu6.pt2")
+
+    def edit(name: str, data: bytes) -> bytes | None:
+        if name != "models/model.json":
+            return None
+        program = json.loads(data)
+        for node in program["graph_module"]["graph"]["nodes"]:
+            node.setdefault("metadata", {})["nn_module_stack"] = "L__self__,\x1b[2Jevil,torch.nn.ReLU6"
+        return json.dumps(program).encode()
+
+    with pytest.raises(UnsupportedModuleError) as refusal:
+        load_target(_rewrite_pt2(tmp_path / "relu6.pt2", tmp_path / "forged.pt2", edit))
+    assert "[aten.hardtanh.default]" in str(refusal.value) and "\x1b" not in str(refusal.value)
+
+
 def test_pt2_with_pickled_sample_inputs_is_refused_and_never_runs(cnn_pt2: Path, tmp_path: Path) -> None:
     # torch.export.load retries such a file with weights_only=False and runs the payload.
     marker = tmp_path / "pwned"
