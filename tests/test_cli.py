@@ -23,6 +23,7 @@ from typer.testing import CliRunner
 from ticketsolver import BuildConfig, Ticket, build_ticket
 from ticketsolver.cli import app
 from ticketsolver.models import MLP
+from ticketsolver.ticket.summary import density_cell
 
 runner = CliRunner()
 
@@ -118,6 +119,28 @@ def test_inspect_says_a_pure_ticket_is_one_iid_network(workdir: Path) -> None:
     source = ticket.sizes()["source_params"]
     assert "source: iid (one i.i.d. random network, every tensor its law at draw 0)" in flat(result.output)
     assert f"examined {source:,} random values (= the source)" in flat(result.output)
+
+
+def test_build_from_a_sparse_source_and_inspect_its_densities(checkpoint: Path, workdir: Path) -> None:
+    out = workdir / "sparse.ticket"
+    args = ("--n", 12, "--source-density", 0.5, "--density-policy", "erk", "--input-domain", "0,1", "-o", out)
+    result = invoke("build", checkpoint, *args, "--no-verify")
+    assert result.exit_code == 0, result.output
+    ticket = Ticket.load(out)
+    assert ticket.build["config"]["source_density"] == 0.5 and ticket.build["config"]["density_policy"] == "erk"
+    assert all(layout.sparse for layout in ticket.layouts)
+    inspected = invoke("inspect", out)
+    assert inspected.exit_code == 0, inspected.output
+    text = flat(inspected.output)
+    assert "sparse source: Erdős–Rényi, density 0.5 (erk policy)" in text
+    assert f"random source {ticket.sizes()['source_params']:,}" in text
+    for k, layout in enumerate(ticket.layouts):
+        stats = ticket.build["pairs"][k]
+        density = density_cell(layout.densities)
+        assert density in text and f"{stats['usable_mean']:.1f} ({stats['usable_min']})" in text
+    summary = json.loads(invoke("inspect", out, "--json").stdout)
+    assert [row["densities"] for row in summary["layers"]] == [layout.densities for layout in ticket.layouts]
+    assert_fails_cleanly(invoke("build", checkpoint, "--source-density", 0, "--no-verify"), "source_density must be")
 
 
 def test_inspect_json_is_valid_json_with_sizes(built: tuple[Result, Path]) -> None:

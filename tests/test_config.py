@@ -50,6 +50,13 @@ def _ids(value: Any) -> str:
         ({"construction": "bogus"}, "construction must be one of auto, output_blocks, input_blocks, offset_blocks"),
         ({"construction": "offset_blocks", "resample": 2}, "construction offset_blocks (L) is built from a pure"),
         ({"block_draws": 3}, "block_draws > 0 redraws random values: it needs resample > 0"),
+        ({"source_density": 0}, "source_density must be a number in (0, 1], got 0"),
+        ({"source_density": 1.5}, "source_density must be a number in (0, 1], got 1.5"),
+        ({"source_density": -0.5}, "source_density must be a number in (0, 1], got -0.5"),
+        ({"source_density": math.nan}, "source_density must be a number in (0, 1], got nan"),
+        ({"source_density": True}, "source_density must be a number in (0, 1], got True"),
+        ({"source_density": "0.5"}, "source_density must be a number in (0, 1], got '0.5'"),
+        ({"density_policy": "ER"}, "density_policy must be one of uniform, erk, balanced, pyramidal, got 'ER'"),
         ({"bogus": 1}, "unknown field 'bogus'"),
     ],
     ids=_ids,
@@ -102,6 +109,7 @@ def test_build_defaults_resolve_per_kind_of_build() -> None:
     assert (pure.n, pure.seed, pure.solver, pure.construction) == (20, 0, "auto", "auto")
     assert (pure.tolerance, pure.block_draws, pure.pure) == (1e-8, 0, True)
     assert (rerandomized.tolerance, rerandomized.block_draws, rerandomized.pure) == (1e-7, 8, False)
+    assert (pure.source_density, pure.density_policy) == (1.0, "uniform")  # a dense source
 
 
 def test_verify_defaults_are_the_documented_single_set() -> None:
@@ -146,7 +154,11 @@ def test_replace_validates_and_re_resolves_the_defaults() -> None:
 
 
 def test_to_dict_is_json_and_rebuilds_the_same_config() -> None:
-    for config in (BuildConfig(n=8, input_domain=(0, 1), resample=2), VerifyConfig(input_box=(-1, 1))):
+    for config in (
+        BuildConfig(n=8, input_domain=(0, 1), resample=2),
+        BuildConfig(source_density=0.25, density_policy="pyramidal"),
+        VerifyConfig(input_box=(-1, 1)),
+    ):
         record = json.loads(json.dumps(config.to_dict()))
         assert type(config)(**record) == config
 

@@ -202,6 +202,17 @@ def build(
         int | None,
         typer.Option(help="with --resample, construction I: draws of each input block's U rows (default 8)"),
     ] = None,
+    source_density: Annotated[
+        float,
+        typer.Option(
+            help="density P in (0, 1] of an Erdos-Renyi sparse random source: each weight entry of a random layer "
+            "exists with its layer's density and the ticket's masks lie inside (default 1: dense)"
+        ),
+    ] = 1.0,
+    density_policy: Annotated[
+        str,
+        typer.Option(help="how a sparse source's layers share --source-density: uniform, erk, balanced, pyramidal"),
+    ] = "uniform",
     arch: Annotated[
         str | None, typer.Option(help="built-in architecture of a state_dict (lenet5, mlp); inferred by default")
     ] = None,
@@ -222,6 +233,8 @@ def build(
             resample=resample,
             tolerance=tolerance,
             block_draws=block_draws,
+            source_density=source_density,
+            density_policy=density_policy,  # type: ignore[arg-type]  # BuildConfig validates the name
         )
         checks = VerifyConfig() if verify else None
         _build_and_verify(model, config, checks, arch=arch, out=out, data_spec=data, report_path=report)

@@ -32,6 +32,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from ticketsolver.errors import ConfigError
 
 __all__ = [
+    "DENSITY_POLICIES",
     "DTYPES",
     "MAX_N",
     "MAX_RESAMPLE",
@@ -40,6 +41,7 @@ __all__ = [
     "RESAMPLE_TOLERANCE",
     "BuildConfig",
     "Construction",
+    "DensityPolicy",
     "VerifyConfig",
 ]
 
@@ -59,6 +61,9 @@ _MAX_SEED = 2**63 - 1
 
 Construction = Literal["auto", "output_blocks", "input_blocks", "offset_blocks"]
 _CONSTRUCTIONS: tuple[str, ...] = ("auto", "output_blocks", "input_blocks", "offset_blocks")
+#: layer-wise density policies of an Erdős–Rényi sparse source (ticketsolver.construction.sparsity)
+DensityPolicy = Literal["uniform", "erk", "balanced", "pyramidal"]
+DENSITY_POLICIES: tuple[str, ...] = ("uniform", "erk", "balanced", "pyramidal")
 
 
 # --- field checks: each raises ValueError("must be ...") and the error names the field -------------------
@@ -122,6 +127,18 @@ def _solver(value: Any) -> str:
 def _construction(value: Any) -> str:
     if value not in _CONSTRUCTIONS:
         raise ValueError(f"must be one of {', '.join(_CONSTRUCTIONS)}, got {value!r}")
+    return str(value)
+
+
+def _density(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 < float(value) <= 1.0:
+        raise ValueError(f"must be a number in (0, 1], got {value!r}")
+    return float(value)
+
+
+def _density_policy(value: Any) -> str:
+    if value not in DENSITY_POLICIES:
+        raise ValueError(f"must be one of {', '.join(DENSITY_POLICIES)}, got {value!r}")
     return str(value)
 
 
@@ -212,6 +229,16 @@ class BuildConfig(_Config):
     )
     construction: Annotated[Construction, BeforeValidator(_construction)] = Field(
         default="auto", description="force one where valid (auto: L when pure, else O where the input is >= 0, else I)"
+    )
+    source_density: Annotated[float, Field(gt=0, le=1), BeforeValidator(_density)] = Field(
+        default=1.0,
+        description="overall density p of an Erdos-Renyi sparse random source (Gadhikar et al. 2023): an entry of a "
+        "random layer's weights exists with its layer's density, the ticket's masks lie inside; 1: dense",
+    )
+    density_policy: Annotated[DensityPolicy, BeforeValidator(_density_policy)] = Field(
+        default="uniform",
+        description="how the sparse source's layers share the density: uniform (p each), erk, balanced (equal "
+        "nonzeros per layer) or pyramidal (p_l = r^l)",
     )
 
     @model_validator(mode="after")

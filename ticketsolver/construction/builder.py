@@ -16,6 +16,10 @@ Two kinds of build:
   each unit redrawn up to R times while its error exceeds ``tolerance`` (IteRand). Far smaller errors at
   the same n, but the network's random values are then chosen with knowledge of the target; the ticket
   says so (``source_kind`` "rerandomized", ``examined_values``).
+
+Either kind can draw from an Erdős–Rényi sparse source (``source_density`` p < 1, Gadhikar et al. 2023): every
+pair's U and V get a density by ``density_policy`` (:mod:`ticketsolver.construction.sparsity`), a coefficient is
+usable only where its random entries exist, and the scales are sized for the usable count that leaves.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from ticketsolver.construction.offset_blocks import offset_scales, solve_offset_
 from ticketsolver.construction.output_blocks import solve_output_blocks
 from ticketsolver.construction.resume import fingerprint, load_pair, save_pair
 from ticketsolver.construction.solution import PairSolution
+from ticketsolver.construction.sparsity import layer_densities
 from ticketsolver.construction.steps import describe_step
 from ticketsolver.errors import ConstructionError
 from ticketsolver.solvers import Solver, get_solver
@@ -84,20 +89,26 @@ class BuildResult:
     record: dict[str, Any]  # the manifest's "build" entry: config, solver, target facts, per-pair statistics
 
 
-def choose_scales(weight: np.ndarray, bias: np.ndarray | None, n: int, margin: float) -> dict[str, float]:
+def choose_scales(
+    weight: np.ndarray, bias: np.ndarray | None, n: int, margin: float, densities: dict[str, float] | None = None
+) -> dict[str, float]:
     """Scales of U, V (and beta) so that a block's subset sums reach ``margin`` x the largest |w|.
 
     With k ~ n/2 usable coefficients c = v·u (u > 0 or |u|), half of them positive, the sum of the
     positive ones is ~ k/8 · a_U a_V. Taking a_U = a_V = a: a^2 = 16·margin·max|w| / n. The bias problems
     use c = v·beta, so a_beta = 16·margin·max|b| / (n·a). Larger scales reach further but space the sums
-    more coarsely; resampling repairs the few weights beyond reach.
+    more coarsely; resampling repairs the few weights beyond reach. An ER sparse source (``densities`` of U
+    and V) leaves n·p_U·p_V candidates per weight and n·p_V per bias: the same formulas with those counts.
     """
+    p_u, p_v = (1.0, 1.0) if not densities else (densities.get("U", 1.0), densities.get("V", 1.0))
+    n_w: float = n * p_u * p_v if p_u * p_v < 1.0 else n  # dense: the arithmetic of every dense ticket so far
+    n_b: float = n * p_v if p_v < 1.0 else n
     w_max = max(float(np.abs(weight).max()), 1e-12)
-    a = math.sqrt(16.0 * margin * w_max / n)
+    a = math.sqrt(16.0 * margin * w_max / n_w)
     scales = {"U": a, "V": a}
     if bias is not None:
         b_max = max(float(np.abs(bias).max()), 1e-12)
-        scales["beta"] = 16.0 * margin * b_max / (n * a)
+        scales["beta"] = 16.0 * margin * b_max / (n_b * a)
     return scales
 
 
@@ -121,13 +132,17 @@ def _layout_for(
     n: int,
     margin: float,
     box: tuple[np.ndarray, np.ndarray] | None = None,
+    densities: dict[str, float] | None = None,
+    bias_units: int | None = None,
 ) -> PairLayout:
-    bias_units = 0
+    """The pair's layout; ``densities`` of an ER sparse source, ``bias_units`` (L) fixed by a plan."""
+    units = 0
     if construction == "offset_blocks":
         assert box is not None
-        scales, bias_units = offset_scales(flat, bias, box[0], box[1], n, margin)
+        scales, units = offset_scales(flat, bias, box[0], box[1], n, margin, densities)
+        units = units if bias_units is None else bias_units
     else:
-        scales = choose_scales(flat, bias, n, margin)
+        scales = choose_scales(flat, bias, n, margin, densities)
     layout = PairLayout(
         pair=pair,
         construction=construction,  # type: ignore[arg-type]
@@ -138,15 +153,17 @@ def _layout_for(
         has_bias=bias is not None,
         scales=scales,
         conv=conv,
-        bias_units=bias_units,
+        bias_units=units,
+        densities=dict(densities or {}),
     )
     return layout
 
 
 def _check_source_size(layout: PairLayout, construction: str) -> None:
-    if layout.source_params() > MAX_SOURCE_PARAMS:
+    # the dense count: a sparse source's tensors are regenerated whole too (0 outside the ER mask)
+    if layout.dense_params() > MAX_SOURCE_PARAMS:
         raise ConstructionError(
-            f"layer {layout.pair}: the random source would hold {layout.source_params():,} parameters "
+            f"layer {layout.pair}: the random source would hold {layout.dense_params():,} parameters "
             f"(limit {MAX_SOURCE_PARAMS:,}); lower n"
             + (
                 " or declare a non-negative input domain so construction O applies"
@@ -166,6 +183,66 @@ def _choose_construction(config: BuildConfig, nonnegative: bool, index: int) -> 
     if config.construction == "output_blocks" and not nonnegative:
         raise ConstructionError(f"layer {index}: output blocks need inputs >= 0, which are not guaranteed")
     return config.construction
+
+
+#: a planned pair: the ER densities of its U and V, and (construction L) the bias block's width they were set for
+_PlannedPair = tuple[dict[str, float], int | None]
+
+
+def _plan_sparse_source(
+    target: Target, config: BuildConfig, box: tuple[float, float] | None
+) -> list[_PlannedPair] | None:
+    """Every pair's ER densities: p for U and V (``uniform``), or the policy's over all random layers' shapes.
+
+    A policy other than uniform needs the shapes of every random layer before the first is built, and an L pair's
+    width includes its bias block, whose size depends on the pair's input box and on the densities themselves.
+    So the plan walks the target once: boxes through the *target's* layers (g's layers, built later, match them
+    up to the construction's error), the layouts at density p, the policy on their shapes, the layouts again at
+    those densities, and the policy once more on the shapes they give. The build then uses those bias-block
+    widths and densities together, so the densities are the policy's for the network actually built. None for a
+    dense source (no plan, nothing changes).
+    """
+    p, policy = config.source_density, config.density_policy
+    if p >= 1.0:
+        return None
+    pairs = sum(isinstance(m, nn.Linear | nn.Conv2d) for m in target.module)
+    if policy == "uniform":
+        return [({"U": p, "V": p}, None)] * pairs
+    nonnegative = box is not None and box[0] >= 0
+    walk = IntervalWalk.from_box(box, tuple(target.input_shape)) if config.pure and box is not None else None
+    layers: list[tuple[Any, ...]] = []
+    for index, module in enumerate(target.module):
+        if not isinstance(module, nn.Linear | nn.Conv2d):
+            nonnegative = nonnegative or isinstance(module, nn.ReLU)
+            if walk is not None:
+                walk.through_module(module)
+            continue
+        construction = _choose_construction(config, nonnegative, index)
+        weight, bias = _target_arrays(len(layers), module)
+        conv = ConvGeometry.of(module)
+        column_box = None
+        if construction == "offset_blocks":
+            assert walk is not None
+            column_box = walk.column_box(conv, weight.shape[1])
+        margin = config.scale_margin if config.scale_margin is not None else SCALE_MARGINS[construction]
+        layers.append((weight, bias, conv, construction, margin, column_box))
+        if walk is not None:
+            geometry = _layout_for(len(layers) - 1, weight, bias, conv, construction, config.n, margin, column_box)
+            walk.through_affine(geometry, weight, None, bias)
+        nonnegative = False
+    densities = [{"U": p, "V": p} for _ in layers]
+    for _ in range(2):
+        layouts = [
+            _layout_for(k, w, b, conv, c, config.n, m, box_k, densities[k])
+            for k, (w, b, conv, c, m, box_k) in enumerate(layers)
+        ]
+        shapes = [shape for layout in layouts for shape in layout.weight_shapes().values()]  # U, V of each pair
+        flat = layer_densities(p, shapes, policy)
+        densities = [{"U": flat[2 * k], "V": flat[2 * k + 1]} for k in range(len(layouts))]
+    return [
+        (d, layout.bias_units if layout.construction == "offset_blocks" else None)
+        for d, layout in zip(densities, layouts, strict=True)
+    ]
 
 
 def _solve_pair(
@@ -259,6 +336,7 @@ def construct(
         box, origin = DEFAULT_INPUT_BOX, "default"
     nonnegative = box is not None and box[0] >= 0
     walk = IntervalWalk.from_box(box, tuple(target.input_shape)) if config.pure and box is not None else None
+    plan = _plan_sparse_source(target, config, box)
     steps: list[dict[str, Any]] = []
     layouts: list[PairLayout] = []
     solutions: list[PairSolution] = []
@@ -279,7 +357,10 @@ def construct(
             assert walk is not None
             column_box = walk.column_box(conv, weight.shape[1])
         margin = config.scale_margin if config.scale_margin is not None else SCALE_MARGINS[construction]
-        layout = _layout_for(pair, weight, bias, conv, construction, config.n, margin, column_box)
+        densities, bias_units = plan[pair] if plan is not None else ({}, None)
+        layout = _layout_for(
+            pair, weight, bias, conv, construction, config.n, margin, column_box, densities, bias_units
+        )
         _check_source_size(layout, construction)
         target_params += weight.size + (0 if bias is None else bias.size)
 

@@ -9,6 +9,10 @@ outputs; V's entries belong to one weight each, and within a weight's block the 
 only its x+ problem, those at U < 0 only its x- problem. So the two problems are separate resampling
 units: each redraws its own entries of V and keeps its own best draw. (One draw for both would keep the
 draw minimising the larger of two errors: with R draws the typical error falls like 1/sqrt(R), not 1/R.)
+
+From an ER sparse source a coefficient is usable only where both its entries exist: U[(j,t),j] (0 outside U's ER
+mask, so neither U > 0 nor U < 0 holds there, and a block's sign balance counts existing entries only) and
+V[i,(j,t)] (for the bias: V[i,(bias,t)]; beta stays dense).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ __all__ = ["solve_input_blocks"]
 
 
 def _balanced_blocks(
-    layout: PairLayout, source: RandomSource, extra_draws: int
+    layout: PairLayout, source: RandomSource, extra_draws: int, u_exists: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Per input block, the draw whose U signs are most balanced; for the bias block, the beta draw with
     the most positive entries. Returns (draw per block, U's diagonal (d_in, n), the bias block's beta).
@@ -35,6 +39,7 @@ def _balanced_blocks(
     column j k usable coefficients for x+ and n - k for x-, whatever V is. Resampling V cannot change that,
     so before solving each block takes, among draws 0..extra_draws of its own rows (recorded, like every
     draw), the one maximising min(k, n - k) — the weaker of its two problems. Ties keep the earlier draw.
+    ``u_exists`` (H, d_in): U's ER mask of a sparse source (entries outside it hold 0 in every draw).
     """
     n, d_in, blocks = layout.n, layout.d_in, layout.draw_shape[1]
     cols = np.arange(d_in)
@@ -43,8 +48,11 @@ def _balanced_blocks(
     score = np.full(d_in, -1)
     beta_bias = None
     beta_score = -1
+    diag_exists = None if u_exists is None else u_exists.reshape(blocks, n, d_in)[cols, :, cols]
     for d in range(extra_draws + 1):
         diag = layout.tensor(source, "U", d).reshape(blocks, n, d_in)[cols, :, cols].astype(np.float64)
+        if diag_exists is not None:
+            diag[~diag_exists] = 0.0
         positive = (diag > 0).sum(1)
         balance = np.minimum(positive, (diag < 0).sum(1))
         better = balance > score
@@ -77,7 +85,9 @@ def solve_input_blocks(
     d_out, d_in, n = layout.d_out, layout.d_in, layout.n
     blocks = layout.draw_shape[1]  # d_in (+ 1 bias block)
     tensor = DrawCache(layout, source)
-    chosen_blocks, u_diag, beta_bias = _balanced_blocks(layout, source, block_draws)
+    chosen_blocks, u_diag, beta_bias = _balanced_blocks(layout, source, block_draws, tensor.exists("U"))
+    er_v = tensor.exists("V")
+    v_exists = None if er_v is None else er_v.reshape(d_out, blocks, n)
 
     def v_blocks(draw: int) -> np.ndarray:
         return tensor("V", draw).reshape(d_out, blocks, n)
@@ -89,13 +99,18 @@ def solve_input_blocks(
         v = v_blocks(draw)[out, col].astype(np.float64)  # (S, n)
         u = u_diag[col]  # (S, n)
         usable = np.where(sign[:, None] == 0, u > 0, u < 0)
+        if v_exists is not None:
+            usable &= v_exists[out, col]
         w = np.where(sign == 0, weight[out, col], -weight[out, col])
         return (v * np.abs(u))[:, None], usable[:, None], w[:, None]
 
     def bias_problems(units: np.ndarray, draw: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         assert bias is not None and beta_bias is not None
         v = v_blocks(draw)[units, d_in].astype(np.float64)
-        return (v * beta_bias)[:, None], np.broadcast_to(beta_bias > 0, v.shape)[:, None], bias[units][:, None]
+        usable = np.broadcast_to(beta_bias > 0, v.shape)
+        if v_exists is not None:
+            usable = usable & v_exists[units, d_in]
+        return (v * beta_bias)[:, None], usable[:, None], bias[units][:, None]
 
     w = solve_with_resampling(solver, 2 * d_out * d_in, weight_problems, resample, tolerance, progress)
     cols = np.arange(d_in)
@@ -128,6 +143,8 @@ def solve_input_blocks(
         stats={
             **_stats(w, b),
             # each extra block draw compares the n diagonal U values of every input block (and the bias block's beta)
-            "examined_values": examined_values(layout, w, b, extra=block_draws * n * (d_in + int(bias is not None))),
+            "examined_values": examined_values(
+                layout, w, b, extra=block_draws * n * (d_in + int(bias is not None)), er=tensor.er
+            ),
         },
     )

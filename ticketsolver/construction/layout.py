@@ -12,6 +12,10 @@ a target layer is a matrix W of shape (d_out, d_in) with d_in = c_in * kh * kw f
   non-negative law (uniform on [0, scale]) and exists whether or not the target has a bias.
 
 A conv's U is that matrix reshaped to (hidden, c_in, kh, kw) and V to (d_out, hidden, 1, 1).
+
+An Erdős–Rényi sparse source (``densities``, :mod:`ticketsolver.construction.sparsity`) gives U and V each a
+density p < 1: only the entries of the tensor's ER mask exist (regenerated from the seed like the values), the
+tensors hold 0 elsewhere, and no mask may keep an entry outside it. A dense layout (no densities) draws no ER mask.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from torch.nn.utils import skip_init
 
 from ticketsolver.construction.pair import Construction, PrunedPair
 from ticketsolver.construction.steps import as_pair
-from ticketsolver.errors import TicketFormatError
+from ticketsolver.errors import ConstructionError, TicketFormatError
 from ticketsolver.source import Law, RandomSource
 
 __all__ = ["ConvGeometry", "DrawCache", "PairLayout", "set_masked"]
@@ -82,9 +86,13 @@ class PairLayout:
     scales: dict[str, float] = field(default_factory=dict)  # per random tensor: U, beta, V
     conv: ConvGeometry | None = None
     bias_units: int = 0  # construction L: width of the bias block (it cancels the offsets' constants)
+    # Erdős–Rényi sparse source: density of U and of V (beta stays dense); empty = a dense source
+    densities: dict[str, float] = field(default_factory=dict)
 
     #: the random tensors, in the order the ticket's hash reads them
     tensor_names: ClassVar[tuple[str, ...]] = ("U", "beta", "V")
+    #: the tensors an ER sparse source may thin out (the random layers' weights; biases stay dense)
+    sparse_names: ClassVar[tuple[str, ...]] = ("U", "V")
 
     @property
     def hidden(self) -> int:
@@ -123,23 +131,74 @@ class PairLayout:
             shapes["beta"] = (self.hidden,)
         return shapes
 
-    def source_params(self) -> int:
+    def weight_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Shapes of the two random layers' weights as torch holds them (a conv's with its kernel): what the
+        density policies of :mod:`~ticketsolver.construction.sparsity` read."""
+        if self.conv is None:
+            return {"U": (self.hidden, self.d_in), "V": (self.d_out, self.hidden)}
+        return {"U": (self.hidden, self.conv.in_channels, *self.conv.kernel_size), "V": (self.d_out, self.hidden, 1, 1)}
+
+    @property
+    def sparse(self) -> bool:
+        """True for an Erdős–Rényi sparse source (some tensor's density below 1)."""
+        return any(d < 1.0 for d in self.densities.values())
+
+    def density(self, name: str) -> float:
+        """The ER density of random tensor ``name`` (1.0: every entry exists)."""
+        return self.densities.get(name, 1.0)
+
+    def er_masks(self, source: RandomSource) -> dict[str, np.ndarray]:
+        """The ER masks (True = the entry exists) of the tensors whose density is below 1; none for a dense source.
+        Regenerated from the seed (their own streams, see :meth:`RandomSource.er_mask`), the same for every draw."""
+        shapes = self.shapes()
+        return {
+            name: source.er_mask(self.pair, name, shapes[name], self.density(name))
+            for name in self.sparse_names
+            if self.density(name) < 1.0
+        }
+
+    def dense_params(self) -> int:
+        """Every entry of the dense-view tensors: what regenerating them takes in memory (float32 each)."""
         # Python ints: np.prod would wrap around in int64 for absurd (forged) shapes
         return sum(math.prod(s) for s in self.shapes().values())
 
+    def source_params(self, er: dict[str, np.ndarray] | None = None) -> int:
+        """The random source's parameters: every entry of U, beta, V; of an ER sparse tensor only the entries that
+        exist, counted from ``er`` (:meth:`er_masks`, required for a sparse layout)."""
+        if not self.sparse:
+            return self.dense_params()
+        if er is None or set(er) != {name for name in self.sparse_names if self.density(name) < 1.0}:
+            raise ConstructionError(f"pair {self.pair}: counting a sparse source needs its ER masks")
+        return sum(
+            int(np.count_nonzero(er[name])) if name in er else math.prod(shape) for name, shape in self.shapes().items()
+        )
+
     def structural_candidate_counts(self) -> dict[str, int]:
-        """Candidate counts fixed by the layout alone (no random values needed): O's V, I's U and V."""
+        """Candidate counts fixed by the layout alone (no random values needed): O's V, I's U and V, where dense."""
         if self.construction == "output_blocks":
-            return {"V": self.d_out * self.n}
-        return {"U": self.d_in * self.n, "V": self.d_out * self.hidden}  # I and L
+            counts = {"V": self.d_out * self.n}
+        else:
+            counts = {"U": self.d_in * self.n, "V": self.d_out * self.hidden}  # I and L
+        return {name: count for name, count in counts.items() if self.density(name) == 1.0}
 
     # -- regeneration -------------------------------------------------------------------------------
 
     def tensor(self, source: RandomSource, name: str, draw: int = 0) -> np.ndarray:
         return source.tensor(self.pair, name, self.shapes()[name], self.scales[name], draw, self.law(name))
 
-    def source_tensors(self, source: RandomSource, draws: np.ndarray | None = None) -> dict[str, np.ndarray]:
-        """The random tensors as the network holds them: draw 0, with redrawn units' blocks replaced."""
+    def source_tensors(
+        self, source: RandomSource, draws: np.ndarray | None = None, er: dict[str, np.ndarray] | None = None
+    ) -> dict[str, np.ndarray]:
+        """The random tensors as the network holds them: draw 0, with redrawn units' blocks replaced, and 0 outside
+        the ER masks of a sparse source (``er``: :meth:`er_masks`, regenerated when not given)."""
+        tensors = self._drawn_tensors(source, draws)
+        if self.sparse:
+            for name, exists in (self.er_masks(source) if er is None else er).items():
+                tensors[name][~exists] = 0.0
+        return tensors
+
+    def _drawn_tensors(self, source: RandomSource, draws: np.ndarray | None) -> dict[str, np.ndarray]:
+        """The random tensors at draw 0 with redrawn units' blocks replaced (dense: before any ER mask)."""
         tensors = {name: self.tensor(source, name) for name in self.shapes()}
         if draws is None or not draws.any():
             return tensors
@@ -190,13 +249,25 @@ class PairLayout:
             hit = entry == d
             v[hit] = self.tensor(source, "V", d).reshape(entry.shape)[hit]
 
-    def candidates(self, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def candidates(
+        self, tensors: dict[str, np.ndarray], er: dict[str, np.ndarray] | None = None
+    ) -> dict[str, np.ndarray]:
         """Where the construction allows a kept entry; a mask is True only inside these positions.
 
         O: U > 0, beta > 0, V on its block diagonal. I: U on its block diagonal, beta > 0 on the bias
-        block, V anywhere. L: U on its input blocks' diagonal, beta > 0, V anywhere. The ticket stores mask
-        bits at these positions only.
+        block, V anywhere. L: U on its input blocks' diagonal, beta > 0, V anywhere. A sparse source's are
+        also inside its ER masks (``er``, :meth:`er_masks`, required then). The ticket stores mask bits at these
+        positions only.
         """
+        out = self._construction_candidates(tensors)
+        if self.sparse:
+            if er is None:
+                raise ConstructionError(f"pair {self.pair}: the candidates of a sparse source need its ER masks")
+            for name, exists in er.items():
+                out[name] = out[name] & exists
+        return out
+
+    def _construction_candidates(self, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n, d_out, d_in = self.n, self.d_out, self.d_in
         out: dict[str, np.ndarray] = {}
         if self.construction == "offset_blocks":
@@ -267,7 +338,12 @@ class PairLayout:
     # -- manifest -----------------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The manifest entry; ``densities`` only for a sparse source, so a dense layout's entry (and the kept
+        hash, which reads it) is what it was before sparse sources existed."""
+        data = asdict(self)
+        if not self.densities:
+            del data["densities"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PairLayout:
@@ -287,8 +363,9 @@ class PairLayout:
                 scales={k: float(v) for k, v in data["scales"].items()},
                 conv=geometry,
                 bias_units=int(data.get("bias_units", 0)),
+                densities={str(k): float(v) for k, v in data.get("densities", {}).items()},
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise TicketFormatError(f"malformed pair entry in the manifest: {exc!r}") from exc
         if layout.construction not in ("output_blocks", "input_blocks", "offset_blocks") or layout.kind not in (
             "linear",
@@ -302,16 +379,26 @@ class PairLayout:
             or not bias_ok
         ):
             raise TicketFormatError(f"pair {layout.pair}: inconsistent shapes in the manifest")
+        if any(
+            name not in cls.sparse_names or not (0.0 < d <= 1.0)  # also refuses NaN
+            for name, d in layout.densities.items()
+        ):
+            raise TicketFormatError(f"pair {layout.pair}: ER densities must be in (0, 1] for U and V")
         return layout
 
 
 class DrawCache:
     """A pair's random tensors by (name, draw), regenerated on demand; keeps draw 0 (used by every round)
     and the most recent other draw (resampling visits draws in order, so older ones are never asked again).
+
+    A sparse source's tensors hold 0 outside their ER masks (``er``, the same for every draw), and
+    :meth:`exists` says which entries exist: the problem makers mark a coefficient usable only where each random
+    entry of its product exists.
     """
 
     def __init__(self, layout: PairLayout, source: RandomSource) -> None:
         self.layout, self.source = layout, source
+        self.er = layout.er_masks(source)
         self._tensors: dict[tuple[str, int], np.ndarray] = {}
 
     def __call__(self, name: str, draw: int = 0) -> np.ndarray:
@@ -320,8 +407,15 @@ class DrawCache:
             if draw > 0:
                 for old in [k for k in self._tensors if k[1] > 0 and k[1] != draw]:
                     del self._tensors[old]
-            self._tensors[key] = self.layout.tensor(self.source, name, draw)
+            values = self.layout.tensor(self.source, name, draw)
+            if name in self.er:
+                values[~self.er[name]] = 0.0
+            self._tensors[key] = values
         return self._tensors[key]
+
+    def exists(self, name: str) -> np.ndarray | None:
+        """The ER mask of tensor ``name`` (True = the entry exists), or None where every entry exists."""
+        return self.er.get(name)
 
 
 def _int_pair(value: Any) -> tuple[int, int]:

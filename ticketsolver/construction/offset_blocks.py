@@ -22,12 +22,17 @@ c_t = V[i,(b,t)]·beta_(b,t), target b_i - K_i. The bias block exists whether or
 
 All tensors are draw 0 of their law (U, V uniform on [-a, a]; beta uniform on [0, a_beta]): the ticket is a
 pruning of one i.i.d. random network, chosen without re-randomisation.
+
+From an ER sparse source (densities p_U, p_V) a coefficient is usable only where both its entries exist:
+u_(j,t) = U[(j,t),j] and V[i,(j,t)] (the bias block's: V[i,(b,t)]; beta stays dense). A weight then has about
+0.9·n·p_U·p_V usable coefficients and an output's bias problem bias_units·p_V, which :func:`offset_scales` sizes
+the scales and the bias block for.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -49,7 +54,13 @@ BIAS_REACH_MARGIN = 1.25
 
 
 def offset_scales(
-    weight: np.ndarray, bias: np.ndarray | None, lo: np.ndarray, hi: np.ndarray, n: int, margin: float
+    weight: np.ndarray,
+    bias: np.ndarray | None,
+    lo: np.ndarray,
+    hi: np.ndarray,
+    n: int,
+    margin: float,
+    densities: dict[str, float] | None = None,
 ) -> tuple[dict[str, float], int]:
     """Scales of U, V, beta and the bias block's width for target ``weight`` (d_out, d_in) on box [lo, hi].
 
@@ -57,19 +68,25 @@ def offset_scales(
     a² = 8·margin·max|w| / n puts the largest |w| at 1/margin of the reach. The bias block must reach
     |b_i - K_i|: K_i sums ~m terms v·beta of standard deviation a·a_beta/3 (m = n/2 chosen units per
     column times the fraction whose offset is kept), and the bias block's positive coefficients sum to
-    ~bias_units·a·a_beta/8.
+    ~bias_units·a·a_beta/8. An ER sparse source (``densities`` of U and V) leaves n·p_U·p_V candidates per weight
+    in place of n, and p_V of the bias block's units: the same formulas with those counts.
     """
+    p_u, p_v = (1.0, 1.0) if not densities else (densities.get("U", 1.0), densities.get("V", 1.0))
+    if p_u * p_v < 1.0:
+        n_w: float = n * p_u * p_v
+    else:
+        n_w = n  # dense: the very arithmetic of every dense ticket so far
     w_max = max(float(np.abs(weight).max()), 1e-12)
-    a = math.sqrt(8.0 * margin * w_max / n)
+    a = math.sqrt(8.0 * margin * w_max / n_w)
     h = np.maximum(np.abs(lo), np.abs(hi))
     h_max = float(h.max()) if h.size else 0.0
     a_beta = OFFSET_FACTOR * a * h_max if h_max > 0 else a
     signed = (lo < 0) & (hi > 0)
     one_sided = ~signed & (h > 0)
-    offset_terms = n / 2 * (float(signed.sum()) + 0.5 * float(one_sided.sum()))
+    offset_terms = n_w / 2 * (float(signed.sum()) + 0.5 * float(one_sided.sum()))
     b_max = 0.0 if bias is None else float(np.abs(bias).max())
     reach = BIAS_REACH_MARGIN * (4.0 * math.sqrt(offset_terms) / 3.0 + b_max / (a * a_beta))
-    bias_units = max(n, math.ceil(8.0 * reach))
+    bias_units = max(n, math.ceil(8.0 * reach / p_v))
     return {"U": a, "V": a, "beta": a_beta}, bias_units
 
 
@@ -80,7 +97,8 @@ class OffsetBlocks:
     ``u`` (d_in, n): the diagonal U[(j, t), j]; ``beta`` (d_in, n) their offsets and ``beta_bias`` (bias_units,)
     the bias block's; ``v_all`` (d_out, hidden) V and ``v`` (d_out, d_in, n) its input-block part; ``offset``
     (d_in, n): the unit needs its offset on [lo, hi]; ``usable`` (d_in, n): it is linear there (no need, or
-    its offset covers the need with NEED_MARGIN).
+    its offset covers the need with NEED_MARGIN) and, from a sparse source, its U entry exists; ``v_exists``
+    (d_out, hidden): V's ER mask of a sparse source, None when V is dense.
     """
 
     u: np.ndarray
@@ -90,6 +108,8 @@ class OffsetBlocks:
     v: np.ndarray
     offset: np.ndarray
     usable: np.ndarray
+    v_exists: np.ndarray | None = None
+    er: dict[str, np.ndarray] = field(default_factory=dict)  # the ER masks of a sparse source (none: dense)
 
     @classmethod
     def draw(cls, layout: PairLayout, source: RandomSource, lo: np.ndarray, hi: np.ndarray) -> OffsetBlocks:
@@ -103,6 +123,10 @@ class OffsetBlocks:
         need = np.maximum(0.0, np.maximum(-u * lo[:, None], -u * hi[:, None]))  # (d_in, n)
         offset = need > 0
         beta = beta_all[:split].reshape(d_in, n)
+        usable = ~offset | (beta >= need * (1.0 + NEED_MARGIN))
+        er_u = tensor.exists("U")
+        if er_u is not None:  # u = 0 outside U's ER mask would need no offset: it is no coefficient at all
+            usable &= er_u[:split].reshape(d_in, n, d_in)[cols, :, cols]
         return cls(
             u=u,
             beta=beta,
@@ -110,13 +134,26 @@ class OffsetBlocks:
             v_all=v_all,
             v=v_all[:, :split].reshape(d_out, d_in, n),
             offset=offset,
-            usable=~offset | (beta >= need * (1.0 + NEED_MARGIN)),
+            usable=usable,
+            v_exists=tensor.exists("V"),
+            er=tensor.er,
         )
 
     def weight_problems(self, units: np.ndarray, weight: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Coefficients (S, n), usable (S, n) and targets (S,) of weights ``units`` (flat index i·d_in + j)."""
         out, col = np.divmod(units, weight.shape[1])
-        return self.v[out, col].astype(np.float64) * self.u[col], self.usable[col], weight[out, col]
+        usable = self.usable[col]
+        if self.v_exists is not None:
+            d_in, n = self.u.shape
+            usable = usable & self.v_exists[:, : d_in * n].reshape(-1, d_in, n)[out, col]
+        return self.v[out, col].astype(np.float64) * self.u[col], usable, weight[out, col]
+
+    def bias_usable(self) -> np.ndarray:
+        """(d_out, bias_units): the bias block's usable units per output (beta > 0, and V's entry exists)."""
+        usable = np.broadcast_to(self.beta_bias > 0, (self.v_all.shape[0], self.beta_bias.size))
+        if self.v_exists is not None:
+            usable = usable & self.v_exists[:, self.v_all.shape[1] - self.beta_bias.size :]
+        return usable
 
 
 def solve_offset_blocks(
@@ -138,7 +175,7 @@ def solve_offset_blocks(
     d_out, d_in, n, nb = layout.d_out, layout.d_in, layout.n, layout.bias_units
     split = d_in * n  # hidden units of the input blocks; the bias block follows
     blocks = OffsetBlocks.draw(layout, source, lo, hi)
-    v, v_all, usable, offset = blocks.v, blocks.v_all, blocks.usable, blocks.offset
+    v, v_all, offset = blocks.v, blocks.v_all, blocks.offset
     beta, beta_bias = blocks.beta, blocks.beta_bias
     cols = np.arange(d_in)
 
@@ -159,14 +196,10 @@ def solve_offset_blocks(
 
     target_bias = -constants if bias is None else bias - constants
     coeffs_bias = v_all[:, split:].astype(np.float64) * beta_bias
-    usable_bias = beta_bias > 0
+    usable_bias = blocks.bias_usable()
 
     def bias_problems(units: np.ndarray, draw: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        return (
-            coeffs_bias[units][:, None],
-            np.broadcast_to(usable_bias, (units.size, nb))[:, None],
-            target_bias[units][:, None],
-        )
+        return coeffs_bias[units][:, None], usable_bias[units][:, None], target_bias[units][:, None]
 
     b = solve_with_resampling(bias_solver or solver, d_out, bias_problems, 0, 0.0, phase(d_out * d_in))
     bias_chosen = b.masks[:, 0]  # (d_out, nb)
@@ -179,7 +212,7 @@ def solve_offset_blocks(
     beta_mask = np.concatenate([(used[:split].reshape(d_in, n) & offset).reshape(-1), used[split:]])
     bias_errors = np.abs(effective_bias - (0.0 if bias is None else bias))
     stats = _stats(w, b)
-    stats["examined_values"] = layout.source_params()
+    stats["examined_values"] = layout.source_params(blocks.er)
     stats["offsets_kept"] = int(beta_mask[:split].sum())
     stats["constant_abs_max"] = float(np.abs(constants).max())
     stats["bias_units"] = nb
@@ -188,6 +221,6 @@ def solve_offset_blocks(
         draws=np.zeros(layout.draw_shape, dtype=np.uint8),
         weight_errors=w.errors.reshape(d_out, d_in),
         bias_errors=bias_errors,
-        usable=np.broadcast_to(usable.sum(1), (d_out, d_in)).copy(),
+        usable=w.usable[:, 0].reshape(d_out, d_in),
         stats=stats,
     )

@@ -191,7 +191,8 @@ def network_of_ticket(ticket: Ticket, *, use_masks: bool) -> RandomNetwork:
     Raises:
         ConfigError: the ticket already has learned layer units, or some pair was re-randomised (its draw
             indices name whole construction units, a block of entries at once, not single entries, so they
-            have no per-entry form).
+            have no per-entry form), or some pair draws from an Erdős–Rényi sparse source (a layer's stream has no
+            ER mask).
     """
     if any(not isinstance(layout, PairLayout) for layout in ticket.layouts) or any(
         step.get("op") == "layer" for step in ticket.steps
@@ -203,6 +204,12 @@ def network_of_ticket(ticket: Ticket, *, use_masks: bool) -> RandomNetwork:
             f"pairs {redrawn} of the ticket were re-randomised (resample > 0): a pair's draw indices belong to "
             "construction units (one draw for a whole block of entries), not to single entries as a learned "
             "layer's do; learn from a pure build (resample=0)"
+        )
+    sparse = [k for k, layout in enumerate(ticket.layouts) if isinstance(layout, PairLayout) and layout.sparse]
+    if sparse:
+        raise ConfigError(
+            f"pairs {sparse} of the ticket draw from an Erdős–Rényi sparse source: a learned layer's stream has no ER "
+            "mask yet, so it would not hold the same values; learn from a dense build (source_density=1)"
         )
     steps: list[dict[str, Any]] = []
     layouts: list[LayerLayout] = []

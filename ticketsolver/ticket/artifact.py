@@ -12,8 +12,9 @@ and the draw indices, and the sizes are recomputed and compared, so edited stati
 format, and every check of :meth:`Ticket.load`, is docs/design.md section 4.
 
 Counting, as every report states it: *target params* = weights and biases of the target's linear/conv
-layers; *source params* = every entry of the random tensors (U, beta, V); *kept params* = source entries
-whose mask is True (the rest are pruned, i.e. zero in the network). *source kind* = ``iid`` when every
+layers; *source params* = every entry of the random tensors (U, beta, V) — of an Erdős–Rényi sparse source,
+the entries that exist (its ER nonzeros); *kept params* = source entries whose mask is True (the rest are
+pruned, i.e. zero in the network). *source kind* = ``iid`` when every
 random tensor is its law at draw 0 (one i.i.d. random network), ``rerandomized`` when some unit kept a later
 draw (IteRand-style, chosen with knowledge of the target); *examined values* = every random value the build
 drew and compared, discarded draws included (equal to the source params for an iid ticket).
@@ -239,6 +240,7 @@ class Ticket:
         self.build = build
         self._kept_hash: str | None = None
         self._sources: dict[int, dict[str, np.ndarray]] = {}  # regenerated random tensors, per pair
+        self._source_params: dict[int, int] = {}  # per unit: its source params (a sparse pair's ER nonzeros)
 
     @property
     def source(self) -> RandomSource:
@@ -247,10 +249,41 @@ class Ticket:
     # -- the network ------------------------------------------------------------------------------------
 
     def source_tensors(self, pair: int) -> dict[str, np.ndarray]:
-        """The random tensors of ``pair`` as the network holds them (draws applied), before masking."""
+        """The random tensors of ``pair`` as the network holds them (draws applied, 0 outside the ER masks of a
+        sparse source), before masking."""
         if pair not in self._sources:
-            self._sources[pair] = _read_only(self.layouts[pair].source_tensors(self.source, self.draws[pair]))
+            layout = self.layouts[pair]
+            if isinstance(layout, PairLayout) and layout.sparse:
+                er = layout.er_masks(self.source)
+                self._sources[pair] = _read_only(layout.source_tensors(self.source, self.draws[pair], er))
+                self._source_params.setdefault(pair, layout.source_params(er))
+            else:
+                self._sources[pair] = _read_only(layout.source_tensors(self.source, self.draws[pair]))
         return self._sources[pair]
+
+    def er_masks(self, pair: int) -> dict[str, np.ndarray]:
+        """The ER masks (True = the entry exists) of unit ``pair``'s sparse tensors; empty for a dense source.
+        Regenerated from the seed on each call (not kept: a bool mask would add a quarter to the source's memory)."""
+        layout = self.layouts[pair]
+        return layout.er_masks(self.source) if isinstance(layout, PairLayout) else {}
+
+    def source_params(self, pair: int) -> int:
+        """Unit ``pair``'s source params: every entry of its random tensors; of a sparse source, its ER nonzeros."""
+        if pair not in self._source_params:
+            layout = self.layouts[pair]
+            if isinstance(layout, PairLayout):
+                self._source_params[pair] = layout.source_params(self.er_masks(pair) if layout.sparse else None)
+            else:
+                self._source_params[pair] = layout.source_params()
+        return self._source_params[pair]
+
+    def candidates(self, pair: int) -> dict[str, np.ndarray]:
+        """Where unit ``pair``'s masks may keep an entry: its construction's positions, inside the ER masks of a
+        sparse source (see :meth:`PairLayout.candidates`)."""
+        layout = self.layouts[pair]
+        if isinstance(layout, PairLayout) and layout.sparse:
+            return layout.candidates(self.source_tensors(pair), self.er_masks(pair))
+        return layout.candidates(self.source_tensors(pair))
 
     @property
     def learned(self) -> bool:
@@ -291,7 +324,7 @@ class Ticket:
         ``examined_values`` sums :meth:`examined_values` over the units; it is None when a rerandomized pair's
         build did not record its count.
         """
-        source = sum(layout.source_params() for layout in self.layouts)
+        source = sum(self.source_params(k) for k in range(len(self.layouts)))
         kept = sum(int(m.sum()) for masks in self.masks for m in masks.values())
         examined = [self.examined_values(k) for k in range(len(self.layouts))]
         return {
@@ -307,7 +340,8 @@ class Ticket:
         """Random values the build drew and compared for unit ``pair``, discarded draws included.
 
         The builder's record (``build["pairs"][pair]["examined_values"]``, one entry per unit) where there is
-        one; else, for a pure unit (every draw index 0), exactly its source params; else None: a rerandomized
+        one; else, for a pure unit (every draw index 0), exactly its source params (:meth:`source_params`); else None:
+        a rerandomized
         pair whose count was not recorded is unknown (its draw indices say which draw was kept, not how many
         were compared).
         """
@@ -316,7 +350,7 @@ class Ticket:
         recorded = stats.get("examined_values")
         if isinstance(recorded, int) and not isinstance(recorded, bool):
             return recorded
-        return None if self.draws[pair].any() else self.layouts[pair].source_params()
+        return None if self.draws[pair].any() else self.source_params(pair)
 
     def kept_hash(self) -> str:
         """SHA-256 of the network: its structure (input shape, steps, layouts as JSON) and every kept value
@@ -366,8 +400,8 @@ class Ticket:
             raise TicketFormatError(f"{path}: the manifest's sizes do not match the ticket ({differ or 'extra keys'})")
         if manifest.get("resampled") != [bool(d.any()) for d in self.draws]:
             raise TicketFormatError(f"{path}: the manifest's resampled flags do not match the stored draw indices")
-        for k, layout in enumerate(self.layouts):
-            recorded, source, pure = self.examined_values(k), layout.source_params(), not self.draws[k].any()
+        for k in range(len(self.layouts)):
+            recorded, source, pure = self.examined_values(k), self.source_params(k), not self.draws[k].any()
             if recorded is not None and (recorded < source or (pure and recorded != source)):
                 rule = "a pure pair examines exactly its source" if pure else "every source value is examined"
                 raise TicketFormatError(
@@ -413,7 +447,7 @@ class Ticket:
 
         tensors: dict[str, np.ndarray] = {}
         for k, masks in enumerate(self.masks):
-            allowed = self.layouts[k].candidates(self.source_tensors(k))
+            allowed = self.candidates(k)
             for name, mask in masks.items():
                 if (mask & ~allowed[name]).any():
                     raise TicketFormatError(f"unit {k}: mask {name} keeps an entry its construction forbids")
@@ -465,7 +499,11 @@ class Ticket:
             if numbers != list(range(len(layouts))):
                 raise TicketFormatError("the manifest's units must be numbered 0, 1, ... in order")
             steps = _check_steps(manifest["steps"], layouts)
-            claimed = sum(layout.source_params() for layout in layouts)
+            # the dense count of a pair: a sparse source's tensors are regenerated whole too (0 outside its ER masks)
+            claimed = sum(
+                layout.dense_params() if isinstance(layout, PairLayout) else layout.source_params()
+                for layout in layouts
+            )
             if claimed > max_source_params:
                 raise TicketFormatError(
                     f"{path} describes a random source of {claimed:,} parameters (limit {max_source_params:,})"
@@ -475,7 +513,7 @@ class Ticket:
             for k, layout in enumerate(layouts):
                 for name, count in layout.structural_candidate_counts().items():
                     _unpack(tensors[f"pair{k}.{name}.mask"], count, True, f"pair {k} mask {name}")
-            masks, draws, sources = [], [], []
+            masks, draws, sources, counts = [], [], [], {}
             source = RandomSource(int(manifest["seed"]))
             for k, layout in enumerate(layouts):
                 key = f"pair{k}.draws"
@@ -486,8 +524,14 @@ class Ticket:
                     if key in tensors
                     else np.zeros(layout.draw_shape, dtype=np.uint8)
                 )
-                sources.append(_read_only(layout.source_tensors(source, draws[k])))
-                allowed = layout.candidates(sources[k])
+                if isinstance(layout, PairLayout) and layout.sparse:
+                    er = layout.er_masks(source)  # used here, then dropped (see Ticket.er_masks)
+                    sources.append(_read_only(layout.source_tensors(source, draws[k], er)))
+                    allowed = layout.candidates(sources[k], er)
+                    counts[k] = layout.source_params(er)
+                else:
+                    sources.append(_read_only(layout.source_tensors(source, draws[k])))
+                    allowed = layout.candidates(sources[k])
                 pair_masks = {}
                 for name in layout.shapes():
                     bits = _unpack(
@@ -509,6 +553,7 @@ class Ticket:
                 build=dict(manifest.get("build", {})),
             )
             ticket._sources = dict(enumerate(sources))
+            ticket._source_params = counts
         except KeyError as exc:
             raise TicketFormatError(f"{path}: missing entry {exc} in the ticket") from exc
         except (TypeError, ValueError, AttributeError) as exc:

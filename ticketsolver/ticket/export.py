@@ -14,7 +14,9 @@
   ``ticket.to_module().state_dict()``; anyone can check ``weight == source * mask``. The metadata gives
   each source tensor's law (``source_laws``: uniform on [-s, s] or on [0, s], ±s, or Gaussian of std s) and states
   ``source_kind`` (``iid``: every source tensor its law at draw 0; ``rerandomized``: some units redrawn with
-  knowledge of the target) and ``examined_values`` (random values the build drew and compared).
+  knowledge of the target) and ``examined_values`` (random values the build drew and compared). From an
+  Erdős–Rényi sparse source, each ``.source`` tensor is the sparse random network itself (0 outside its ER
+  mask) and ``source_densities`` gives the ER density of each sparse one.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ticketsolver.construction import PrunedPair
+from ticketsolver.construction import PairLayout, PrunedPair
 from ticketsolver.errors import ConfigError, TicketFormatError
 from ticketsolver.ticket.artifact import Ticket
 from ticketsolver.ticket.layer import LayerLayout
@@ -50,6 +52,7 @@ def export_safetensors(ticket: Ticket, path: str | os.PathLike[str]) -> Path:
 
     tensors: dict[str, torch.Tensor] = {}
     laws: dict[str, list[Any]] = {}
+    densities: dict[str, float] = {}
     unit_steps = [i for i, step in enumerate(ticket.steps) if step["op"] in ("pair", "layer")]
     for k, (step, layout) in enumerate(zip(unit_steps, ticket.layouts, strict=True)):
         source = ticket.source_tensors(k)
@@ -74,6 +77,8 @@ def export_safetensors(ticket: Ticket, path: str | os.PathLike[str]) -> Path:
             tensors[key] = param.detach().clone()
             tensors[f"{key}.source"] = torch.tensor(np.array(source[name])).reshape(param.shape)
             laws[f"{key}.source"] = [layout.law(name), scales[name]]
+            if isinstance(layout, PairLayout) and layout.density(name) < 1.0:
+                densities[f"{key}.source"] = layout.density(name)
             tensors[f"{key}.mask"] = torch.from_numpy(ticket.masks[k][name]).reshape(param.shape).clone()
     sizes = ticket.sizes()
     metadata = {
@@ -91,6 +96,10 @@ def export_safetensors(ticket: Ticket, path: str | os.PathLike[str]) -> Path:
         "source_kind": sizes["source_kind"],
         "examined_values": str(sizes["examined_values"] if sizes["examined_values"] is not None else "unrecorded"),
     }
+    if densities:
+        # an ER sparse source: each listed .source tensor is the sparse random tensor itself, drawn with that
+        # density (0 outside its ER mask); biases and unlisted tensors are dense
+        metadata["source_densities"] = json.dumps(densities)
     from safetensors import SafetensorError
 
     path = Path(path)

@@ -1,17 +1,18 @@
-"""What ``ticketsolver inspect`` shows: sizes and, per layer, construction, shapes, kept counts, errors."""
+"""What ``ticketsolver inspect`` shows: sizes and, per layer, construction, shapes, densities, kept counts, usable
+coefficients per weight (mean and least), errors."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ticketsolver.construction import CONSTRUCTIONS
+from ticketsolver.construction import CONSTRUCTIONS, PairLayout
 from ticketsolver.ticket.artifact import Ticket
 from ticketsolver.ticket.layer import LayerLayout
 
 if TYPE_CHECKING:
     from rich.console import Console
 
-__all__ = ["render_ticket", "ticket_summary"]
+__all__ = ["density_cell", "render_ticket", "ticket_summary"]
 
 
 def ticket_summary(ticket: Ticket, file_bytes: int | None = None) -> dict[str, Any]:
@@ -32,14 +33,15 @@ def ticket_summary(ticket: Ticket, file_bytes: int | None = None) -> dict[str, A
                 "n": layout.n,
                 "target_shape": [layout.d_out, layout.d_in],
                 "hidden": layout.hidden,
-                "source_params": layout.source_params(),
+                "densities": {name: layout.density(name) for name in layout.sparse_names},
+                "source_params": ticket.source_params(k),
                 "kept_params": int(sum(m.sum() for m in ticket.masks[k].values())),
                 "source_kind": "rerandomized" if ticket.draws[k].any() else "iid",
                 "examined_values": ticket.examined_values(k),
                 "scales": layout.scales,
                 **{
                     key: stats.get(key)
-                    for key in ("weight_error_max", "weight_error_mean", "usable_mean", "redrawn_units")
+                    for key in ("weight_error_max", "weight_error_mean", "usable_mean", "usable_min", "redrawn_units")
                 },
             }
         )
@@ -82,6 +84,7 @@ def _layer_row(ticket: Ticket, k: int, layout: LayerLayout) -> dict[str, Any]:
         "weight_error_max": None,
         "weight_error_mean": None,
         "usable_mean": None,
+        "usable_min": None,
         "redrawn_units": None,
     }
 
@@ -105,28 +108,37 @@ def render_ticket(ticket: Ticket, console: Console | None = None, file_bytes: in
         f"kept {s['kept_params']:,} ({s['kept_params'] / max(s['source_params'], 1):.2%} of the source; "
         f"the rest is pruned to 0)\n"
         f"{_source_line(s['source_kind'], s['examined_values'], s['source_params'])}"
+        f"{_sparse_line(ticket)}"
     )
-    table = Table(
-        title=(
-            "layers: L = input blocks with kept offsets, O/I = output/input blocks; usable = coefficients per "
-            "weight; err = |w - subset sum| per weight; redrawn = units kept at a later draw (re-randomised only)"
-        ),
-        box=box.SIMPLE_HEAD,
-    )
-    for col in ("#", "", "n", "target", "kept/source", "usable", "max err", "mean err", "redrawn"):
+    sparse = any(isinstance(layout, PairLayout) and layout.sparse for layout in ticket.layouts)
+    redrawn = s["source_kind"] == "rerandomized"
+    # columns that would say nothing are left out: densities of a dense source (all 1), redraws of a pure one (all 0)
+    notes = ["L = input blocks with kept offsets, O/I = output/input blocks"]
+    notes += ["density = ER density of U/V"] if sparse else []
+    notes += ["usable = coefficients per weight, mean (least)", "err = |w - subset sum| per weight"]
+    notes += ["redrawn = units kept at a later draw"] if redrawn else []
+    table = Table(title="layers: " + "; ".join(notes), box=box.SIMPLE_HEAD)
+    columns = ["#", "", "n", "target", *(["density"] if sparse else []), "kept/source", "usable", "max err"]
+    for col in [*columns, "mean err", *(["redrawn"] if redrawn else [])]:
         table.add_column(col, justify="right", no_wrap=True)
     for row in ticket_summary(ticket)["layers"]:
-        table.add_row(
+        cells = [
             str(row["pair"]),
             CONSTRUCTIONS[row["construction"]],
             str(row["n"]),
             "x".join(map(str, row["target_shape"])),
+        ]
+        if sparse:
+            cells.append(density_cell(row["densities"]))
+        cells += [
             f"{_si(row['kept_params'])}/{_si(row['source_params'])}",
-            _fmt(row["usable_mean"], ".1f"),
+            _fmt(row["usable_mean"], ".1f") + ("" if row["usable_min"] is None else f" ({row['usable_min']})"),
             _fmt(row["weight_error_max"], ".1e"),
             _fmt(row["weight_error_mean"], ".1e"),
-            _si(row["redrawn_units"]) if row["redrawn_units"] is not None else "-",
-        )
+        ]
+        if redrawn:
+            cells.append(_si(row["redrawn_units"]) if row["redrawn_units"] is not None else "-")
+        table.add_row(*cells)
     console.print(table)
 
 
@@ -171,6 +183,25 @@ def _source_line(kind: str, examined: int | None, source: int, knowing: str = "t
         return f"source: iid ({law}); examined {examined:,} random values (= the source)"
     among = "an unrecorded number of" if examined is None else f"{examined:,} ({examined / max(source, 1):.2f}x source)"
     return f"source: rerandomized (IteRand-style: values chosen among {among} random draws knowing {knowing})"
+
+
+def density_cell(densities: dict[str, float]) -> str:
+    """A pair's ER densities of U and V as the inspect table shows them: ``0.52/0.4`` (``1``: both dense)."""
+    if set(densities.values()) == {1.0}:
+        return "1"
+    return "/".join(f"{d:.2g}" for d in densities.values())
+
+
+def _sparse_line(ticket: Ticket) -> str:
+    """For an Erdős–Rényi sparse source: its overall density, policy, and what the counts mean; else nothing."""
+    if not any(isinstance(layout, PairLayout) and layout.sparse for layout in ticket.layouts):
+        return ""
+    config = ticket.build.get("config") or {}
+    return (
+        f"\nsparse source: Erdős–Rényi, density {config.get('source_density', '?')} "
+        f"({config.get('density_policy', '?')} policy); an entry of U or V exists only inside its ER mask (drawn "
+        "from the seed), the random source counts those that exist, and every kept entry is one of them"
+    )
 
 
 def _si(value: int) -> str:
