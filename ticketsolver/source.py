@@ -87,7 +87,7 @@ class RandomSource:
 
         Example:
             >>> mask = RandomSource(seed=0).er_mask(0, "V", (100, 100), density=0.25)
-            >>> mask.dtype, 0.2 < mask.mean() < 0.3
+            >>> mask.dtype, bool(0.2 < mask.mean() < 0.3)
             (dtype('bool'), True)
         """
         if isinstance(density, bool) or not (isinstance(density, numbers.Real) and 0.0 < float(density) <= 1.0):
