@@ -186,6 +186,34 @@ def _choose_construction(config: BuildConfig, nonnegative: bool, index: int) -> 
 
 
 #: a planned pair: the ER densities of its U and V, and (construction L) the bias block's width they were set for
+@dataclass(frozen=True)
+class _TargetLayer:
+    """A target Linear/Conv2d as the builder sees it: its arrays, geometry, construction, margin and input box."""
+
+    weight: np.ndarray  # (d_out, d_in) float64
+    bias: np.ndarray | None
+    conv: ConvGeometry | None
+    construction: str
+    margin: float
+    column_box: tuple[np.ndarray, np.ndarray] | None  # L only: the box of each column's input
+
+
+def _target_layer(
+    config: BuildConfig, module: nn.Linear | nn.Conv2d, index: int, pair: int, nonnegative: bool, walk: Any
+) -> _TargetLayer:
+    """The construction, arrays (refusing NaN/inf and unsupported convs before anything else), geometry, scale
+    margin and, for L, the input box of target layer ``pair`` (module ``index``)."""
+    construction = _choose_construction(config, nonnegative, index)
+    weight, bias = _target_arrays(pair, module)
+    conv = ConvGeometry.of(module)
+    column_box = None
+    if construction == "offset_blocks":
+        assert walk is not None
+        column_box = walk.column_box(conv, weight.shape[1])
+    margin = config.scale_margin if config.scale_margin is not None else SCALE_MARGINS[construction]
+    return _TargetLayer(weight, bias, conv, construction, margin, column_box)
+
+
 _PlannedPair = tuple[dict[str, float], int | None]
 
 
@@ -210,31 +238,25 @@ def _plan_sparse_source(
         return [({"U": p, "V": p}, None)] * pairs
     nonnegative = box is not None and box[0] >= 0
     walk = IntervalWalk.from_box(box, tuple(target.input_shape)) if config.pure and box is not None else None
-    layers: list[tuple[Any, ...]] = []
+    layers: list[_TargetLayer] = []
     for index, module in enumerate(target.module):
         if not isinstance(module, nn.Linear | nn.Conv2d):
             nonnegative = nonnegative or isinstance(module, nn.ReLU)
             if walk is not None:
                 walk.through_module(module)
             continue
-        construction = _choose_construction(config, nonnegative, index)
-        weight, bias = _target_arrays(len(layers), module)
-        conv = ConvGeometry.of(module)
-        column_box = None
-        if construction == "offset_blocks":
-            assert walk is not None
-            column_box = walk.column_box(conv, weight.shape[1])
-        margin = config.scale_margin if config.scale_margin is not None else SCALE_MARGINS[construction]
-        layers.append((weight, bias, conv, construction, margin, column_box))
+        t = _target_layer(config, module, index, len(layers), nonnegative, walk)
+        layers.append(t)
         if walk is not None:
-            geometry = _layout_for(len(layers) - 1, weight, bias, conv, construction, config.n, margin, column_box)
-            walk.through_affine(geometry, weight, None, bias)
+            k = len(layers) - 1
+            geometry = _layout_for(k, t.weight, t.bias, t.conv, t.construction, config.n, t.margin, t.column_box)
+            walk.through_affine(geometry, t.weight, None, t.bias)
         nonnegative = False
     densities = [{"U": p, "V": p} for _ in layers]
     for _ in range(2):
         layouts = [
-            _layout_for(k, w, b, conv, c, config.n, m, box_k, densities[k])
-            for k, (w, b, conv, c, m, box_k) in enumerate(layers)
+            _layout_for(k, t.weight, t.bias, t.conv, t.construction, config.n, t.margin, t.column_box, densities[k])
+            for k, t in enumerate(layers)
         ]
         shapes = [shape for layout in layouts for shape in layout.weight_shapes().values()]  # U, V of each pair
         flat = layer_densities(p, shapes, policy)
@@ -349,17 +371,11 @@ def construct(
                 walk.through_module(module)
             continue
         pair = len(layouts)
-        construction = _choose_construction(config, nonnegative, index)
-        weight, bias = _target_arrays(pair, module)  # refuses NaN/inf and unsupported convs before anything else
-        conv = ConvGeometry.of(module)
-        column_box = None
-        if construction == "offset_blocks":
-            assert walk is not None
-            column_box = walk.column_box(conv, weight.shape[1])
-        margin = config.scale_margin if config.scale_margin is not None else SCALE_MARGINS[construction]
+        t = _target_layer(config, module, index, pair, nonnegative, walk)
+        weight, bias, construction, column_box = t.weight, t.bias, t.construction, t.column_box
         densities, bias_units = plan[pair] if plan is not None else ({}, None)
         layout = _layout_for(
-            pair, weight, bias, conv, construction, config.n, margin, column_box, densities, bias_units
+            pair, weight, bias, t.conv, construction, config.n, t.margin, column_box, densities, bias_units
         )
         _check_source_size(layout, construction)
         target_params += weight.size + (0 if bias is None else bias.size)
