@@ -164,6 +164,18 @@ def _digits_unit(test_fraction: float, seed: int) -> tuple[torch.Tensor, ...]:
     return tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in (x_train, y_train, x_test, y_test))
 
 
+def _resized_digits(test_fraction: float, seed: int, *, size: int, channels: int, name: str) -> Dataset:
+    """The digits in [0, 1], bilinearly resized (``align_corners=False``) to size x size, clamped to [0, 1], the
+    gray image repeated on ``channels`` channels."""
+    x_train, y_train, x_test, y_test = _digits_unit(test_fraction, seed)
+
+    def resize(x: torch.Tensor) -> torch.Tensor:
+        up = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+        return up.clamp(0.0, 1.0).expand(-1, channels, -1, -1).contiguous()
+
+    return Dataset(resize(x_train), y_train, resize(x_test), y_test, (0.0, 1.0), name)
+
+
 def load_digits_28(test_fraction: float = 0.3, seed: int = 0) -> Dataset:
     """scikit-learn's 8x8 digits resized to 28x28, for LeNet5.
 
@@ -180,13 +192,7 @@ def load_digits_28(test_fraction: float = 0.3, seed: int = 0) -> Dataset:
         ImportError: scikit-learn is not installed.
         ValueError: ``test_fraction`` outside (0, 1).
     """
-    x_train, y_train, x_test, y_test = _digits_unit(test_fraction, seed)
-
-    def resize(x: torch.Tensor) -> torch.Tensor:
-        up = torch.nn.functional.interpolate(x, size=(28, 28), mode="bilinear", align_corners=False)
-        return up.clamp(0.0, 1.0).contiguous()
-
-    return Dataset(resize(x_train), y_train, resize(x_test), y_test, (0.0, 1.0), "digits28")
+    return _resized_digits(test_fraction, seed, size=28, channels=1, name="digits28")
 
 
 def load_digits_28_signed(test_fraction: float = 0.3, seed: int = 0) -> Dataset:
@@ -243,13 +249,7 @@ def load_digits_32_rgb(test_fraction: float = 0.3, seed: int = 0) -> Dataset:
     >>> data.input_shape, data.input_domain, data.num_classes
     ((3, 32, 32), (0.0, 1.0), 10)
     """
-    x_train, y_train, x_test, y_test = _digits_unit(test_fraction, seed)
-
-    def resize(x: torch.Tensor) -> torch.Tensor:
-        up = torch.nn.functional.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False)
-        return up.clamp(0.0, 1.0).expand(-1, 3, -1, -1).contiguous()
-
-    return Dataset(resize(x_train), y_train, resize(x_test), y_test, (0.0, 1.0), "digits32-rgb")
+    return _resized_digits(test_fraction, seed, size=32, channels=3, name="digits32-rgb")
 
 
 def load_wine_standardized(test_fraction: float = 0.3, seed: int = 0) -> Dataset:
