@@ -55,13 +55,6 @@ class _MarkerPayload:
         return (open, (self.marker, "w"))
 
 
-@pytest.fixture
-def store(tmp_path):
-    s = JobStore(tmp_path / "data")
-    yield s
-    s.close()
-
-
 def _accept(store, payloads, spec=SPEC, limits=None) -> str:
     uploads = [(name, io.BytesIO(data)) for name, data in payloads]
     return accept_job(store, uploads, spec, limits or Limits(), "local")

@@ -8,7 +8,6 @@ import io
 import json
 
 import pytest
-import torch
 
 from ticketsolver.errors import ConfigError
 from ticketsolver.jobs import JobSpec, JobStore, Limits, accept_job, run_item
@@ -17,30 +16,23 @@ from ticketsolver.jobs.intake import LimitError, MemoryBudgetError, UploadReject
 from ticketsolver.jobs.spec import LEARN_DATA, LearnSpec
 from ticketsolver.jobs.worker import NOT_VERIFIED_LEARNED
 from ticketsolver.learning import LearnConfig, learn_mask, random_network_of
-from ticketsolver.models import MLP, load_target
+from ticketsolver.models import load_target
 from ticketsolver.ticket import Ticket
+
+from .test_worker import mlp_bytes
 
 #: IteRand on wine for 2 epochs: 124 examples in batches of 64 are 4 iterations, so a period of 2 redraws twice
 LEARN = {"method": "iterand", "keep": 0.5, "epochs": 2, "data": "wine", "rerand_period": 2}
 
 
-def mlp_bytes(sizes: tuple[int, ...] = (13, 8, 3), seed: int = 0) -> bytes:
-    torch.manual_seed(seed)
-    buffer = io.BytesIO()
-    torch.save(MLP(sizes).state_dict(), buffer)
-    return buffer.getvalue()
-
-
-@pytest.fixture
-def store(tmp_path):
-    s = JobStore(tmp_path / "data")
-    yield s
-    s.close()
+#: the checkpoint: an MLP of wine's shape, 13 features -> 8 hidden -> 3 classes
+WINE_MLP = (13, 8, 3)
 
 
 def _accept(store: JobStore, params: dict, payload: bytes | None = None, limits: Limits | None = None) -> str:
     spec = JobSpec.from_dict(params)
-    return accept_job(store, [("net.pt", io.BytesIO(payload or mlp_bytes()))], spec, limits or Limits(), "local")
+    upload = ("net.pt", io.BytesIO(payload or mlp_bytes(0, WINE_MLP)))
+    return accept_job(store, [upload], spec, limits or Limits(), "local")
 
 
 # --- the spec ---------------------------------------------------------------------------------------------
@@ -115,9 +107,9 @@ def test_the_bundled_data_table_is_what_the_loaders_give():
 
 def test_a_checkpoint_that_does_not_fit_the_data_is_refused_naming_it(store):
     with pytest.raises(UploadRejectedError, match=r"'net.pt': it takes inputs of shape \(8,\), but 'wine' has \(13,\)"):
-        _accept(store, {"learn": LEARN}, mlp_bytes((8, 16, 3)))
+        _accept(store, {"learn": LEARN}, mlp_bytes(0, (8, 16, 3)))
     with pytest.raises(UploadRejectedError, match="'net.pt': it has 4 outputs, but 'wine' has 3 classes"):
-        _accept(store, {"learn": LEARN}, mlp_bytes((13, 8, 4)))
+        _accept(store, {"learn": LEARN}, mlp_bytes(0, (13, 8, 4)))
     assert store.list_jobs(0, 10)[1] == 0
     assert list((store.data_dir / "uploads").iterdir()) == []
 
@@ -196,7 +188,7 @@ def test_a_target_of_the_wrong_shape_fails_the_item_with_the_reason(store):
     """Intake refuses it; a checkpoint replaced on disk afterwards fails in the worker, with a message."""
     _accept(store, {"learn": LEARN})
     task = store.claim_next_item()
-    store.upload_path(task.checkpoint_id).write_bytes(mlp_bytes((8, 16, 3)))
+    store.upload_path(task.checkpoint_id).write_bytes(mlp_bytes(0, (8, 16, 3)))
     result = run_item(task, {"kind": "local"}, str(store.data_dir), store.url)
     assert result.state == "failed" and "inputs are (13,), the network takes (8,)" in result.error
     assert list((store.data_dir / "tickets").iterdir()) == []

@@ -29,13 +29,6 @@ def mlp_bytes(seed: int = 0, sizes=(8, 16, 4)) -> bytes:
     return buffer.getvalue()
 
 
-@pytest.fixture
-def store(tmp_path):
-    s = JobStore(tmp_path / "data")
-    yield s
-    s.close()
-
-
 def _accept(store: JobStore, spec: JobSpec | None = None, payload: bytes | None = None) -> str:
     spec = spec or JobSpec(n=10, verify=LIGHT)
     return accept_job(store, [("net.pt", io.BytesIO(payload or mlp_bytes()))], spec, Limits(), "local")
