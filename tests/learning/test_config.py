@@ -69,3 +69,11 @@ def test_replace_validates_and_to_dict_is_json_safe() -> None:
         config.replace(rerand_rate=2.0)
     assert LearnConfig(**config.to_dict()) == config
     assert config.to_dict()["keep"] == 0.3 and LearnConfig().to_dict()["keep"] is None
+
+
+def test_the_least_period_that_fits_uint8_draws_is_exact_at_the_boundary() -> None:
+    """512 iterations: period 2 re-randomises 256 times (one too many), so the least period is 3, not 512/256."""
+    config = LearnConfig(method="iterand", epochs=256, batch_size=64, rerand_period=2)
+    assert config.rerandomizations(128) == (512, 256, 3)
+    assert config.replace(rerand_period=3).rerandomizations(128)[1] == 170
+    assert config.replace(method="edge-popup").rerandomizations(128) == (512, 0, 3)

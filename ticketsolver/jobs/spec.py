@@ -146,13 +146,10 @@ class LearnSpec(LearnConfig):
     def _rerandomizations_fit(self) -> LearnSpec:
         """IteRand's draw indices are uint8: refuse, before any upload is read, a run that would redraw more
         often (``learn_mask`` would refuse it too, but only once the item runs)."""
-        if self.method != "iterand":
-            return self
-        iterations = self.epochs * math.ceil(LEARN_DATA[self.data].train_examples / self.batch_size)
-        if iterations // self.rerand_period > MAX_RESAMPLE:
-            least = math.ceil(iterations / (MAX_RESAMPLE + 1))
+        iterations, events, least = self.rerandomizations(LEARN_DATA[self.data].train_examples)
+        if events > MAX_RESAMPLE:
             raise ValueError(
-                f"rerand_period {self.rerand_period} re-randomises {iterations // self.rerand_period} times in "
+                f"rerand_period {self.rerand_period} re-randomises {events} times in "
                 f"{iterations} iterations ({self.epochs} epochs on {self.data}); draw indices are uint8, so at most "
                 f"{MAX_RESAMPLE}: give rerand_period >= {least}"
             )

@@ -16,14 +16,15 @@ ticketsolver.errors.ConfigError: LearnConfig: keep must be a number in (0, 1], g
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field
 
+from ticketsolver.config import MAX_RESAMPLE, _boolean, _Config, _integer, _real
 from ticketsolver.config import Seed as _Seed
-from ticketsolver.config import _boolean, _Config, _integer, _real
 
 __all__ = ["MAX_WIDTH", "InitLaw", "LearnConfig", "Method"]
 
@@ -150,3 +151,11 @@ class LearnConfig(_Config):
     def default_keep(self) -> float:
         """``keep``, or 0.5 where it is left to the network (a network without an initial mask)."""
         return 0.5 if self.keep is None else self.keep
+
+    def rerandomizations(self, examples: int) -> tuple[int, int, int]:
+        """``(iterations, events, least period)`` of a run on ``examples`` training examples: its SGD steps, its
+        re-randomisations (0 for edge-popup) and the smallest ``rerand_period`` that keeps them within
+        :data:`~ticketsolver.config.MAX_RESAMPLE` (draw indices are uint8)."""
+        iterations = self.epochs * math.ceil(examples / self.batch_size)
+        events = iterations // self.rerand_period if self.method == "iterand" else 0
+        return iterations, events, iterations // (MAX_RESAMPLE + 1) + 1

@@ -170,14 +170,13 @@ def learn_mask(
 
 def _check_events(config: LearnConfig, examples: int) -> int:
     """The number of re-randomisations of the run (0 for edge-popup); more than 255 is refused."""
-    per_epoch = math.ceil(examples / config.batch_size)
-    total = config.epochs * per_epoch
-    events = total // config.rerand_period if config.method == "iterand" else 0
+    total, events, least = config.rerandomizations(examples)
     if events > MAX_RESAMPLE:
+        per_epoch = total // config.epochs
         raise ConfigError(
             f"LearnConfig: an iterand run of {config.epochs} epochs x {per_epoch} iterations = {total} iterations "
             f"with rerand_period {config.rerand_period} re-randomises {events} times; draw indices are uint8, so at "
-            f"most {MAX_RESAMPLE} (raise rerand_period to at least {math.ceil((total + 1) / (MAX_RESAMPLE + 1))})"
+            f"most {MAX_RESAMPLE} (raise rerand_period to at least {least})"
         )
     return events
 
@@ -209,7 +208,7 @@ def train_scores(
     if len(x) == 0:
         raise ConfigError("the training split is empty")
     _check_events(config, len(x))
-    total = config.epochs * math.ceil(len(x) / config.batch_size)
+    total, _, _ = config.rerandomizations(len(x))
     iterand = config.method == "iterand"
 
     model, layers = masked_network(network, config)
