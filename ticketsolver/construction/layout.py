@@ -34,7 +34,7 @@ from ticketsolver.construction.steps import as_pair
 from ticketsolver.errors import ConstructionError, TicketFormatError
 from ticketsolver.source import Law, RandomSource
 
-__all__ = ["ConvGeometry", "DrawCache", "PairLayout", "set_masked"]
+__all__ = ["ConvGeometry", "DrawCache", "PairLayout", "empty_layer", "set_masked"]
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,11 @@ class ConvGeometry:
             padding=tuple(as_pair(module.padding)),  # type: ignore[arg-type]
             dilation=tuple(as_pair(module.dilation)),  # type: ignore[arg-type]
         )
+
+    @classmethod
+    def one_by_one(cls, channels: int) -> ConvGeometry:
+        """A pair's second layer V: a 1x1 conv over ``channels`` hidden channels."""
+        return cls(channels, (1, 1), (1, 1), (0, 0), (1, 1))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -309,26 +314,9 @@ class PairLayout:
             prune_buffers: keep the full source as ``weight_orig`` and the mask as ``weight_mask`` buffers
                 (``torch.nn.utils.prune``), instead of plain pruned weights.
         """
-        first: nn.Module
-        second: nn.Module
-        # skip_init: default initialisation would draw from torch's global generator only to be overwritten
-        if self.kind == "linear":
-            first = skip_init(nn.Linear, self.d_in, self.hidden, bias=self.first_has_bias)
-            second = skip_init(nn.Linear, self.hidden, self.d_out, bias=False)
-        else:
-            g = self.conv
-            assert g is not None
-            first = skip_init(
-                nn.Conv2d,
-                g.in_channels,
-                self.hidden,
-                g.kernel_size,
-                g.stride,
-                g.padding,
-                g.dilation,
-                bias=self.first_has_bias,
-            )
-            second = skip_init(nn.Conv2d, self.hidden, self.d_out, 1, bias=False)
+        first = empty_layer(self.kind, self.d_in, self.hidden, self.conv, bias=self.first_has_bias)
+        one_by_one = None if self.conv is None else ConvGeometry.one_by_one(self.hidden)
+        second = empty_layer(self.kind, self.hidden, self.d_out, one_by_one, bias=False)
         for layer, wname, bname in ((first, "U", "beta"), (second, "V", None)):
             set_masked(layer, "weight", tensors[wname], masks[wname], prune_buffers)
             if bname is not None and self.first_has_bias:
@@ -421,6 +409,20 @@ class DrawCache:
 def _int_pair(value: Any) -> tuple[int, int]:
     first, second = (int(v) for v in value)  # anything but two integers is a malformed manifest
     return first, second
+
+
+def empty_layer(
+    kind: Literal["linear", "conv2d"], d_in: int, d_out: int, conv: ConvGeometry | None, *, bias: bool
+) -> nn.Linear | nn.Conv2d:
+    """An uninitialised ``nn.Linear(d_in, d_out)``, or ``nn.Conv2d`` of geometry ``conv`` with d_out channels, for
+    :func:`set_masked` to fill (skip_init: default initialisation would draw from torch's global generator only to
+    be overwritten)."""
+    if kind == "linear":
+        return skip_init(nn.Linear, d_in, d_out, bias=bias)
+    assert conv is not None
+    return skip_init(
+        nn.Conv2d, conv.in_channels, d_out, conv.kernel_size, conv.stride, conv.padding, conv.dilation, bias=bias
+    )
 
 
 def set_masked(layer: nn.Module, name: str, source: np.ndarray, mask: np.ndarray, prune_buffers: bool) -> None:

@@ -25,9 +25,8 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 from torch import nn
-from torch.nn.utils import skip_init
 
-from ticketsolver.construction.layout import ConvGeometry, PairLayout, set_masked
+from ticketsolver.construction.layout import ConvGeometry, PairLayout, empty_layer, set_masked
 from ticketsolver.errors import TicketFormatError
 from ticketsolver.source import LAWS, TENSOR_IDS, Law, RandomSource
 
@@ -142,16 +141,7 @@ class LayerLayout:
         self, tensors: dict[str, np.ndarray], masks: dict[str, np.ndarray], prune_buffers: bool = False
     ) -> nn.Linear | nn.Conv2d:
         """The pruned layer: weight (and bias) = source * mask, float32, frozen, eval mode."""
-        layer: nn.Linear | nn.Conv2d
-        has_bias = self.bias is not None
-        if self.kind == "linear":
-            layer = skip_init(nn.Linear, self.d_in, self.d_out, bias=has_bias)
-        else:
-            g = self.conv
-            assert g is not None
-            layer = skip_init(
-                nn.Conv2d, g.in_channels, self.d_out, g.kernel_size, g.stride, g.padding, g.dilation, bias=has_bias
-            )
+        layer = empty_layer(self.kind, self.d_in, self.d_out, self.conv, bias=self.bias is not None)
         for name in self.shapes():
             set_masked(layer, name, tensors[name], masks[name], prune_buffers)
         return layer.eval()
@@ -221,7 +211,7 @@ def layers_of_pair(pair: PairLayout, first_unit: int) -> tuple[LayerLayout, Laye
         bias=beta,
         conv=pair.conv,
     )
-    one_by_one = ConvGeometry(pair.hidden, (1, 1), (1, 1), (0, 0), (1, 1)) if pair.conv is not None else None
+    one_by_one = ConvGeometry.one_by_one(pair.hidden) if pair.conv is not None else None
     second = LayerLayout(
         unit=first_unit + 1,
         kind=pair.kind,
