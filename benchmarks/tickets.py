@@ -55,6 +55,19 @@ TARGETS = {
 }
 
 
+def _target(name: str, workdir: Path, console: Console | None = None) -> tuple[Any, Any]:
+    """The example target ``name`` (trained into ``workdir`` by its example script unless already there) and its
+    bundled dataset."""
+    command, file, loader = TARGETS[name]
+    checkpoint = workdir / file
+    if not checkpoint.exists():
+        (console or Console()).print(f"training {name} ...")
+        subprocess.run(
+            [sys.executable, *command, "--out", str(checkpoint)], cwd=ROOT, check=True, stdout=subprocess.DEVNULL
+        )
+    return ts.load_target(checkpoint), loader()
+
+
 def _ints(text: str) -> list[int]:
     return [int(v) for v in text.split(",") if v.strip()]
 
@@ -197,15 +210,7 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     engines: list[dict[str, Any]] = []
     for name in args.targets.split(","):
-        command, file, loader = TARGETS[name]
-        checkpoint = args.workdir / file
-        if not checkpoint.exists():
-            console.print(f"training {name} ...")
-            subprocess.run(
-                [sys.executable, *command, "--out", str(checkpoint)], cwd=ROOT, check=True, stdout=subprocess.DEVNULL
-            )
-        target = ts.load_target(checkpoint)
-        dataset = loader()
+        target, dataset = _target(name, args.workdir, console)
         runs = [(n, 0) for n in _ints(args.n)] + [(n, args.resample) for n in _ints(args.resample_n)]
         for n, resample in runs:
             row, ticket = _row(name, target, dataset, n, resample, args.workdir)

@@ -42,6 +42,8 @@ __all__ = [
     "BuildConfig",
     "Construction",
     "DensityPolicy",
+    "Depth",
+    "DEPTHS",
     "VerifyConfig",
 ]
 
@@ -64,6 +66,9 @@ _CONSTRUCTIONS: tuple[str, ...] = ("auto", "output_blocks", "input_blocks", "off
 #: layer-wise density policies of an Erdős–Rényi sparse source (ticketsolver.construction.sparsity)
 DensityPolicy = Literal["uniform", "erk", "balanced", "pyramidal"]
 DENSITY_POLICIES: tuple[str, ...] = ("uniform", "erk", "balanced", "pyramidal")
+#: depth of the random network: 2 random layers per target layer (pairs), or L + 1 (Burkholz 2022: copies)
+Depth = Literal["2L", "L+1"]
+DEPTHS: tuple[str, ...] = ("2L", "L+1")
 
 
 # --- field checks: each raises ValueError("must be ...") and the error names the field -------------------
@@ -139,6 +144,12 @@ def _density(value: Any) -> float:
 def _density_policy(value: Any) -> str:
     if value not in DENSITY_POLICIES:
         raise ValueError(f"must be one of {', '.join(DENSITY_POLICIES)}, got {value!r}")
+    return str(value)
+
+
+def _depth(value: Any) -> str:
+    if value not in DEPTHS:
+        raise ValueError(f"must be one of {', '.join(DEPTHS)}, got {value!r}")
     return str(value)
 
 
@@ -241,6 +252,12 @@ class BuildConfig(_Config):
         "nonzeros per layer) or pyramidal (p_l = r^l)",
     )
 
+    depth: Annotated[Depth, BeforeValidator(_depth)] = Field(
+        default="2L",
+        description="2L: a pair of random layers per target layer; L+1: one random layer per target layer plus a "
+        "first layer of scaled input copies (Burkholz 2022), each layer computing n copies of its target layer",
+    )
+
     @model_validator(mode="after")
     def _resolve_and_check(self) -> Self:
         if self.tolerance is None:
@@ -251,6 +268,13 @@ class BuildConfig(_Config):
             raise ValueError("construction offset_blocks (L) is built from a pure source: use resample=0")
         if self.block_draws and self.pure:
             raise ValueError("block_draws > 0 redraws random values: it needs resample > 0")
+        if self.depth == "L+1":
+            if not self.pure:
+                raise ValueError("depth L+1 is built from a pure source: use resample=0")
+            if self.source_density < 1.0:
+                raise ValueError("depth L+1 draws a dense source: use source_density=1 (sparse L+1 is not built)")
+            if self.construction not in ("auto", "offset_blocks"):
+                raise ValueError("depth L+1 starts with construction L (offset_blocks): leave construction auto")
         return self
 
     @property

@@ -344,6 +344,10 @@ def construct(
         ConstructionError: unsupported or non-finite layers, a source too large, no layer to approximate.
         SolverError: the subset-sum backend failed.
     """
+    if config.depth == "L+1":
+        from ticketsolver.construction.shallow import construct_shallow
+
+        return construct_shallow(target, config, progress=progress, solve_with=solve_with, resume_dir=resume_dir)
     solver = solve_with if solve_with is not None else _make_solver(config)
     config_record = config.to_dict()
     resume = None if resume_dir is None else Path(resume_dir)

@@ -17,13 +17,14 @@ from typing import Any
 
 import numpy as np
 
-from ticketsolver.construction.layout import PairLayout
 from ticketsolver.construction.solution import PairSolution
 
 __all__ = ["fingerprint", "load_pair", "save_pair"]
 
 
-def fingerprint(config: dict[str, Any], layout: PairLayout, weight: np.ndarray, bias: np.ndarray | None) -> str:
+def fingerprint(config: dict[str, Any], layout: Any, weight: np.ndarray, bias: np.ndarray | None) -> str:
+    """SHA-256 of what a unit's solution depends on: the config, the unit's layout (a PairLayout or a LayerLayout:
+    anything with ``to_dict``), the target weights and bias."""
     digest = hashlib.sha256(json.dumps([config, layout.to_dict()], sort_keys=True, default=list).encode())
     digest.update(np.ascontiguousarray(weight, dtype=np.float64).tobytes())
     if bias is not None:

@@ -36,6 +36,7 @@ import numpy as np
 from torch import nn
 
 from ticketsolver.construction import PairLayout, PrunedPair, module_from_step
+from ticketsolver.construction.copies import CopyPlan, CopyStage
 from ticketsolver.errors import TicketFormatError
 from ticketsolver.source import RNG_LAYOUT, RandomSource
 from ticketsolver.ticket.layer import LayerLayout, unit_from_dict
@@ -287,8 +288,38 @@ class Ticket:
 
     @property
     def learned(self) -> bool:
-        """True for a learned-mask ticket (its units are single random layers), False for a constructed one."""
-        return any(isinstance(layout, LayerLayout) for layout in self.layouts)
+        """True for a learned-mask ticket (its units are single random layers), False for a constructed one
+        (pairs, or the stages of a depth-L+1 build)."""
+        return self.depth != "L+1" and any(isinstance(layout, LayerLayout) for layout in self.layouts)
+
+    @property
+    def depth(self) -> str:
+        """``"2L"`` (a pair per target layer), ``"L+1"`` (docs/design.md section 2.9) or ``"learned"``."""
+        config = self.build.get("config")
+        recorded = config.get("depth") if isinstance(config, dict) else None
+        if recorded == "L+1":
+            return "L+1"
+        return "learned" if any(isinstance(layout, LayerLayout) for layout in self.layouts) else "2L"
+
+    def random_layers(self) -> int:
+        """Weight layers of the random network g: two per pair, one per layer unit."""
+        return sum(2 if isinstance(layout, PairLayout) else 1 for layout in self.layouts)
+
+    def copy_plans(self) -> list[CopyPlan] | None:
+        """The copy structure of each stage of a depth-L+1 ticket (None for any other), checked against its units."""
+        if self.depth != "L+1":
+            return None
+        raw = self.build.get("copies")
+        if not isinstance(raw, list) or len(raw) != len(self.layouts):
+            raise TicketFormatError("a depth-L+1 ticket must record one copy plan per unit")
+        plans = [CopyPlan.from_dict(entry) for entry in raw]
+        for k, (plan, layout) in enumerate(zip(plans, self.layouts, strict=True)):
+            first = isinstance(layout, PairLayout)
+            if plan.unit != k or first != (k == 0) or layout.d_out != plan.rows:
+                raise TicketFormatError(f"unit {k}: its copy plan does not match its layout")
+            if not first and layout.d_in != plan.channels * plan.positions:
+                raise TicketFormatError(f"unit {k}: its copy plan does not match its layout's inputs")
+        return plans
 
     def unit_module(self, k: int, prune_buffers: bool = False) -> nn.Module:
         """Unit ``k`` materialised: a :class:`PrunedPair` or a pruned ``nn.Linear``/``nn.Conv2d``."""
@@ -307,10 +338,38 @@ class Ticket:
             prune_buffers: keep each random tensor whole as ``weight_orig`` with its ``weight_mask``
                 (``torch.nn.utils.prune``) instead of plain pruned weights.
         """
+        plans = self.copy_plans()
+        if plans is not None:
+            return self._shallow_module(plans, prune_buffers)
         modules: list[nn.Module] = []
         for step in self.steps:
             k = unit_of_step(step)
             modules.append(module_from_step(step) if k is None else self.unit_module(int(k), prune_buffers))
+        return nn.Sequential(*modules).eval()
+
+    def _shallow_module(self, plans: list[CopyPlan], prune_buffers: bool) -> nn.Sequential:
+        """A depth-L+1 network: each unit wrapped in its :class:`CopyStage`, whose input constants are computed
+        from the stages before it (their constant rows, through the ReLUs in between)."""
+        import torch
+
+        modules: list[nn.Module] = []
+        constants = torch.zeros(0, dtype=torch.float64)
+        for step in self.steps:
+            k = unit_of_step(step)
+            if k is None:
+                module = module_from_step(step)
+                if isinstance(module, nn.ReLU):
+                    constants = constants.clamp(min=0)
+                modules.append(module)
+                continue
+            plan = plans[int(k)]
+            if constants.numel() != plan.constants_in:
+                raise TicketFormatError(
+                    f"unit {k}: {constants.numel()} constants reach it, its plan expects {plan.constants_in}"
+                )
+            stage = CopyStage(self.unit_module(int(k), prune_buffers), plan, constants)
+            constants = stage.constants_out()
+            modules.append(stage)
         return nn.Sequential(*modules).eval()
 
     # -- sizes --------------------------------------------------------------------------------------------

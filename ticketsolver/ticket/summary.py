@@ -19,9 +19,13 @@ def ticket_summary(ticket: Ticket, file_bytes: int | None = None) -> dict[str, A
     """JSON-ready summary: sizes (target / source / kept / pruned, source kind, examined values), per-layer
     facts, solver statistics."""
     pairs = ticket.build.get("pairs", [])
+    plans = ticket.copy_plans()
     layers = []
     for k, layout in enumerate(ticket.layouts):
         stats = pairs[k] if k < len(pairs) else {}
+        if isinstance(layout, LayerLayout) and plans is not None:
+            layers.append(_stage_row(ticket, k, layout, plans[k], stats))
+            continue
         if isinstance(layout, LayerLayout):
             layers.append(_layer_row(ticket, k, layout))
             continue
@@ -54,12 +58,39 @@ def ticket_summary(ticket: Ticket, file_bytes: int | None = None) -> dict[str, A
         "solver": ticket.build.get("solver"),
         "build_seconds": ticket.build.get("seconds"),
         "config": ticket.build.get("config"),
+        "depth": ticket.depth,
+        "random_layers": ticket.random_layers(),
         "layers": layers,
     }
     if ticket.learned:
         keys = ("method", "task", "rerandomization", "random_network")
         summary["learned"] = {key: ticket.build.get(key) for key in keys}
     return summary
+
+
+def _stage_row(ticket: Ticket, k: int, layout: LayerLayout, plan: Any, stats: dict[str, Any]) -> dict[str, Any]:
+    """A later stage of a depth-L+1 ticket: one random layer that reads n copies and makes n copies."""
+    kept = int(sum(m.sum() for m in ticket.masks[k].values()))
+    return {
+        "pair": k,
+        "unit": "layer",
+        "kind": layout.kind,
+        "construction": "copies",
+        "n": plan.copies_in,
+        "target_shape": [plan.d_out, plan.d_in],
+        "hidden": None,
+        "copies": {"in": plan.copies_in, "out": plan.copies_out, "constants_in": plan.constants_in},
+        "densities": {"weight": 1.0},
+        "source_params": layout.source_params(),
+        "kept_params": kept,
+        "source_kind": "rerandomized" if ticket.draws[k].any() else "iid",
+        "examined_values": ticket.examined_values(k),
+        "scales": {"weight": layout.weight.scale},
+        **{
+            key: stats.get(key)
+            for key in ("weight_error_max", "weight_error_mean", "usable_mean", "usable_min", "redrawn_units")
+        },
+    }
 
 
 def _layer_row(ticket: Ticket, k: int, layout: LayerLayout) -> dict[str, Any]:
@@ -103,7 +134,7 @@ def render_ticket(ticket: Ticket, console: Console | None = None, file_bytes: in
     extra = f", file {file_bytes / 1024:.1f} KiB" if file_bytes is not None else ""
     console.print(
         f"[bold]ticket[/bold]: seed {ticket.seed}, {len(ticket.layouts)} target layers -> "
-        f"{2 * len(ticket.layouts)} random layers{extra}\n"
+        f"{ticket.random_layers()} random layers (depth {ticket.depth}){extra}\n"
         f"params: target {s['target_params']:,} | random source {s['source_params']:,} | "
         f"kept {s['kept_params']:,} ({s['kept_params'] / max(s['source_params'], 1):.2%} of the source; "
         f"the rest is pruned to 0)\n"
@@ -114,6 +145,7 @@ def render_ticket(ticket: Ticket, console: Console | None = None, file_bytes: in
     redrawn = s["source_kind"] == "rerandomized"
     # columns that would say nothing are left out: densities of a dense source (all 1), redraws of a pure one (all 0)
     notes = ["L = input blocks with kept offsets, O/I = output/input blocks"]
+    notes += ["C = one random layer reading and making n copies (depth L+1)"] if ticket.depth == "L+1" else []
     notes += ["density = ER density of U/V"] if sparse else []
     notes += ["usable = coefficients per weight, mean (least)", "err = |w - subset sum| per weight"]
     notes += ["redrawn = units kept at a later draw"] if redrawn else []
@@ -124,7 +156,7 @@ def render_ticket(ticket: Ticket, console: Console | None = None, file_bytes: in
     for row in ticket_summary(ticket)["layers"]:
         cells = [
             str(row["pair"]),
-            CONSTRUCTIONS[row["construction"]],
+            {**CONSTRUCTIONS, "copies": "C"}[row["construction"]],
             str(row["n"]),
             "x".join(map(str, row["target_shape"])),
         ]

@@ -31,7 +31,18 @@ def check_ticket_matches(target: nn.Sequential, ticket: Any) -> None:
         raise VerificationError(
             f"the target has {len(target)} modules in normal form but the ticket has {len(ticket.steps)} steps"
         )
+    plans = ticket.copy_plans() if hasattr(ticket, "copy_plans") else None
     for index, (module, step) in enumerate(zip(target, ticket.steps, strict=True)):
+        if isinstance(module, nn.Linear | nn.Conv2d) and plans is not None:
+            # a depth-L+1 ticket: its stages say which target layer they stand for
+            unit = step.get("pair", step.get("unit")) if step["op"] in ("pair", "layer") else None
+            d_out, d_in = module.weight.shape[0], module.weight[0].numel()
+            if unit is None or (plans[int(unit)].d_out, plans[int(unit)].d_in) != (d_out, d_in):
+                raise VerificationError(
+                    f"module {index}: the target layer is {d_out}x{d_in} but the ticket's stage there is not: this "
+                    "ticket was built for another network"
+                )
+            continue
         if isinstance(module, nn.Linear | nn.Conv2d):
             if step["op"] != "pair":
                 raise VerificationError(
@@ -44,7 +55,7 @@ def check_ticket_matches(target: nn.Sequential, ticket: Any) -> None:
                     f"module {index}: the target layer is {d_out}x{d_in} but the ticket's pair is "
                     f"{layout.d_out}x{layout.d_in}: this ticket was built for another network"
                 )
-        elif step["op"] == "pair":
+        elif step["op"] in ("pair", "layer"):
             raise VerificationError(
                 f"module {index}: the ticket has a pair where the target has {type(module).__name__}"
             )

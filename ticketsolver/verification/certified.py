@@ -56,6 +56,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ticketsolver.construction.box import IntervalWalk
+from ticketsolver.construction.copies import CopyStage
 from ticketsolver.construction.pair import PrunedPair
 from ticketsolver.errors import ConstructionError, VerificationError
 from ticketsolver.verification.layers import describe_module, validate_networks
@@ -377,7 +378,12 @@ class _Propagation:
         i = 0
         try:
             for i, (layer, other) in enumerate(zip(target, pruned, strict=True)):
-                if i in pair_indices:
+                if i in pair_indices and isinstance(other, CopyStage):
+                    assert isinstance(layer, nn.Linear | nn.Conv2d)
+                    self._copy_stage(i, layer, other)
+                    if self.not_certified is not None:
+                        return
+                elif i in pair_indices:
                     assert isinstance(other, PrunedPair) and isinstance(layer, nn.Linear | nn.Conv2d)
                     self._pair(i, layer, other)
                     if self.not_certified is not None:
@@ -477,6 +483,88 @@ class _Propagation:
         # its rounding so far, as the final bound has it); outward for the subtractions
         reach = new_err * (1.0 + max(_MIN_MARGIN, 4.0 * self.gamma_total))
         self.g_lo, self.g_hi = _outward(torch.maximum(g_lo, new_lo - reach), torch.minimum(g_hi, new_hi + reach))
+        self.nonneg = False
+
+    def _copy_stage(self, index: int, layer: nn.Linear | nn.Conv2d, stage: CopyStage) -> None:
+        """One stage of a depth-L+1 network (exact arithmetic only).
+
+        ``err`` bounds, per entry of the target's activation, how far *every* copy of it in g is. Output copy r of
+        target output o computes ``W'_r h + b'_r`` plus its input copies' errors through the kept entries, so
+        ``|g_r - f_o| <= |W'_r - W_o| |h| + A_r err + |b'_r - b_o|`` with ``A_r[i, p] = sum_s |V[r, (i, s), p]|``
+        (the first stage, an L pair on g's exact input: where it is linear on the box, as for a pair); the new
+        ``err`` is the largest over o's copies. The constant channels carry exact values (computed in float64).
+        """
+        where = f"layer {index} ({describe_module(layer)})"
+        if self.rounding is not None:
+            self.not_certified = (
+                f"{where}: the float rounding of a depth-L+1 network's forward pass is not bounded (only the "
+                "exact-arithmetic bound is certified for L+1)"
+            )
+            return
+        inner, plan = stage.layer, stage.plan
+        dev, f64 = self.dev, torch.float64
+        if isinstance(inner, PrunedPair):
+            reason = self._not_linear(inner, where)
+            if reason is not None:
+                self.not_certified = reason
+                return
+        op = _affine_op(layer)
+        weight = layer.weight.detach().to(dev, f64)
+        bias = (
+            layer.bias.detach().to(dev, f64)
+            if layer.bias is not None
+            else torch.zeros(weight.shape[0], dtype=f64, device=dev)
+        )
+        eff_w, eff_b = (t.to(dev) for t in stage.effective())
+        rows = eff_w.shape[0]
+        shape = (rows, *weight.shape[1:])
+        copies = plan.copies_out
+        target_w = weight.repeat_interleave(copies, dim=0).reshape(shape)
+        target_b = bias.repeat_interleave(copies)
+        if isinstance(inner, PrunedPair):
+            # the effective weights are float64 sums of float32 products: off by gamma |V| |U|
+            u = inner.first.weight.detach().to(dev, f64)
+            hidden = u.shape[0]
+            v_abs = inner.second.weight.detach().to(dev, f64).reshape(-1, hidden).abs()[:rows]
+            gamma = _gamma(hidden + 1)
+            beta = (
+                inner.first.bias.detach().to(dev, f64)
+                if inner.first.bias is not None
+                else torch.zeros(hidden, dtype=f64, device=dev)
+            )
+            slack_w = (gamma * v_abs @ u.reshape(hidden, -1).abs()).reshape(shape)
+            slack_b = gamma * v_abs @ beta.abs()
+            lip = eff_w.abs().reshape(shape) + slack_w
+        else:
+            assert isinstance(inner.weight, torch.Tensor)
+            v = inner.weight.detach().to(dev, f64)[:rows].reshape(rows, plan.channels, plan.positions)
+            gamma = _gamma(plan.copies_in + plan.constants_in * plan.positions + 1)
+            a_copies = v[:, : plan.channels_in * plan.copies_in].reshape(rows, plan.channels_in, plan.copies_in, -1)
+            lip_raw = a_copies.abs().sum(2).reshape(shape)
+            const_abs = v[:, plan.channels_in * plan.copies_in :].abs().sum(2) @ stage.constants_in.to(dev).abs()
+            slack_w, slack_b = gamma * lip_raw, gamma * const_abs
+            lip = lip_raw + slack_w
+        h_abs = torch.maximum(self.lo.abs(), self.hi.abs())
+        delta = op((eff_w.reshape(shape) - target_w).abs() + slack_w, h_abs) + _bias_view(
+            (eff_b - target_b).abs() + slack_b, layer
+        )
+        err_rows = op(lip, self.err) + delta
+        new_err = err_rows.reshape(err_rows.shape[0], weight.shape[0], copies, *err_rows.shape[2:]).amax(2)
+        new_lo, new_hi = _interval_affine(op, weight, _bias_view(bias, layer), self.lo, self.hi)
+        self.layers.append(
+            CertifiedLayerBound(
+                index=index,
+                module=describe_module(layer),
+                construction=inner.construction if isinstance(inner, PrunedPair) else "copies",
+                local_error_max=float(delta.max()),
+                propagated_error_max=float(new_err.max()),
+                lipschitz_row_sum_max=float(lip.flatten(1).sum(1).max()),
+            )
+        )
+        self.gamma_total += gamma + _gamma(2 * lip[0].numel() + 2)
+        self.err, self.lo, self.hi = new_err, new_lo, new_hi
+        reach = new_err * (1.0 + max(_MIN_MARGIN, 4.0 * self.gamma_total))
+        self.g_lo, self.g_hi = _outward(new_lo - reach, new_hi + reach)
         self.nonneg = False
 
     def _not_linear(self, pair: PrunedPair, where: str) -> str | None:

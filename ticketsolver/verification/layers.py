@@ -7,7 +7,9 @@ compared on that same input: the target layer, the pair itself and the pair's ef
 ``pair - effective`` must be at float rounding level (a construction whose structure or weights do not
 match its effective layer is a builder bug). An offset-blocks (L) pair equals its effective layer only
 inside the box it was built for, precisely where every kept unit's pre-activation is >= 0: it is compared
-with its effective layer on those inputs only, and the inputs outside are counted.
+with its effective layer on those inputs only, and the inputs outside are counted. A stage of a depth-L+1
+network (:class:`~ticketsolver.construction.copies.CopyStage`) is fed the target's activation laid out as
+copies, and *every* output copy is compared with the target layer and with the stage's effective weights.
 :func:`validate_networks` checks that f and g correspond module by module before anything runs.
 """
 
@@ -19,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ticketsolver.construction.copies import CopyStage
 from ticketsolver.construction.pair import EffectiveLayer, PrunedPair
 from ticketsolver.construction.steps import describe_step
 from ticketsolver.errors import ConstructionError, VerificationError
@@ -108,8 +111,45 @@ def _check_pair(index: int, layer: nn.Module, pair: PrunedPair) -> None:
         )
 
 
+def _check_stage(index: int, layer: nn.Module, stage: CopyStage) -> None:
+    """Raises VerificationError when a depth-L+1 ``stage`` cannot stand for ``layer`` (shapes, geometry, kind)."""
+    where = f"layer {index} ({describe_module(layer)})"
+    plan = stage.plan
+    weight = layer.weight
+    assert isinstance(weight, torch.Tensor)
+    if (plan.d_out, plan.d_in) != (weight.shape[0], weight[0].numel()) or (plan.kind == "conv2d") != isinstance(
+        layer, nn.Conv2d
+    ):
+        raise VerificationError(
+            f"{where}: the stage stands for a {plan.kind} layer {plan.d_out}x{plan.d_in}, the target's is "
+            f"{weight.shape[0]}x{weight[0].numel()}"
+        )
+    inner = stage.layer
+    first: nn.Module = inner
+    if isinstance(inner, PrunedPair):
+        if plan.copies_in != 0 or not isinstance(inner.second, nn.Linear | nn.Conv2d):
+            raise VerificationError(f"{where}: only the first stage of a depth-L+1 network is a pair")
+        first = inner.first
+    if not isinstance(first, nn.Linear | nn.Conv2d) or (isinstance(first, nn.Conv2d) != isinstance(layer, nn.Conv2d)):
+        raise VerificationError(f"{where}: the stage's random layer is {type(first).__name__}")
+    if isinstance(first, nn.Conv2d):
+        assert isinstance(layer, nn.Conv2d)
+        if _conv_geometry(first) != _conv_geometry(layer) or first.groups != 1:
+            raise VerificationError(
+                f"{where}: the stage's conv has kernel/stride/padding/dilation {_conv_geometry(first)}, the target's "
+                f"are {_conv_geometry(layer)}"
+            )
+    reads = first.in_features if isinstance(first, nn.Linear) else first.in_channels
+    expected = plan.channels * (plan.positions if plan.kind == "linear" else 1)
+    if plan.copies_in == 0:
+        expected = weight[0].numel() if plan.kind == "linear" else plan.channels_in
+    if reads != expected:
+        raise VerificationError(f"{where}: the stage's random layer reads {reads} inputs, its plan says {expected}")
+
+
 def validate_networks(target: nn.Sequential, pruned: nn.Sequential) -> list[int]:
-    """Checks that ``pruned`` is ``target`` with each Linear/Conv2d replaced by a matching PrunedPair.
+    """Checks that ``pruned`` is ``target`` with each Linear/Conv2d replaced by a matching PrunedPair (or, in a
+    depth-L+1 network, a matching :class:`CopyStage`).
 
     Args:
         target: the trained network f in normal form (see :data:`SUPPORTED_MODULES`).
@@ -146,6 +186,10 @@ def validate_networks(target: nn.Sequential, pruned: nn.Sequential) -> list[int]
         if isinstance(layer, nn.MaxPool2d) and layer.return_indices:
             raise VerificationError(f"layer {i}: MaxPool2d with return_indices=True is not a normal-form module")
         if isinstance(layer, nn.Linear | nn.Conv2d):
+            if isinstance(other, CopyStage):
+                _check_stage(i, layer, other)
+                pairs.append(i)
+                continue
             if not isinstance(other, PrunedPair):
                 raise VerificationError(
                     f"layer {i} ({describe_module(layer)}): the pruned network holds {type(other).__name__} "
@@ -154,9 +198,10 @@ def validate_networks(target: nn.Sequential, pruned: nn.Sequential) -> list[int]
             _check_pair(i, layer, other)
             pairs.append(i)
             continue
-        if isinstance(other, PrunedPair):
+        if isinstance(other, PrunedPair | CopyStage):
             raise VerificationError(
-                f"layer {i}: the pruned network holds a PrunedPair where the target has {type(layer).__name__}"
+                f"layer {i}: the pruned network holds a {type(other).__name__} where the target has "
+                f"{type(layer).__name__}"
             )
         if type(other) is not type(layer) or describe_step(other) != describe_step(layer):
             raise VerificationError(
@@ -231,6 +276,8 @@ class LayerChecker:
         self.effective: dict[int, EffectiveLayer] = {}
         for i in self.pair_indices:
             pair = pruned[i]
+            if isinstance(pair, CopyStage):
+                continue  # its effective weights are computed per batch from its own layer (CopyStage.effective)
             assert isinstance(pair, PrunedPair)
             try:
                 self.effective[i] = pair.effective(pair.first.weight.dtype)
@@ -269,9 +316,13 @@ class LayerChecker:
                 continue
             out_target = layer(h)
             pair = self.pruned[i]
-            assert isinstance(pair, PrunedPair)
-            out_pair, linear = _pair_forward(pair, h)
-            out_effective = self.effective[i](h)
+            if isinstance(pair, CopyStage):
+                out_pair, linear, out_effective = _stage_forward(pair, h)
+                out_target = out_target.unsqueeze(2)  # against every copy
+            else:
+                assert isinstance(pair, PrunedPair)
+                out_pair, linear = _pair_forward(pair, h)
+                out_effective = self.effective[i](h)
             stats = self._stats[i]
             stats["input_min"] = min(stats["input_min"], float(h.min()))
             stats["target"] = max(stats["target"], float(out_target.abs().max()))
@@ -282,7 +333,7 @@ class LayerChecker:
                 gap = gap[linear]
             if gap.numel():
                 stats["pair_effective"] = max(stats["pair_effective"], float(gap.max()))
-            h = out_target
+            h = layer(h) if isinstance(pair, CopyStage) else out_target
         self._n += int(x.shape[0])
         return h
 
@@ -298,12 +349,12 @@ class LayerChecker:
         for i in self.pair_indices:
             s = self._stats[i]
             pair = self.pruned[i]
-            assert isinstance(pair, PrunedPair)
+            construction = _stage_construction(pair)
             checks.append(
                 LayerCheck(
                     index=i,
                     module=describe_module(self.target[i]),
-                    construction=pair.construction,
+                    construction=construction,
                     dtype=dtype,
                     n_inputs=self._n,
                     input_min=s["input_min"],
@@ -326,6 +377,26 @@ def _pair_forward(pair: PrunedPair, h: torch.Tensor) -> tuple[torch.Tensor, torc
         return pair(h), None
     out, least = pair.forward_with_margin(h)
     return out, least >= 0
+
+
+def _stage_construction(module: nn.Module) -> str:
+    """``offset_blocks`` etc. for a pair; a depth-L+1 stage: its first (an L pair) or ``copies``."""
+    if isinstance(module, CopyStage):
+        return module.layer.construction if isinstance(module.layer, PrunedPair) else "copies"
+    assert isinstance(module, PrunedPair)
+    return module.construction
+
+
+def _stage_forward(stage: CopyStage, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """A depth-L+1 stage on the target's activation ``h``: its output copies, where it is linear (the first stage,
+    an L pair; None otherwise) and its effective weights' output copies, each ``(B, d_out, copies, *spatial)``."""
+    plan = stage.plan
+    x = plan.expand(h, stage.constants_in.to(h.device))
+    if isinstance(stage.layer, PrunedPair):
+        out, linear = _pair_forward(stage.layer, x)
+    else:
+        out, linear = stage(x), None
+    return plan.collapse(out), linear, stage.effective_forward(h)
 
 
 def check_layers(target: nn.Sequential, pruned: nn.Sequential, x: torch.Tensor) -> list[LayerCheck]:
