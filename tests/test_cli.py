@@ -6,6 +6,7 @@ References: the files the commands write, read back with the library, onnxruntim
 
 from __future__ import annotations
 
+import copy
 import json
 import pickle
 import subprocess
@@ -207,6 +208,37 @@ def test_export_safetensors_writes_pruned_source_and_mask(built: tuple[Result, P
     result = invoke("export", built[1], "--format", "safetensors", "-o", out)
     assert result.exit_code == 0, result.output
     assert check_pruned_equals_source_times_mask(out)
+
+
+def test_build_at_depth_l_plus_1_verifies_inspects_and_exports(checkpoint: Path, workdir: Path) -> None:
+    import onnxruntime as ort
+
+    out = workdir / "shallow.ticket"
+    result = invoke("build", checkpoint, "--n", 12, "--depth", "L+1", "--input-domain", "-1,1", "-o", out)
+    assert result.exit_code == 0, result.output
+    ticket = Ticket.load(out)
+    assert ticket.depth == "L+1" and ticket.build["config"]["depth"] == "L+1"
+    report = json.loads(out.with_suffix(".report.json").read_text())
+    checks = report["verification"]["layers"]["float64"]
+    assert [c["construction"] for c in checks] == ["offset_blocks", "copies"]
+    assert report["verification"]["certified"]["max_bound"] is not None
+    text = flat(invoke("inspect", out).output)
+    assert "2 target layers -> 3 random layers (depth L+1)" in text and "C = one random layer" in text
+    onnx_path = workdir / "shallow.onnx"
+    assert invoke("export", out, "--format", "onnx", "-o", onnx_path).exit_code == 0
+    x = np.random.default_rng(2).uniform(-1, 1, (4, 6)).astype(np.float32)
+    (got,) = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]).run(["output"], {"input": x})
+    with torch.no_grad():
+        expected = ticket.to_module()(torch.from_numpy(x)).numpy()
+        exact = copy.deepcopy(ticket.to_module()).double()(torch.from_numpy(x).double()).numpy()
+    # two float32 runs with different summation orders (the L pair's constants cancel in float32): each is as far
+    # from the float64 network as float32 allows, not bit-equal to the other
+    float32_error = max(np.abs(expected - exact).max(), 1e-6 * np.abs(exact).max())
+    assert np.abs(got - exact).max() <= 10 * float32_error
+    safetensors_path = workdir / "shallow.safetensors"
+    assert invoke("export", out, "--format", "safetensors", "-o", safetensors_path).exit_code == 0
+    assert check_pruned_equals_source_times_mask(safetensors_path)
+    assert_fails_cleanly(invoke("build", checkpoint, "--depth", "L+1", "--resample", 2, "--no-verify"), "pure source")
 
 
 def test_module_entry_point_runs_as_a_real_process() -> None:
