@@ -39,6 +39,7 @@ __all__ = [
     "PURE_TOLERANCE",
     "RESAMPLE_BLOCK_DRAWS",
     "RESAMPLE_TOLERANCE",
+    "SHALLOW_TOLERANCE",
     "BuildConfig",
     "Construction",
     "DensityPolicy",
@@ -53,6 +54,9 @@ MAX_N = 64
 MAX_RESAMPLE = 255
 #: default tolerance of a pure build: a subset sum within it needs no larger search (see solvers.auto)
 PURE_TOLERANCE = 1e-8
+#: default tolerance of a depth-L+1 build: its ~n² times more subset sums stop there (LeNet5, n = 30: max relative
+#: output error 2.6e-5 against 1.8e-5 at 1e-8, built ~5x faster)
+SHALLOW_TOLERANCE = 1e-6
 #: default tolerance of a re-randomised build: a unit is redrawn while its error exceeds it
 RESAMPLE_TOLERANCE = 1e-7
 #: construction I's default extra block draws when re-randomising (a pure build draws each block once)
@@ -229,7 +233,8 @@ class BuildConfig(_Config):
     )
     tolerance: Annotated[Annotated[float, Field(ge=0)] | None, BeforeValidator(_real(0.0, math.inf))] = Field(
         default=None,
-        description="pure: a subset sum within it is accepted (1e-8); resample > 0: units above it are redrawn (1e-7)",
+        description="pure: a subset sum within it is accepted (1e-8; depth L+1: 1e-6); resample > 0: units above it "
+        "are redrawn (1e-7)",
     )
     block_draws: Annotated[
         Annotated[int, Field(ge=0, le=MAX_RESAMPLE)] | None, BeforeValidator(_integer(0, MAX_RESAMPLE, optional=True))
@@ -261,7 +266,8 @@ class BuildConfig(_Config):
     @model_validator(mode="after")
     def _resolve_and_check(self) -> Self:
         if self.tolerance is None:
-            object.__setattr__(self, "tolerance", PURE_TOLERANCE if self.pure else RESAMPLE_TOLERANCE)
+            default = PURE_TOLERANCE if self.pure else RESAMPLE_TOLERANCE
+            object.__setattr__(self, "tolerance", SHALLOW_TOLERANCE if self.depth == "L+1" else default)
         if self.block_draws is None:
             object.__setattr__(self, "block_draws", 0 if self.pure else RESAMPLE_BLOCK_DRAWS)
         if self.construction == "offset_blocks" and not self.pure:
