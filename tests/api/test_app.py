@@ -257,7 +257,7 @@ def test_openapi_describes_the_routes_and_takes_the_job_spec_as_params(client_fa
     form = paths["/approximate"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
     assert form["properties"]["params"]["contentSchema"] == {"$ref": "#/components/schemas/JobSpec"}
     schemas = document["components"]["schemas"]
-    assert {"n", "arch", "build", "verify", "time_limit_s", "learn"} == set(schemas["JobSpec"]["properties"])
+    assert {"n", "arch", "build", "verify", "time_limit_s", "learn", "sweep"} == set(schemas["JobSpec"]["properties"])
     assert {"BuildConfig", "VerifyConfig", "LearnSpec", "JobView", "JobSummary", "ItemView"} <= set(schemas)
 
 
