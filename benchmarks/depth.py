@@ -107,8 +107,8 @@ def _table(rows: list[dict[str, Any]]) -> Table:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--targets", default="lenet5,mlp,mlp-wine", help=f"comma list of {', '.join(TARGETS)}")
-    parser.add_argument("--n-2l", default="20,30", help="n of the depth-2L tickets")
-    parser.add_argument("--n-l1", default="30,40", help="n of the depth-L+1 tickets")
+    parser.add_argument("--n-2l", default="20,25,30", help="n of the depth-2L tickets")
+    parser.add_argument("--n-l1", default="24,30", help="n of the depth-L+1 tickets")
     parser.add_argument("--workdir", type=Path, default=ROOT / "runs" / "bench")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = parser.parse_args()
