@@ -3,8 +3,8 @@
 ``ticketsolver build lenet5.pt --n 20`` loads the target, builds and saves the ticket, verifies it and
 prints the report; ``ticketsolver learn-mask mlp --data wine --keep 0.5`` learns a mask over a frozen random
 network for a task instead (edge-popup, IteRand); ``verify`` (against a target, or on a task), ``inspect``,
-``export``, ``bench`` and ``demo`` do one job each. Every ticketsolver error exits with status 1 and its
-message; bad usage exits with 2.
+``export``, ``bench`` and ``demo`` do one job each; ``sweep`` builds and verifies a grid of settings over n
+(results.csv and figures). Every ticketsolver error exits with status 1 and its message; bad usage exits with 2.
 """
 
 from __future__ import annotations
@@ -196,7 +196,10 @@ def build(
     ] = 0,
     tolerance: Annotated[
         float | None,
-        typer.Option(help="pure: a subset sum within it is accepted (default 1e-8); --resample: redraw above (1e-7)"),
+        typer.Option(
+            help="pure: a subset sum within it is accepted (default 1e-8; --depth L+1: 1e-6); --resample: redraw "
+            "above (1e-7)"
+        ),
     ] = None,
     block_draws: Annotated[
         int | None,
@@ -213,6 +216,13 @@ def build(
         str,
         typer.Option(help="how a sparse source's layers share --source-density: uniform, erk, balanced, pyramidal"),
     ] = "uniform",
+    depth: Annotated[
+        str,
+        typer.Option(
+            help="2L: two random layers per target layer (pairs); L+1: one per target layer plus a first layer of "
+            "input copies (Burkholz 2022), far wider; pure source only"
+        ),
+    ] = "2L",
     arch: Annotated[
         str | None, typer.Option(help="built-in architecture of a state_dict (lenet5, mlp); inferred by default")
     ] = None,
@@ -235,6 +245,7 @@ def build(
             block_draws=block_draws,
             source_density=source_density,
             density_policy=density_policy,  # type: ignore[arg-type]  # BuildConfig validates the name
+            depth=depth,  # type: ignore[arg-type]  # BuildConfig validates the name
         )
         checks = VerifyConfig() if verify else None
         _build_and_verify(model, config, checks, arch=arch, out=out, data_spec=data, report_path=report)
@@ -661,6 +672,77 @@ def demo(
             out=workdir / f"lenet5.n{n}.ticket",
             data_spec="digits",
         )
+
+    _run(run)
+
+
+@app.command()
+def sweep(
+    model: Annotated[
+        Path, typer.Argument(help="checkpoint: state_dict (.pt/.pth/.safetensors) or torch.export program (.pt2)")
+    ],
+    n: Annotated[str, typer.Option(help="n values: START:STOP[:STEP] (stop included), A,B,C or one value")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="sweep directory (an earlier run there is resumed)")],
+    resample: Annotated[str, typer.Option(help="re-randomisation rounds, e.g. 0,16 (0: a pure source)")] = "0",
+    source_density: Annotated[str, typer.Option(help="Erdos-Renyi source densities, e.g. 1,0.5,0.2")] = "1",
+    density_policy: Annotated[
+        str, typer.Option(help="how a sparse source's layers share the density: uniform, erk, balanced, pyramidal")
+    ] = "uniform",
+    depth: Annotated[str, typer.Option(help="depths of the random network: 2L and/or L+1, e.g. 2L,L+1")] = "2L",
+    data: Annotated[str | None, typer.Option(help=DATA_HELP)] = None,
+    seed: Annotated[int, typer.Option(help="seed of the random source of every build")] = 0,
+    input_domain: Annotated[
+        str | None, typer.Option(help="box of the model input, LO,HI (default: the data's, else -6,6)")
+    ] = None,
+    n_random: Annotated[
+        int | None, typer.Option(help="random inputs of the box each ticket is verified on (default 256)")
+    ] = None,
+    solver: Annotated[str, typer.Option(help="subset-sum backend: auto, mitm, gurobi, cpsat, cbc")] = "auto",
+    arch: Annotated[
+        str | None, typer.Option(help="built-in architecture of a state_dict (lenet5, mlp); inferred by default")
+    ] = None,
+) -> None:
+    """Build and verify MODEL's ticket at every n for each setting (depth x --resample x --source-density),
+    write results.csv (one row per ticket), the tickets and the figures (error against n and size, kept
+    fraction, accuracy, conv error) into --out. Run it again into the same directory to resume."""
+    domain = _parse_domain(input_domain)
+
+    def run() -> None:
+        from rich.progress import MofNCompleteColumn
+
+        from ticketsolver import load_target
+        from ticketsolver.sweep import SWEEP_VERIFY, SweepSpec, run_sweep, setting_label, summary_table
+
+        checks = SWEEP_VERIFY if n_random is None else SWEEP_VERIFY.replace(n_random=n_random)
+        # the texts go to the spec as they are: it parses ranges and lists, and its ConfigError names the field
+        fields: dict[str, Any] = {"n": n, "resample": resample, "source_density": source_density, "depth": depth}
+        fields |= {"density_policy": density_policy, "seed": seed, "input_domain": domain, "solver": solver}
+        spec = SweepSpec(**fields, verify=checks)
+        for setting, reason in spec.settings()[1]:
+            console.print(f"[yellow]skipped[/yellow] {setting_label(**setting)}: {reason}")
+        with _stage(f"loaded {model}"):
+            target = load_target(model, arch=arch)
+        dataset = _load_data(data)
+        with Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+        ) as bar:
+            task = bar.add_task("sweep", total=None)
+
+            def update(done: int, total: int, label: str) -> None:
+                bar.update(task, completed=done, total=total, description=label)
+
+            result = run_sweep(target, spec, out, data=dataset, progress=update)
+        console.print(summary_table(result.rows))
+        if result.reused:
+            console.print(f"{result.reused} rows resumed from the earlier run in {out}")
+        console.print(f"results -> {result.csv_path}")
+        console.print(f"tickets -> {out / 'tickets'}")
+        for path in result.figures:
+            console.print(f"figure -> {path}")
 
     _run(run)
 
