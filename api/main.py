@@ -23,7 +23,7 @@ from . import web
 from .auth import DOCS_ASSETS, BearerTokenMiddleware
 from .errors import install_error_handlers
 from .headers import SecurityHeadersMiddleware
-from .routes import exports, figures, health, jobs, progress
+from .routes import exports, figures, health, jobs, progress, sweeps
 from .settings import Settings
 
 log = logging.getLogger("ticketsolver.api")
@@ -46,7 +46,8 @@ async def _purge_expired(store: JobStore, days: float) -> None:
 
 def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
     """FastAPI's OpenAPI document plus :class:`JobSpec`, the schema of ``POST /approximate``'s ``params``
-    field (the route reads its multipart body itself, see :mod:`ticketsolver_api.forms`)."""
+    field, and the sweep section it holds, ``POST /sweeps``' (the routes read their multipart bodies themselves,
+    see :mod:`ticketsolver_api.forms`)."""
 
     def document() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -54,7 +55,7 @@ def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
             spec = JobSpec.model_json_schema(ref_template="#/components/schemas/{model}")
             components = schema.setdefault("components", {}).setdefault("schemas", {})
             components.update(spec.pop("$defs", {}))
-            components["JobSpec"] = spec
+            components["JobSpec"] = spec  # its $defs hold SweepSection, the schema of POST /sweeps' params
             app.openapi_schema = schema
         return app.openapi_schema
 
@@ -127,6 +128,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(exports.router)
     app.include_router(figures.router)
+    app.include_router(sweeps.router)
     app.include_router(web.router)
     app.mount("/ui/static", StaticFiles(directory=web.STATIC_DIR), name="web-static")
     return app

@@ -10,9 +10,10 @@ wraps those in lists and envelopes.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any, get_type_hints
 
-from pydantic import BaseModel, ConfigDict, create_model
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from ticketsolver.jobs import JobState, JobSummary
 from ticketsolver.ticket.artifact import TicketSizes
@@ -23,6 +24,10 @@ __all__ = [
     "JobCreated",
     "JobReport",
     "JobsPublic",
+    "SweepFile",
+    "SweepItemReport",
+    "SweepSkipped",
+    "SweepView",
     "TicketPublic",
     "TicketReportPublic",
     "TicketSizesPublic",
@@ -83,9 +88,54 @@ class ItemReport(BaseModel):
     verification_note: str | None = None
 
 
+class SweepItemReport(BaseModel):
+    """The finished item of a sweep job: its results are files (``GET /sweeps/{id}``), not a ticket."""
+
+    model_config = ConfigDict(extra="allow")
+
+    item: dict[str, Any]  # checkpoint, data
+    #: rows (tickets built), reused (rows an earlier attempt built), results (the table's file in the sweep's
+    #: folder), figures (their files), skipped [{setting, reason}]
+    sweep: dict[str, Any]
+
+
 class JobReport(BaseModel):
     job: JobSummary
-    items: list[ItemReport | None]
+    items: list[ItemReport | SweepItemReport | None]
+
+
+class SweepSkipped(BaseModel):
+    """A setting of the grid that is not built, and why (e.g. depth L+1 with resample > 0)."""
+
+    setting: dict[str, Any]
+    reason: str
+
+
+class SweepFile(BaseModel):
+    name: str
+    url: str
+
+
+class SweepView(BaseModel):
+    """``GET /sweeps/{id}``: a sweep job in the sweep's terms, with the links to its results."""
+
+    job_id: str
+    state: JobState
+    progress: float = Field(ge=0, le=1)
+    message: str  # what it is doing, e.g. "3/8 rows done; building 2L, pure, n = 30"
+    error: str | None
+    checkpoint: str
+    rows_done: int  # rows of results.csv so far
+    rows_total: int  # settings of the grid to build (the skipped ones not counted)
+    skipped: list[SweepSkipped]
+    params: dict[str, Any]  # the job's sweep section
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    purged_at: datetime | None
+    job_url: str  # the same job in the jobs' terms
+    results_url: str | None  # once a row is done
+    figures: list[SweepFile]  # once the sweep has finished
 
 
 class HealthPublic(BaseModel):

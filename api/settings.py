@@ -29,6 +29,7 @@ class Settings(BaseSettings):
     max_n: Annotated[int, Field(ge=1, le=MAX_N)] = MAX_N  # largest n per item
     max_weights_per_job: Annotated[int, Field(ge=1)] = 20_000_000  # target weights summed over a job's items
     max_batch_items: Annotated[int, Field(ge=1)] = 32  # checkpoints x n values per job
+    max_sweep_rows: Annotated[int, Field(ge=1)] = 256  # settings (tickets) of one sweep job
     # bytes the items running at once may use (estimated peak per worker); default: half of this machine's RAM
     memory_budget_bytes: Annotated[int, Field(ge=1)] = Field(default_factory=default_memory_budget)
     retention_days: Annotated[float | None, Field(gt=0)] = None  # purge finished jobs older than this; None: keep
@@ -65,6 +66,7 @@ class Settings(BaseSettings):
         return Limits(
             max_n=self.max_n,
             max_batch_items=self.max_batch_items,
+            max_sweep_rows=self.max_sweep_rows,
             max_weights_per_job=self.max_weights_per_job,
             max_checkpoint_bytes=self.max_upload_bytes,
             memory_budget_bytes=self.memory_budget_bytes,

@@ -7,7 +7,8 @@ The item figures recompute their numbers from the ticket and the uploaded checkp
 whose path is part of the key), so a drawing stays true until the job is purged.
 
 They compare a ticket with its target: an item of a learned-mask job (``learn``) has no target, so its
-figures, and the sweep of such a job, answer 409 with the reason.
+figures, and the sweep of such a job, answer 409 with the reason. A job with a ``sweep`` section has figures
+of its own, drawn by the library (``GET /sweeps/{id}/figures/{name}``): here it answers 409 and says where.
 """
 
 from __future__ import annotations
@@ -114,6 +115,11 @@ def sweep_figure(store: StoreDep, job_id: JobId) -> Response:
     if job.params.get("learn"):
         raise HTTPException(
             status.HTTP_409_CONFLICT, f"job {job_id} learned masks: no sweep over n and no errors against a target"
+        )
+    if job.params.get("sweep"):
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            f"job {job_id} is a sweep job: its figures are listed at /sweeps/{job_id} (PNG and SVG)",
         )
     names_unique = len({c.name for c in job.checkpoints}) == len(job.checkpoints)
     series: dict[str, list[tuple[int, float | None, float | None]]] = {}

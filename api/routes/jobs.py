@@ -14,7 +14,7 @@ from ticketsolver.jobs import JobSpec, JobState, JobView
 
 from ..deps import Authorized, RunnerDep, SettingsDep, StoreDep
 from ..forms import read_job_form
-from ..schemas import ItemReport, JobCreated, JobReport, JobsPublic, TicketPublic, TicketsPublic
+from ..schemas import ItemReport, JobCreated, JobReport, JobsPublic, SweepItemReport, TicketPublic, TicketsPublic
 
 log = logging.getLogger("ticketsolver.api")
 router = APIRouter(tags=["jobs"], dependencies=[Authorized])
@@ -90,7 +90,9 @@ async def approximate(request: Request, runner: RunnerDep, settings: SettingsDep
         job_id = await run_in_threadpool(runner.submit, form.checkpoints, spec)
     finally:
         form.close()
-    if spec.learn is None:
+    if spec.sweep is not None:
+        log.info("accepted job %s: a sweep of n = %s (GET /sweeps/%s)", job_id, list(spec.sweep.n), job_id)
+    elif spec.learn is None:
         log.info("accepted job %s: %d checkpoint(s) x n = %s", job_id, len(form.checkpoints), list(spec.n))
     else:
         what = f"{spec.learn.method} on {spec.learn.data}"
@@ -151,9 +153,11 @@ def download_ticket(store: StoreDep, job_id: JobId, k: Annotated[int, Path(ge=0,
 @router.get("/jobs/{job_id}/report", response_model=JobReport)
 def get_report(store: StoreDep, job_id: JobId) -> JobReport:
     """Per item: ticket summary (sizes, per-layer errors) and verification report; null until done. A learned
-    item has its task report (accuracy, loss) instead of a verification, and says why."""
+    item has its task report (accuracy, loss) instead of a verification, and says why; a sweep's item lists its
+    results (GET /sweeps/{id} has the links)."""
     job = _job_or_404(store, job_id)
-    items = [None if r is None else ItemReport.model_validate(r) for r in store.item_reports(job_id) or []]
+    model = SweepItemReport if job.params.get("sweep") else ItemReport
+    items = [None if r is None else model.model_validate(r) for r in store.item_reports(job_id) or []]
     return JobReport(job=job, items=items)
 
 

@@ -2,7 +2,9 @@
 
 Place in the pipeline: the last stage (jobs/service), below any web framework (the FastAPI app in
 ``api/`` is a thin shell over this package and this package never imports it). A job is one or more
-checkpoints times one or more n; each (checkpoint, n) is an *item* that yields one ticket and one report.
+checkpoints times one or more n; each (checkpoint, n) is an *item* that yields one ticket and one report (a
+job with a ``learn`` section learns one mask per checkpoint; one with a ``sweep`` section runs
+:func:`ticketsolver.sweep.run_sweep` on its one checkpoint, a table and figures as its results).
 
 * :class:`JobSpec` / :class:`Limits` (``spec``): what a job asks for and what the service allows;
 * :func:`accept_job` (``intake``): store the uploads safely and record the job in the :class:`JobStore`;

@@ -32,7 +32,7 @@ from ticketsolver.jobs.memory import (
     estimate_peak_bytes,
     layer_weights,
 )
-from ticketsolver.jobs.spec import LEARN_DATA, JobSpec, LearnSpec, Limits
+from ticketsolver.jobs.spec import LEARN_DATA, JobSpec, LearnSpec, Limits, SweepSection
 from ticketsolver.jobs.store import JobStore, new_id
 
 __all__ = [
@@ -43,6 +43,7 @@ __all__ = [
     "check_learn",
     "check_limits",
     "check_memory",
+    "check_sweep",
     "display_name",
     "sniff_suffix",
     "target_params",
@@ -86,6 +87,9 @@ def target_params(target: Any) -> int:
 def check_limits(spec: JobSpec, params: Sequence[int], limits: Limits) -> None:
     """Refuse (LimitError) a job beyond ``limits``; ``params`` are the target sizes of its checkpoints (of a
     learned-mask job: the random networks' values, see :func:`check_learn`)."""
+    if spec.sweep is not None:
+        _check_sweep_limits(spec.sweep, params, limits)
+        return
     too_big = [n for n in spec.n if n > limits.max_n] if spec.learn is None else []  # learning uses no n
     if too_big:
         raise LimitError(f"n = {too_big[0]} is above this service's limit of {limits.max_n}")
@@ -100,6 +104,23 @@ def check_limits(spec: JobSpec, params: Sequence[int], limits: Limits) -> None:
         what = "approximate" if spec.learn is None else "learn masks over"
         raise LimitError(
             f"the job would {what} {weights:,} weights ({items} items); the limit is "
+            f"{limits.max_weights_per_job:,} per job"
+        )
+
+
+def _check_sweep_limits(sweep: SweepSection, params: Sequence[int], limits: Limits) -> None:
+    """A sweep is one item that builds one ticket per runnable setting: its rows count as the items of a
+    build job do, against their own limit, and its weights are the target's times its rows."""
+    too_big = [n for n in sweep.n if n > limits.max_n]
+    if too_big:
+        raise LimitError(f"sweep n = {too_big[0]} is above this service's limit of {limits.max_n}")
+    rows = len(sweep.settings()[0])
+    if rows > limits.max_sweep_rows:
+        raise LimitError(f"the sweep has {rows} settings to build; the limit is {limits.max_sweep_rows} per sweep")
+    weights = sum(params) * rows
+    if weights > limits.max_weights_per_job:
+        raise LimitError(
+            f"the sweep would approximate {weights:,} weights ({rows} settings x {sum(params):,}); the limit is "
             f"{limits.max_weights_per_job:,} per job"
         )
 
@@ -132,15 +153,10 @@ def check_learn(name: str, target: Any, learn: LearnSpec, limits: Limits) -> tup
     from ticketsolver.learning import network_for
 
     data = LEARN_DATA[learn.data]
-    if tuple(target.input_shape) != data.input_shape:
-        raise UploadRejectedError(
-            name, f"it takes inputs of shape {tuple(target.input_shape)}, but {learn.data!r} has {data.input_shape}"
-        )
+    _check_input_fits(name, target, learn.data)
     config = learn.config()
     network = network_for(target, config)
-    outputs = network.layouts[-1].d_out
-    if outputs != data.classes:
-        raise UploadRejectedError(name, f"it has {outputs} outputs, but {learn.data!r} has {data.classes} classes")
+    _check_outputs_fit(name, network.layouts[-1].d_out, learn.data)
     values = network.source_params()
     activations = round(config.width * activations_per_example(target))
     examples = min(1024, max(config.batch_size, data.test_examples))
@@ -154,6 +170,42 @@ def check_learn(name: str, target: Any, learn: LearnSpec, limits: Limits) -> tup
             limits.memory_budget_bytes,
         )
     return values, estimate
+
+
+def check_sweep(name: str, target: Any, sweep: SweepSection, limits: Limits) -> int:
+    """Check that one checkpoint can be swept as ``sweep`` asks; returns the item's estimated peak memory (its
+    settings are built one after another in one worker: the largest n decides).
+
+    Raises:
+        UploadRejectedError: the section names a dataset the checkpoint's input or output does not fit.
+        MemoryBudgetError: the estimate at the largest n exceeds ``limits.memory_budget_bytes``.
+    """
+    if sweep.data is not None:
+        _check_input_fits(name, target, sweep.data)
+        _check_outputs_fit(name, _outputs(target), sweep.data)
+    return max(check_memory(name, layer_weights(target), sweep.n, limits).values())
+
+
+def _check_input_fits(name: str, target: Any, data_name: str) -> None:
+    shape = LEARN_DATA[data_name].input_shape
+    if tuple(target.input_shape) != shape:
+        raise UploadRejectedError(
+            name, f"it takes inputs of shape {tuple(target.input_shape)}, but {data_name!r} has {shape}"
+        )
+
+
+def _check_outputs_fit(name: str, outputs: int, data_name: str) -> None:
+    classes = LEARN_DATA[data_name].classes
+    if outputs != classes:
+        raise UploadRejectedError(name, f"it has {outputs} outputs, but {data_name!r} has {classes} classes")
+
+
+def _outputs(target: Any) -> int:
+    """The target's outputs per example: a forward pass of one zero input."""
+    import torch
+
+    with torch.no_grad():
+        return int(target.module(torch.zeros((1, *target.input_shape))).numel())
 
 
 def _gib(size: int) -> str:
@@ -248,9 +300,12 @@ def accept_job(
 
     if not uploads:
         raise JobError("no checkpoint: send one or more files in the field 'checkpoint'")
-    if spec.learn is not None and importlib.util.find_spec("sklearn") is None:
+    if spec.sweep is not None and len(uploads) != 1:
+        raise JobError(f"a sweep takes one checkpoint, got {len(uploads)}: submit one sweep per checkpoint")
+    bundled = spec.learn.data if spec.learn is not None else None if spec.sweep is None else spec.sweep.data
+    if bundled is not None and importlib.util.find_spec("sklearn") is None:
         raise SolverUnavailableError(
-            "a learned-mask job learns on bundled data, which needs scikit-learn; this service lacks it "
+            f"the job uses the bundled data {bundled!r}, which needs scikit-learn; this service lacks it "
             "(install ticketsolver[data])"
         )
     if len(uploads) > limits.max_batch_items:
@@ -274,7 +329,10 @@ def accept_job(
             except TicketSolverError as exc:
                 raise UploadRejectedError(shown, without_server_names(str(exc), path)) from exc
             layers = layer_weights(target)
-            if spec.learn is None:
+            if spec.sweep is not None:  # one item, building the settings one after another
+                params.append(sum(layers))
+                memory = dict.fromkeys(spec.n, check_sweep(shown, target, spec.sweep, limits))
+            elif spec.learn is None:
                 params.append(sum(layers))
                 memory = check_memory(shown, layers, spec.n, limits, verify=spec.verify is not None)
             else:  # one item per checkpoint, learning over a random network of its architecture

@@ -8,7 +8,10 @@ verified is the library's own :class:`~ticketsolver.config.BuildConfig` and
 the top level: the values of n (one item per n and checkpoint), the architecture of bare state_dicts and
 the wall-clock limit of an item. A job with a ``learn`` section (:class:`LearnSpec`: the library's
 :class:`~ticketsolver.learning.LearnConfig` and a bundled dataset) learns a mask over a random network of
-each checkpoint's architecture instead (one item per checkpoint; n, build and verify do not apply).
+each checkpoint's architecture instead (one item per checkpoint; n, build and verify do not apply). A job
+with a ``sweep`` section (:class:`SweepSection`: the library's :class:`~ticketsolver.sweep.SweepSpec` and
+optionally a bundled dataset) builds and verifies its one checkpoint at every setting of a grid with
+:func:`ticketsolver.sweep.run_sweep` (one item; n, build and verify are the section's own).
 
 >>> spec = JobSpec(n=[16, 20], build={"seed": 3})
 >>> spec.n, spec.build_config(16).n, spec.build_config(16).seed
@@ -18,6 +21,9 @@ True
 >>> learned = JobSpec(learn={"method": "iterand", "keep": 0.5, "data": "wine", "rerand_period": 5})
 >>> learned.learn.config().method, learned.learn.data, learned.verify
 ('iterand', 'wine', None)
+>>> swept = JobSpec(sweep={"n": [8, 10], "data": "wine"})
+>>> swept.sweep.sweep_spec().n, swept.sweep.data, swept.verify
+((8, 10), 'wine', None)
 >>> JobSpec.from_dict({"seed": 3})
 Traceback (most recent call last):
 ...
@@ -38,11 +44,22 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from ticketsolver.config import MAX_N, MAX_RESAMPLE, BuildConfig, VerifyConfig
 from ticketsolver.errors import ConfigError
 from ticketsolver.learning.config import LearnConfig
+from ticketsolver.sweep import SweepSpec
 
 if TYPE_CHECKING:
     from ticketsolver.data import Dataset
 
-__all__ = ["LEARN_DATA", "JobSpec", "JobState", "LearnData", "LearnSpec", "Limits", "default_memory_budget"]
+__all__ = [
+    "LEARN_DATA",
+    "JobSpec",
+    "JobState",
+    "LearnData",
+    "LearnSpec",
+    "Limits",
+    "SweepSection",
+    "default_memory_budget",
+    "load_bundled_data",
+]
 
 
 class JobState(enum.StrEnum):
@@ -125,6 +142,18 @@ def _data_name(value: Any) -> str:
     return str(value)
 
 
+def _optional_data_name(value: Any) -> str | None:
+    return None if value is None else _data_name(value)
+
+
+def load_bundled_data(name: str) -> Dataset:
+    """The bundled dataset ``name`` (a key of :data:`LEARN_DATA`; needs scikit-learn, as the library's loaders do)."""
+    from ticketsolver import data
+
+    loaded: Dataset = getattr(data, LEARN_DATA[name].loader)()
+    return loaded
+
+
 class LearnSpec(LearnConfig):
     """A job's ``learn`` section: how each item learns its mask (the library's
     :class:`~ticketsolver.learning.LearnConfig`, same fields, validation and defaults) and on which bundled
@@ -161,13 +190,47 @@ class LearnSpec(LearnConfig):
 
     def load_data(self) -> Dataset:
         """The bundled dataset (needs scikit-learn, as the library's loaders do)."""
-        from ticketsolver import data
-
-        loaded: Dataset = getattr(data, LEARN_DATA[self.data].loader)()
-        return loaded
+        return load_bundled_data(self.data)
 
 
 _LEARN_FIELDS = frozenset(LearnSpec.model_fields)
+
+
+class SweepSection(SweepSpec):
+    """A job's ``sweep`` section: the grid of settings its one checkpoint is built and verified at (the
+    library's :class:`~ticketsolver.sweep.SweepSpec`, same fields, validation and defaults) and, optionally, a
+    bundled dataset the tickets are also measured on. A bad value raises
+    :class:`~ticketsolver.errors.ConfigError` naming the field."""
+
+    data: Annotated[
+        Literal["digits", "digits-flat", "wine"] | None,
+        BeforeValidator(_optional_data_name),
+    ] = Field(
+        default=None,
+        description="bundled dataset the tickets are also measured on (relative output error, agreement and "
+        "accuracy on its test split): digits (1x28x28), digits-flat (64 features) or wine (13 features, 3 "
+        "classes); the checkpoint's input and output must fit it; null: random inputs only",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _n_is_given(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "n" not in data:
+            raise ValueError("n is required: the values of n to build at, a list or a range START:STOP:STEP")
+        return data
+
+    def sweep_spec(self) -> SweepSpec:
+        """The library's :class:`SweepSpec` of this section (everything but ``data``)."""
+        return SweepSpec(**{name: getattr(self, name) for name in self.model_fields_set - {"data"}})
+
+    def load_data(self) -> Dataset | None:
+        """The bundled dataset, or None when the section names none."""
+        return None if self.data is None else load_bundled_data(self.data)
+
+
+_SWEEP_FIELDS = frozenset(SweepSection.model_fields)
+#: the parameters of a sweep job (JobSpec.of_sweep) that are the job's own, not its section's
+SWEEP_JOB_FIELDS = ("arch", "time_limit_s")
 
 
 class JobSpec(BaseModel):
@@ -221,6 +284,16 @@ class JobSpec(BaseModel):
             "accuracy and loss); null: build"
         ),
     ] = None
+    #: build and verify one checkpoint at every setting of a grid (ticketsolver.sweep); None: one build per n
+    sweep: Annotated[
+        SweepSection | None,
+        Field(
+            description="build and verify the job's one checkpoint at every setting of a grid (values of n, "
+            "resample, source density, depth) with the library's run_sweep: one item whose results are a CSV "
+            "table and figures (GET /sweeps/{id}); n, build and verify do not apply (the section has its own n, "
+            "seed, solver, input_domain and verify); null: one build per n"
+        ),
+    ] = None
 
     def __init__(self, **data: Any) -> None:
         try:
@@ -231,8 +304,10 @@ class JobSpec(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _learned_items_are_not_verified(cls, data: Any) -> Any:
-        """A learned-mask job verifies nothing (there is no target to compare with): its default is null."""
-        if isinstance(data, dict) and data.get("learn") is not None and "verify" not in data:
+        """A learned-mask job verifies nothing (there is no target to compare with), and a sweep verifies
+        with its own section's settings: their default is null."""
+        sections = ("learn", "sweep")
+        if isinstance(data, dict) and "verify" not in data and any(data.get(key) is not None for key in sections):
             return {**data, "verify": None}
         return data
 
@@ -245,6 +320,21 @@ class JobSpec(BaseModel):
                 f"n lists {len(self.n)} values, but a learned-mask job (learn) makes one item per checkpoint and "
                 "does not use n: give one value or none"
             )
+        if self.sweep is not None:
+            if self.learn is not None:
+                raise ValueError("a job either learns masks (learn) or sweeps a grid of builds (sweep), not both")
+            if len(self.n) > 1:
+                raise ValueError(
+                    f"n lists {len(self.n)} values, but a sweep job takes its values of n in its section: give them "
+                    "as sweep.n"
+                )
+            if self.build != BuildConfig():
+                raise ValueError(
+                    "build does not apply to a sweep job: give its settings in the sweep section (sweep.seed, "
+                    "sweep.solver, sweep.input_domain, sweep.resample, ...)"
+                )
+            if self.verify is not None:
+                raise ValueError("verify does not apply to a sweep job: give the verification settings as sweep.verify")
         return self
 
     def build_config(self, n: int) -> BuildConfig:
@@ -260,7 +350,24 @@ class JobSpec(BaseModel):
             "verify": None if self.verify is None else self.verify.to_dict(),
             "time_limit_s": self.time_limit_s,
             "learn": None if self.learn is None else self.learn.to_dict(),
+            "sweep": None if self.sweep is None else self.sweep.to_dict(),
         }
+
+    @classmethod
+    def of_sweep(cls, params: dict[str, Any]) -> JobSpec:
+        """The spec of a sweep job from flat parameters (``POST /sweeps``): the sweep section's fields, plus the
+        job's own ``arch`` and ``time_limit_s``.
+
+        >>> JobSpec.of_sweep({"n": [8, 10], "depth": ["2L"], "time_limit_s": 600}).sweep.n
+        (8, 10)
+
+        Raises:
+            ConfigError: not a JSON object, an unknown key or a bad value (the message names the field).
+        """
+        if not isinstance(params, dict):
+            raise ConfigError(f"JobSpec: expected a JSON object, got {type(params).__name__}")
+        job = {key: params[key] for key in SWEEP_JOB_FIELDS if key in params}
+        return cls(**job, sweep={key: value for key, value in params.items() if key not in SWEEP_JOB_FIELDS})
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> JobSpec:
@@ -305,6 +412,8 @@ def _belongs(key: str) -> str:
         return f": it is a verification setting, give it as verify.{name}"
     if key in _LEARN_FIELDS:
         return f": it is a mask-learning setting, give it as learn.{key}"
+    if key in _SWEEP_FIELDS:
+        return f": it is a sweep setting, give it as sweep.{key}"
     return f"; the fields are {', '.join(JobSpec.model_fields)}"
 
 
@@ -330,6 +439,7 @@ class Limits:
     max_batch_items: int = 32  # checkpoints x n values
     max_weights_per_job: int = 20_000_000  # target weights summed over the items
     max_checkpoint_bytes: int = 64 * 1024**2  # one checkpoint file
+    max_sweep_rows: int = 256  # settings (tickets) of one sweep job
     #: bytes the items running at once may use together (estimated peak RSS of each worker, see
     #: ticketsolver.jobs.memory): an item whose estimate alone exceeds it is refused at intake
     memory_budget_bytes: int = field(default_factory=default_memory_budget)

@@ -13,6 +13,11 @@ over a random network of the checkpoint's architecture, progress per epoch) and 
 (:func:`ticketsolver.verification.evaluate_task`): a learned ticket has no target to be verified against.
 A learning run has no resume: an interrupted one starts again.
 
+An item of a job with a ``sweep`` section runs :func:`ticketsolver.sweep.run_sweep` on its checkpoint into the
+item's own folder (``JobStore.sweep_dir``), progress per row (rows done / total); the library appends each row
+to ``results.csv`` as it finishes, so an attempt after a restart or a dead worker redoes no finished row. The
+item's report lists the table, the figures and the settings skipped; it has no ticket of its own.
+
 When the store refuses a write, the worker stops and says so in its :class:`ItemResult`; the dispatcher
 then records the failure once the store accepts writes again, so no item stays "running" for ever.
 """
@@ -33,10 +38,17 @@ from typing import Any, Literal
 from ticketsolver.errors import JobError, TicketSolverError, VerificationError
 from ticketsolver.jobs.executors import parent_alive, run_on_cluster, solver_for, verify_on_cluster
 from ticketsolver.jobs.intake import UploadRejectedError, without_server_names
-from ticketsolver.jobs.spec import JobSpec, LearnSpec
+from ticketsolver.jobs.spec import JobSpec, LearnSpec, SweepSection
 from ticketsolver.jobs.store import ItemTask, JobStore, StoreError
 
-__all__ = ["NOT_VERIFIED_LEARNED", "ItemResult", "nonfinite_errors", "run_item", "verify_files", "verify_ticket"]
+__all__ = [
+    "NOT_VERIFIED_LEARNED",
+    "ItemResult",
+    "nonfinite_errors",
+    "run_item",
+    "verify_files",
+    "verify_ticket",
+]
 
 log = logging.getLogger("ticketsolver.jobs")
 
@@ -157,6 +169,14 @@ class _Progress:
         loss, accuracy = stats.get("loss", math.nan), stats.get("test_accuracy", math.nan)
         self.stage(self.share * done / epochs, f"epoch {done}/{epochs}: loss {loss:.4f}, test accuracy {accuracy:.1%}")
 
+    def row(self, done: int, total: int, label: str) -> None:
+        """``run_sweep``'s callback before each row it builds (``label`` names it) and once at the end: the
+        item's progress is the rows done, each report written (a row is a whole build and verification)."""
+        if not parent_alive():
+            raise _Stopped("the service process is gone")
+        doing = "drawing the figures" if done >= total else f"building {label}"
+        self.stage(self.share * done / max(1, total), f"{done}/{total} rows done; {doing}")
+
 
 def _run_item(store: JobStore, task: ItemTask, context: dict[str, Any]) -> ItemResult:
     from torch import nn
@@ -173,6 +193,8 @@ def _run_item(store: JobStore, task: ItemTask, context: dict[str, Any]) -> ItemR
         raise UploadRejectedError(task.checkpoint_name, without_server_names(str(exc), path)) from exc
     if spec.learn is not None:
         return _learn_item(store, task, spec.learn, target)
+    if spec.sweep is not None:
+        return _sweep_item(store, task, spec.sweep, target)
     config = spec.build_config(task.n)
     sizes = [m.weight.numel() for m in target.module if isinstance(m, nn.Linear | nn.Conv2d)]
     progress = _Progress(store, task, sizes, share=1.0 if spec.verify is None else 0.9)
@@ -243,6 +265,42 @@ def _learn_item(store: JobStore, task: ItemTask, learn: LearnSpec, target: Any) 
         }
 
     return _save_and_finish(store, task, ticket, progress, report_of)
+
+
+def _sweep_item(store: JobStore, task: ItemTask, sweep: SweepSection, target: Any) -> ItemResult:
+    """Build and verify the checkpoint at every setting of the sweep into the item's folder (resuming from the
+    rows it already holds), then finish the item with the report of its results."""
+    from ticketsolver.sweep import run_sweep
+
+    try:
+        dataset = sweep.load_data()
+    except ImportError as exc:  # scikit-learn holds the bundled data
+        raise JobError(f"measuring on {sweep.data!r} needs scikit-learn, which this service lacks: {exc}") from None
+    if not store.init_layers(task.item_id, task.attempt, 0):
+        raise _Stopped("cancelled")
+    out = store.sweep_dir(task.item_id)
+    out.mkdir(parents=True, exist_ok=True)
+    progress = _Progress(store, task, [], share=1.0)
+    try:
+        result = run_sweep(target, sweep.sweep_spec(), out, data=dataset, progress=progress.row)
+    except TicketSolverError as exc:  # the item's error is shown to clients: no server path in it
+        message = str(exc).replace(str(out), "the sweep's folder").replace(str(store.data_dir), "the data dir")
+        if message == str(exc):
+            raise
+        raise JobError(message) from exc
+    report = {
+        "item": {"checkpoint": task.checkpoint_name, "data": sweep.data},
+        "sweep": {
+            "rows": len(result.rows),
+            "reused": result.reused,  # rows an earlier attempt had built (resumed after a restart)
+            "results": Path(result.csv_path).relative_to(out).as_posix(),
+            "figures": [Path(figure).relative_to(out).as_posix() for figure in result.figures],
+            "skipped": [{"setting": dict(setting), "reason": str(reason)} for setting, reason in result.skipped],
+        },
+    }
+    if not store.finish_item(task.item_id, task.attempt, report, 0, ticket=False):
+        raise _Stopped("cancelled")
+    return ItemResult("succeeded")
 
 
 def _save_and_finish(

@@ -430,11 +430,28 @@
     );
   }
 
-  // learn: the job's learn section (a learned-mask job: no n, no target), else null
-  function renderItem(container, jobId, item, report, learn) {
+  // A sweep's results, once it has stopped: the table (partial after a cancel or a failure) and the figures
+  // the library drew, SVG ones shown, every one downloadable.
+  async function renderSweep(section, jobId) {
+    const response = await api(`/sweeps/${jobId}`);
+    if (!response.ok) throw new Error(await detailOf(response));
+    const sweep = await response.json();
+    const name = `sweep-${jobId.slice(0, 8)}`;
+    const link = (cls, path, file, text) =>
+      el("a", { class: `download ${cls}`, href: root + path, "data-path": path, download: file, text });
+    const links = el("p", { class: "downloads" });
+    if (sweep.results_url) links.append(link("download-results", sweep.results_url, `${name}.csv`, "results.csv"));
+    for (const figure of sweep.figures) links.append(link("download-figure", figure.url, `${name}-${figure.name}`, figure.name));
+    section.append(el("p", { text: `rows ${sweep.rows_done} / ${sweep.rows_total}` + (sweep.skipped.length ? ` · ${sweep.skipped.length} setting(s) skipped` : "") }), links);
+    for (const skipped of sweep.skipped) section.append(el("p", { class: "note", text: `skipped ${JSON.stringify(skipped.setting)}: ${skipped.reason}` }));
+    for (const figure of sweep.figures.filter((f) => f.name.endsWith(".svg"))) section.append(plot("sweep-figure", figure.name, figure.url));
+  }
+
+  // learn: the job's learn section (a learned-mask job: no n, no target), else null; sweep: its sweep section
+  function renderItem(container, jobId, item, report, learn, sweep) {
     let section = container.querySelector(`section.item[data-k="${item.position}"]`);
     if (!section) {
-      const title = learn ? `${item.checkpoint} · learned mask (${learn.method} on ${learn.data}) ` : `${item.checkpoint} · n = ${item.n} `;
+      const title = sweep ? `${item.checkpoint} · sweep of n = ${sweep.n.join(", ")} ` : learn ? `${item.checkpoint} · learned mask (${learn.method} on ${learn.data}) ` : `${item.checkpoint} · n = ${item.n} `;
       section = el("section", { class: "item", "data-k": String(item.position) },
         el("h3", { text: title }, el("span", { class: "item-state" })),
         el("p", { class: "item-detail" }));
@@ -446,6 +463,13 @@
     const detail = section.querySelector(".item-detail");
     detail.textContent = item.error || (ACTIVE.has(item.state) ? `${Math.floor(item.progress * 100)} % · ${item.message}` : "");
     detail.classList.toggle("error", Boolean(item.error));
+    if (sweep) {
+      if (!ACTIVE.has(item.state) && !section.dataset.filled) {
+        section.dataset.filled = "true";
+        renderSweep(section, jobId).catch((error) => section.append(el("p", { class: "error", text: error.message })));
+      }
+      return;
+    }
     if (report && !section.dataset.filled) {
       section.dataset.filled = "true";
       const base = `/jobs/${jobId}/tickets/${item.position}/figures`;
@@ -492,10 +516,11 @@
     if (!document.querySelector("#params dl")) renderParams(job.params);
     const container = document.getElementById("items");
     const learn = job.params.learn || null;
-    for (const item of job.items) renderItem(container, id, item, job.purged_at ? null : reports[item.position], learn);
+    const sweepSpec = job.params.sweep || null;
+    for (const item of job.items) renderItem(container, id, item, job.purged_at ? null : reports[item.position], learn, sweepSpec);
     const done = reports.filter(Boolean).length;
     const sweep = document.getElementById("sweep");
-    if (!learn && !ACTIVE.has(job.state) && done > 1 && !sweep.childElementCount && !job.purged_at) {
+    if (!learn && !sweepSpec && !ACTIVE.has(job.state) && done > 1 && !sweep.childElementCount && !job.purged_at) {
       sweep.append(el("h3", { text: "Sweep" }), plot("sweep", "Largest weight and output errors against n", `/jobs/${id}/figures/sweep.svg`));
     }
     return ACTIVE.has(job.state);

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import func, select
 from sqlalchemy.exc import DBAPIError
 
-from ticketsolver.jobs.store.tables import HealthRow, JobRow
+from ticketsolver.jobs.store.tables import DATA_FOLDERS, HealthRow, JobRow
 
 if TYPE_CHECKING:
     from ticketsolver.jobs.store.repository import JobStore
@@ -84,7 +84,7 @@ def _unwritable_folders(data_dir: Path) -> list[tuple[str, str]]:
     """(folder shown without server paths, reason) for each of the data dir and its subfolders that refuses
     a small written-and-synced file."""
     failed = []
-    for name in (".", "uploads", "tickets", "resume"):
+    for name in (".", *DATA_FOLDERS):
         folder = data_dir / name
         probe = folder / f".health-{os.getpid()}-{threading.get_ident()}"
         try:

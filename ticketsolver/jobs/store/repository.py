@@ -8,7 +8,8 @@ any SQLAlchemy URL works. The schema is migrated to the newest revision when a s
 
 Files live under ``data_dir`` and are named only by ids the server generated (32 hex digits):
 ``uploads/<checkpoint id>``, ``tickets/<item id>-<attempt>.ticket``, ``resume/<item id>/`` (finished layers
-of an interrupted build). No part of a request ever becomes a path, and no error shows a server path.
+of an interrupted build), ``sweeps/<item id>/`` (a sweep's table, figures and tickets, kept as its results).
+No part of a request ever becomes a path, and no error shows a server path.
 
 Concurrency contract: an item is *claimed* by the dispatcher (state running, ``attempt`` + 1); every
 later write by the worker names that attempt and the ``running`` state, so a cancelled item or one
@@ -45,6 +46,7 @@ from ticketsolver.jobs.store import health, migrations, retention
 from ticketsolver.jobs.store.errors import StoreError
 from ticketsolver.jobs.store.tables import (
     ACTIVE_STATES,
+    DATA_FOLDERS,
     JOB_STATES,
     TERMINAL_STATES,
     TICKET_NAME,
@@ -108,7 +110,7 @@ class JobStore:
         self, data_dir: str | os.PathLike[str], url: str | None = None, retry_delays: Sequence[float] | None = None
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
-        for sub in ("uploads", "tickets", "resume"):
+        for sub in DATA_FOLDERS:
             (self.data_dir / sub).mkdir(parents=True, exist_ok=True)
         self.url = url or f"sqlite:///{self.data_dir / 'jobs.sqlite'}"
         if self.url.startswith("sqlite") and self.url.rstrip("/").split("?")[0] in ("sqlite:", "sqlite:/:memory:"):
@@ -196,6 +198,12 @@ class JobStore:
 
     def resume_dir(self, item_id: str) -> Path:
         return self.data_dir / "resume" / checked_id(item_id)
+
+    def sweep_dir(self, item_id: str) -> Path:
+        """Where a sweep item's :func:`~ticketsolver.sweep.run_sweep` writes (``results.csv``, figures, tickets):
+        every attempt writes to the same folder, so a sweep interrupted by a restart resumes from its finished
+        rows. It stays after the item finishes (its results) until the job is purged."""
+        return self.data_dir / "sweeps" / checked_id(item_id)
 
     # -- creating and reading jobs ---------------------------------------------------------------------
 
@@ -316,14 +324,15 @@ class JobStore:
         views = []
         for job in jobs:
             job_items = [i for i in items if i.job_id == job.id]
-            learned = bool(dict(job.spec).get("learn"))  # a learned-mask item has no n
+            spec = dict(job.spec)
+            no_n = bool(spec.get("learn") or spec.get("sweep"))  # a learned-mask or sweep item has no one n
             item_views = [
                 ItemView(
                     id=i.id,
                     position=i.position,
                     checkpoint=ckpt_by_id[i.checkpoint_id].name,
                     checkpoint_position=ckpt_by_id[i.checkpoint_id].position,
-                    n=None if learned else i.n,
+                    n=None if no_n else i.n,
                     state=JobState(i.state),
                     progress=min(1.0, max(0.0, i.progress)),
                     message=i.message,
@@ -491,9 +500,12 @@ class JobStore:
 
         return self._write(init, "start an item")
 
-    def finish_item(self, item_id: str, attempt: int, report: dict[str, Any], problems_solved: int) -> bool:
-        """The item succeeded: its ticket is at ``ticket_path(item_id, attempt)``."""
-        ticket_file = self.ticket_path(item_id, attempt).name
+    def finish_item(
+        self, item_id: str, attempt: int, report: dict[str, Any], problems_solved: int, ticket: bool = True
+    ) -> bool:
+        """The item succeeded: its ticket is at ``ticket_path(item_id, attempt)`` (``ticket=False``: it made
+        none, a sweep's results are in its :meth:`sweep_dir`)."""
+        ticket_file = self.ticket_path(item_id, attempt).name if ticket else None
 
         def finish(session: Session) -> bool:
             result = session.execute(
@@ -616,7 +628,7 @@ class JobStore:
     # -- retention and health (ticketsolver.jobs.store.retention, .health) ---------------------------------
 
     def purge(self, job_id: str) -> int | None:
-        """Remove the uploads, tickets and resume files of a finished or cancelled job (see
+        """Remove the uploads, tickets, resume files and sweep results of a finished or cancelled job (see
         :func:`ticketsolver.jobs.store.retention.purge`); returns the files removed, None: no such job."""
         return retention.purge(self, job_id)
 

@@ -1,7 +1,7 @@
 """Retention: removing the files of finished jobs, and uploads that no job owns.
 
 Place in the pipeline: jobs/store. A finished job's rows stay (its history, its reports); its uploads,
-tickets and resume files go when the operator asks (``JobStore.purge``) or when they are older than the
+tickets, resume files and sweep results go when the operator asks (``JobStore.purge``) or when they are older than the
 retention setting (``JobStore.purge_older_than``, run periodically by the service). An upload whose job
 was never recorded (the service died during intake) is collected by ``JobStore.collect_orphan_uploads``.
 """
@@ -27,8 +27,8 @@ __all__ = ["collect_orphan_uploads", "purge", "purge_older_than"]
 
 
 def purge(store: JobStore, job_id: str) -> int | None:
-    """Remove the uploads, tickets and resume files of a finished or cancelled job; its rows stay (the
-    job shows ``purged_at``, its items no ticket). Returns the files removed, or None: no such job.
+    """Remove the uploads, tickets, resume files and sweep results of a finished or cancelled job; its rows
+    stay (the job shows ``purged_at``, its items no ticket). Returns the files removed, or None: no such job.
 
     Raises:
         JobError: the job is still queued or running (cancel it first).
@@ -60,10 +60,10 @@ def purge(store: JobStore, job_id: str) -> int | None:
             checked_id(item_id)
             for ticket in (store.data_dir / "tickets").glob(f"{item_id}-*.ticket"):
                 removed += _unlink(ticket)
-            resume = store.resume_dir(item_id)
-            if resume.exists():
-                removed += sum(1 for p in resume.rglob("*") if p.is_file())
-                shutil.rmtree(resume)
+            for folder in (store.resume_dir(item_id), store.sweep_dir(item_id)):
+                if folder.exists():
+                    removed += sum(1 for p in folder.rglob("*") if p.is_file())
+                    shutil.rmtree(folder)
     except OSError as exc:
         raise StoreError(f"the files of job {job_id} could not all be removed: {exc.strerror}") from None
     return removed

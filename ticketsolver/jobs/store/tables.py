@@ -18,6 +18,7 @@ from ticketsolver.jobs.spec import JobState
 
 __all__ = [
     "ACTIVE_STATES",
+    "DATA_FOLDERS",
     "JOB_STATES",
     "TERMINAL_STATES",
     "UPLOAD_SUFFIXES",
@@ -37,6 +38,8 @@ ACTIVE_STATES: tuple[str, ...] = (JobState.QUEUED.value, JobState.RUNNING.value)
 TERMINAL_STATES: tuple[str, ...] = (JobState.SUCCEEDED.value, JobState.FAILED.value, JobState.CANCELLED.value)
 _ID = re.compile(r"[0-9a-f]{32}")
 TICKET_NAME = re.compile(r"([0-9a-f]{32})-\d+\.ticket")
+#: the folders of the data dir, their files named by server-generated ids only
+DATA_FOLDERS = ("uploads", "tickets", "resume", "sweeps")
 #: suffixes an upload may carry, chosen by the server from its content ("" while it is being received)
 UPLOAD_SUFFIXES = ("", ".pt", ".safetensors", ".pt2")
 

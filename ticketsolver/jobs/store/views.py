@@ -51,7 +51,7 @@ class ItemView(_View):
     position: int
     checkpoint: str  # display name of its checkpoint
     checkpoint_position: int
-    n: int | None  # None: a learned-mask item (it has no n)
+    n: int | None  # None: a learned-mask item (it has no n) or a sweep item (its n values are in the spec)
     state: JobState
     progress: Fraction
     message: str
