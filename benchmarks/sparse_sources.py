@@ -48,6 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TARGETS = {
     "lenet5": (["examples/train_lenet5.py"], "lenet5.pt", data.load_digits_28),
     "mlp": (["examples/train_mlp.py"], "mlp.pt", data.load_digits_flat),
+    "mlp-wine": (["examples/train_mlp.py", "--dataset", "wine"], "mlp_wine.pt", data.load_wine_standardized),
 }
 #: verification of the data only, in float64: the one number the trade-off is read from
 VERIFY = ts.VerifyConfig(n_random=0, worst_case_starts=0, certify=False, dtypes=["float64"], layer_check_inputs=0)
