@@ -127,18 +127,10 @@ def test_a_learned_item_is_admitted_by_its_random_network_not_by_n(store):
 # --- the worker -------------------------------------------------------------------------------------------
 
 
-def test_run_item_learns_saves_and_measures_the_ticket(store, monkeypatch):
+def test_run_item_learns_saves_and_measures_the_ticket(store, progress_messages):
     job_id = _accept(store, {"learn": LEARN})
     task = store.claim_next_item()
-    worker_store = worker_module._worker_store(str(store.data_dir), store.url)
-    messages: list[tuple[float, str]] = []
-    report_progress = worker_store.report_progress
-
-    def spy(item_id, attempt, progress, message, layer=None):
-        messages.append((progress, message))
-        return report_progress(item_id, attempt, progress, message, layer)
-
-    monkeypatch.setattr(worker_store, "report_progress", spy)
+    messages = progress_messages
     result = run_item(task, {"kind": "local"}, str(store.data_dir), store.url)
     assert result.state == "succeeded", result.error
     store.finalize_jobs()

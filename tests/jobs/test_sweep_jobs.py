@@ -114,18 +114,10 @@ def test_a_sweep_is_limited_by_its_rows_and_its_n(store):
 # --- the worker -------------------------------------------------------------------------------------------
 
 
-def test_run_item_runs_the_sweep_into_the_items_folder(store, monkeypatch):
+def test_run_item_runs_the_sweep_into_the_items_folder(store, progress_messages):
     job_id = _accept(store, SWEEP)
     task = store.claim_next_item()
-    worker_store = worker_module._worker_store(str(store.data_dir), store.url)
-    messages: list[tuple[float, str]] = []
-    report_progress = worker_store.report_progress
-
-    def spy(item_id, attempt, progress, message, layer=None):
-        messages.append((progress, message))
-        return report_progress(item_id, attempt, progress, message, layer)
-
-    monkeypatch.setattr(worker_store, "report_progress", spy)
+    messages = progress_messages
     assert _run(store, task) == "succeeded"
     store.finalize_jobs()
     job = store.get_job(job_id)

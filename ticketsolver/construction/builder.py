@@ -409,7 +409,23 @@ def construct(
         raise ConstructionError("the target has no Linear or Conv2d layer to approximate")
     if origin is not None:
         log.info("input box %s (%s)", list(box or ()), origin)
-    record = {
+    record = build_record(config_record, solver, target, target_params, origin, start, solutions)
+    return BuildResult(config, tuple(target.input_shape), box, steps, layouts, solutions, record)
+
+
+def build_record(
+    config_record: dict[str, Any],
+    solver: Solver,
+    target: Target,
+    target_params: int,
+    origin: str | None,
+    start: float,
+    solutions: list[PairSolution],
+    **extra: Any,
+) -> dict[str, Any]:
+    """The manifest's ``build`` entry of a construction: its config, solver, target facts, input-box origin, seconds
+    since ``start`` (``time.perf_counter``), one summary per unit (``pairs``), and ``extra`` entries."""
+    return {
         "config": config_record,
         "solver": solver.name,
         "arch": target.arch,
@@ -418,5 +434,5 @@ def construct(
         "input_domain_origin": origin,
         "seconds": time.perf_counter() - start,
         "pairs": [solution.summary() for solution in solutions],
+        **extra,
     }
-    return BuildResult(config, tuple(target.input_shape), box, steps, layouts, solutions, record)

@@ -363,7 +363,7 @@ def construct_shallow(
     and then one :class:`~ticketsolver.ticket.layer.LayerLayout` per later target layer; the record holds every
     stage's :class:`CopyPlan` under ``copies``.
     """
-    from ticketsolver.construction.builder import BuildResult, _make_solver
+    from ticketsolver.construction.builder import BuildResult, _make_solver, build_record
     from ticketsolver.ticket.layer import LayerLayout, Stream
 
     if config.depth != "L+1":
@@ -446,15 +446,6 @@ def construct_shallow(
         layouts.append(unit)
         solutions.append(solution)
     target_params = sum(s.weight.size + (0 if s.bias is None else s.bias.size) for s in stages)
-    record = {
-        "config": config_record,
-        "solver": solver.name,
-        "arch": target.arch,
-        "source": target.source,
-        "target_params": target_params,
-        "input_domain_origin": origin,
-        "seconds": time.perf_counter() - start,
-        "pairs": [solution.summary() for solution in solutions],
-        "copies": [plan.to_dict() for plan in plans],
-    }
+    copies = [plan.to_dict() for plan in plans]
+    record = build_record(config_record, solver, target, target_params, origin, start, solutions, copies=copies)
     return BuildResult(config, tuple(target.input_shape), box, steps, layouts, solutions, record)  # type: ignore[arg-type]

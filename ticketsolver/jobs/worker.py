@@ -243,10 +243,7 @@ def _learn_item(store: JobStore, task: ItemTask, learn: LearnSpec, target: Any) 
 
     config = learn.config()
     network = network_for(target, config)
-    try:
-        dataset = learn.load_data()
-    except ImportError as exc:  # scikit-learn holds the bundled data
-        raise JobError(f"learning on {learn.data!r} needs scikit-learn, which this service lacks: {exc}") from None
+    dataset = _bundled(learn.data, "learning", learn.load_data)
     if not store.init_layers(task.item_id, task.attempt, 0):
         raise _Stopped("cancelled")
     progress = _Progress(store, task, [], share=0.95)
@@ -267,15 +264,20 @@ def _learn_item(store: JobStore, task: ItemTask, learn: LearnSpec, target: Any) 
     return _save_and_finish(store, task, ticket, progress, report_of)
 
 
+def _bundled(name: str | None, doing: str, load: Callable[[], Any]) -> Any:
+    """A bundled dataset, or a :class:`JobError` saying what needs scikit-learn, which holds them."""
+    try:
+        return load()
+    except ImportError as exc:
+        raise JobError(f"{doing} on {name!r} needs scikit-learn, which this service lacks: {exc}") from None
+
+
 def _sweep_item(store: JobStore, task: ItemTask, sweep: SweepSection, target: Any) -> ItemResult:
     """Build and verify the checkpoint at every setting of the sweep into the item's folder (resuming from the
     rows it already holds), then finish the item with the report of its results."""
     from ticketsolver.sweep import run_sweep
 
-    try:
-        dataset = sweep.load_data()
-    except ImportError as exc:  # scikit-learn holds the bundled data
-        raise JobError(f"measuring on {sweep.data!r} needs scikit-learn, which this service lacks: {exc}") from None
+    dataset = _bundled(sweep.data, "measuring", sweep.load_data)
     if not store.init_layers(task.item_id, task.attempt, 0):
         raise _Stopped("cancelled")
     out = store.sweep_dir(task.item_id)

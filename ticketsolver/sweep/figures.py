@@ -165,15 +165,26 @@ def _error_vs_size(plt: Any, rows: list[dict[str, Any]]) -> Any:
     return fig
 
 
-def _kept_fraction_vs_n(plt: Any, rows: list[dict[str, Any]]) -> Any:
-    if not _has(rows, "kept_fraction"):
+def _one_column_vs_n(plt: Any, rows: list[dict[str, Any]], column: str, ylabel: str, title: str) -> Any:
+    """One line per setting of ``column`` against n (None when no row has it)."""
+    if not _has(rows, column):
         return None
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for index, (label, group) in enumerate(_settings(rows).items()):
-        _line(ax, group, "n", "kept_fraction", label, color=f"C{index}")
-    _scale(ax, "y", rows, ("kept_fraction",))
-    _finish(ax, _N_LABEL, "kept fraction (kept / source params)", "kept fraction of the random network against n")
+        _line(ax, group, "n", column, label, color=f"C{index}")
+    _scale(ax, "y", rows, (column,))
+    _finish(ax, _N_LABEL, ylabel, title)
     return fig
+
+
+def _kept_fraction_vs_n(plt: Any, rows: list[dict[str, Any]]) -> Any:
+    return _one_column_vs_n(
+        plt,
+        rows,
+        "kept_fraction",
+        "kept fraction (kept / source params)",
+        "kept fraction of the random network against n",
+    )
 
 
 def _accuracy_vs_source(plt: Any, rows: list[dict[str, Any]]) -> Any:
@@ -198,16 +209,10 @@ def _accuracy_vs_source(plt: Any, rows: list[dict[str, Any]]) -> Any:
 
 
 def _conv_error_vs_n(plt: Any, rows: list[dict[str, Any]]) -> Any:
-    if not _has(rows, "max_rel_error_conv"):
-        return None
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    for index, (label, group) in enumerate(_settings(rows).items()):
-        _line(ax, group, "n", "max_rel_error_conv", label, color=f"C{index}")
-    _scale(ax, "y", rows, ("max_rel_error_conv",))
-    _finish(
-        ax,
-        _N_LABEL,
+    return _one_column_vs_n(
+        plt,
+        rows,
+        "max_rel_error_conv",
         "max relative error of a conv layer\nmax |pair - conv| / max |conv| (dimensionless)",
         "convolutional layers against n (each on f's own activations)",
     )
-    return fig

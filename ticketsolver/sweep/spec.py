@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import numbers
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import numpy as np
@@ -125,31 +126,34 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def _resample_values(value: Any) -> tuple[int, ...]:
+def _parsed_list(value: Any, message: str, parse: Callable[[str], Any], valid: Callable[[Any], bool]) -> list[Any]:
+    """A list field given as a list or as comma-separated text: its values, text parsed; ValueError(message) when it
+    is empty, longer than MAX_SETTINGS, or holds a value that does not parse or is not ``valid``."""
     values = _split(value)
-    message = f"must be a list of at most {MAX_SETTINGS} integers in [0, {MAX_RESAMPLE}], got {value!r}"
     if not isinstance(values, list | tuple) or not values or len(values) > MAX_SETTINGS:
         raise ValueError(message)
     try:
-        parsed = [int(v) if isinstance(v, str) else v for v in values]
+        parsed = [parse(v) if isinstance(v, str) else v for v in values]
     except ValueError:
         raise ValueError(message) from None
-    if not all(_is_int(v) and 0 <= int(v) <= MAX_RESAMPLE for v in parsed):
+    if not all(valid(v) for v in parsed):
         raise ValueError(message)
+    return parsed
+
+
+def _resample_values(value: Any) -> tuple[int, ...]:
+    message = f"must be a list of at most {MAX_SETTINGS} integers in [0, {MAX_RESAMPLE}], got {value!r}"
+    parsed = _parsed_list(value, message, int, lambda v: _is_int(v) and 0 <= int(v) <= MAX_RESAMPLE)
     return tuple(sorted({int(v) for v in parsed}))  # pure (0) first
 
 
 def _density_values(value: Any) -> tuple[float, ...]:
-    values = _split(value)
     message = f"must be a list of at most {MAX_SETTINGS} numbers in (0, 1], got {value!r}"
-    if not isinstance(values, list | tuple) or not values or len(values) > MAX_SETTINGS:
-        raise ValueError(message)
-    try:
-        parsed = [float(v) if isinstance(v, str) else v for v in values]
-    except ValueError:
-        raise ValueError(message) from None
-    if any(isinstance(v, bool) or not isinstance(v, numbers.Real) or not 0.0 < float(v) <= 1.0 for v in parsed):
-        raise ValueError(message)
+
+    def valid(v: Any) -> bool:
+        return not isinstance(v, bool) and isinstance(v, numbers.Real) and 0.0 < float(v) <= 1.0
+
+    parsed = _parsed_list(value, message, float, valid)
     return tuple(sorted({float(v) for v in parsed}, reverse=True))  # dense (1) first
 
 
