@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch import nn
 
+from ticketsolver.config import BuildConfig
 from ticketsolver.errors import CheckpointError, JobError
 from ticketsolver.jobs.intake import (
     LimitError,
@@ -173,6 +174,20 @@ def test_each_item_stores_its_memory_estimate(store):
     expected = [estimate_peak_bytes(layers, n, verify=False) for n in (10, 40)]  # this job does not verify
     assert [i.memory_bytes for i in job.items] == expected
     assert job.items[0].memory_bytes < job.items[1].memory_bytes
+
+
+def test_a_depth_l_plus_1_item_is_estimated_for_its_far_wider_network(store):
+    """n² values per target weight (LeNet5 at n = 30: 4.5 GiB measured against 0.6 GiB for 2L): the L+1 model."""
+    net = mlp(sizes=(256, 256, 10))
+    layers = [256 * 256 + 256, 256 * 10 + 10]
+    build = BuildConfig(depth="L+1")
+    job = store.get_job(_accept(store, [("net.pt", saved(net))], spec=JobSpec(n=30, build=build)))
+    assert job.items[0].memory_bytes == estimate_peak_bytes(layers, 30, depth="L+1")
+    assert estimate_peak_bytes(layers, 30, depth="L+1") > 2 * estimate_peak_bytes(layers, 30)
+    budget = estimate_peak_bytes(layers, 30)  # enough for 2L, not for L+1
+    with pytest.raises(MemoryBudgetError, match="'net.pt' at n = 30"):
+        spec, limits = JobSpec(n=30, build=build), Limits(memory_budget_bytes=budget)
+        _accept(store, [("net.pt", saved(net))], spec=spec, limits=limits)
 
 
 def test_a_job_whose_item_exceeds_the_memory_budget_is_refused_with_estimate_and_budget(store):

@@ -126,11 +126,17 @@ def _check_sweep_limits(sweep: SweepSection, params: Sequence[int], limits: Limi
 
 
 def check_memory(
-    name: str, layers: Sequence[int], ns: Sequence[int], limits: Limits, verify: bool = True
+    name: str,
+    layers: Sequence[int],
+    ns: Sequence[int],
+    limits: Limits,
+    verify: bool = True,
+    depths: Sequence[str] = ("2L",),
 ) -> dict[int, int]:
-    """The estimated peak memory of each item of one checkpoint ({n: bytes}); MemoryBudgetError when an
-    item alone exceeds ``limits.memory_budget_bytes`` (the message states the estimate and the budget)."""
-    estimates = {n: estimate_peak_bytes(layers, n, verify=verify) for n in ns}
+    """The estimated peak memory of each item of one checkpoint ({n: bytes}, the deepest-costing of ``depths``);
+    MemoryBudgetError when an item alone exceeds ``limits.memory_budget_bytes`` (the message states the estimate
+    and the budget)."""
+    estimates = {n: max(estimate_peak_bytes(layers, n, verify=verify, depth=depth) for depth in depths) for n in ns}
     n, largest = max(estimates.items(), key=lambda kv: kv[1])
     if largest > limits.memory_budget_bytes:
         raise MemoryBudgetError(
@@ -183,7 +189,7 @@ def check_sweep(name: str, target: Any, sweep: SweepSection, limits: Limits) -> 
     if sweep.data is not None:
         _check_input_fits(name, target, sweep.data)
         _check_outputs_fit(name, _outputs(target), sweep.data)
-    return max(check_memory(name, layer_weights(target), sweep.n, limits).values())
+    return max(check_memory(name, layer_weights(target), sweep.n, limits, depths=sweep.depth).values())
 
 
 def _check_input_fits(name: str, target: Any, data_name: str) -> None:
@@ -334,7 +340,9 @@ def accept_job(
                 memory = dict.fromkeys(spec.n, check_sweep(shown, target, spec.sweep, limits))
             elif spec.learn is None:
                 params.append(sum(layers))
-                memory = check_memory(shown, layers, spec.n, limits, verify=spec.verify is not None)
+                memory = check_memory(
+                    shown, layers, spec.n, limits, verify=spec.verify is not None, depths=(spec.build.depth,)
+                )
             else:  # one item per checkpoint, learning over a random network of its architecture
                 values, estimate = check_learn(shown, target, spec.learn, limits)
                 params.append(values)

@@ -40,6 +40,15 @@ A worker's RSS after importing torch and ticketsolver is 229 MiB. Not measured: 
 (LeNet5 is far below the smallest case here) and networks above ~1M weights per layer; for those the
 margin is the only cover.
 
+**Depth L+1** (``build.depth = "L+1"``, docs/design.md section 2.9) holds a random network of ~n² values per target
+weight, and its verification runs it in float32 and float64 on batches of 256 (a conv's hidden maps are large), so::
+
+    peak ≈ 464 MiB + 80 B · n² · all weights                                 build and verify    (x 1.25)
+
+an upper envelope of two measurements (``/usr/bin/time -v ticketsolver build MODEL --n 30 --depth L+1 --data ...``, same
+machine): LeNet5 (61,706 weights, source 58.5M values) 4,580 MiB peak (74 B per n² · weight), the 64-500-10 MLP (37,510
+weights, 33.6M values) 1,683 MiB (38 B).
+
 **Learning a mask** (a job with ``learn``) holds, per random value, the weight, its score, the score's gradient
 and momentum and the mask, and regenerates the network at the end; per activation of an example, the forward
 and backward tensors of a minibatch and of the test split evaluated at once (up to 1024 examples)::
@@ -84,6 +93,8 @@ PER_LARGEST_LAYER_WEIGHT = 28.2
 PER_WEIGHT = 9.0
 #: bytes per unit of n * sqrt(largest layer) while verifying (the hidden activations of a batch)
 PER_VERIFY_UNIT = 30 * 1024
+#: depth L+1: bytes per n² · target weight (its random network and two dtypes of it while verifying)
+PER_SHALLOW_VALUE = 80
 #: every estimate is the fit times this
 MARGIN = 1.25
 #: learning a mask: bytes per random value (weight, score, gradient, momentum, mask, the regenerated network)
@@ -102,20 +113,23 @@ def layer_weights(target: Any) -> list[int]:
     ]
 
 
-def estimate_peak_bytes(weights: int | Sequence[int] | Any, n: int, *, verify: bool = True) -> int:
-    """Estimated peak RSS of a worker that builds (and verifies) one ticket with this ``n``.
+def estimate_peak_bytes(weights: int | Sequence[int] | Any, n: int, *, verify: bool = True, depth: str = "2L") -> int:
+    """Estimated peak RSS of a worker that builds (and verifies) one ticket with this ``n`` at this ``depth``.
 
     Args:
         weights: weights per layer (a sequence), a target or module (its layers are counted), or one
             number: all weights of the target taken as one layer (an upper bound).
         n: random hidden units per block.
         verify: the item also verifies its ticket (the default of a job).
+        depth: ``"2L"`` or ``"L+1"`` (a far wider random network: the L+1 model above, verification included).
 
     Returns:
         Bytes, rounded up to a whole MiB.
 
     >>> estimate_peak_bytes([262_144, 2_570], 20) // 1024**2, estimate_peak_bytes(262_144, 40) // 1024**2
     (1189, 1795)
+    >>> estimate_peak_bytes([156, 2_416, 48_120, 10_164, 850], 30, depth="L+1") // 1024**2  # LeNet5: 4,580 measured
+    5877
     """
     if isinstance(weights, int):
         sizes = [weights]
@@ -124,10 +138,12 @@ def estimate_peak_bytes(weights: int | Sequence[int] | Any, n: int, *, verify: b
     else:
         sizes = layer_weights(weights)
     largest, total = max(sizes, default=0), sum(sizes)
+    mib = 1024**2
+    if depth == "L+1":
+        return int(math.ceil(MARGIN * (BASE_BYTES + PER_SHALLOW_VALUE * n * n * total) / mib) * mib)
     peak = BASE_BYTES + n * (PER_LARGEST_LAYER_WEIGHT * largest + PER_WEIGHT * total)
     if verify:
         peak += PER_VERIFY_UNIT * n * math.sqrt(largest)
-    mib = 1024**2
     return int(math.ceil(MARGIN * peak / mib) * mib)
 
 
