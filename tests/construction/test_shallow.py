@@ -170,3 +170,21 @@ def test_a_single_layer_is_a_plain_offset_pair():
     plans = ticket.copy_plans()
     assert plans is not None and plans[0].copies_out == 1 and plans[0].constants_out == 0
     assert ticket.random_layers() == 2
+
+
+def test_a_copy_plan_that_does_not_match_its_units_is_refused_at_load(tickets, tmp_path):
+    import json
+
+    from safetensors import safe_open
+    from safetensors.numpy import load_file, save_file
+
+    from ticketsolver.errors import TicketFormatError
+
+    _, ticket = tickets["mlp"]
+    path = ticket.save(tmp_path / "t.ticket")
+    with safe_open(str(path), "np") as handle:
+        manifest = json.loads(handle.metadata()["manifest"])
+    manifest["build"]["copies"][1]["copies_in"] = 11  # one copy fewer than the stage reads
+    save_file(load_file(str(path)), str(tmp_path / "forged.ticket"), metadata={"manifest": json.dumps(manifest)})
+    with pytest.raises(TicketFormatError):
+        Ticket.load(tmp_path / "forged.ticket", verify_hash=False)

@@ -624,6 +624,7 @@ class Ticket:
             )
         if verify_hash:
             ticket._check_statistics(manifest, path)
+        ticket.copy_plans()  # a depth-L+1 ticket's plans must match its units (TicketFormatError otherwise)
         return ticket
 
     def __repr__(self) -> str:
