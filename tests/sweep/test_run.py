@@ -169,3 +169,15 @@ def test_a_target_with_convolutions_gets_the_conv_error_and_its_figure(tmp_path:
     assert result.rows[0]["max_rel_error_data"] is None  # no data given
     assert {"conv_error_vs_n.png", "conv_error_vs_n.svg"} <= {path.name for path in result.figures}
     assert "accuracy_vs_source.png" not in {path.name for path in result.figures}  # no labels
+
+
+def test_a_sweep_over_both_depths_builds_l_plus_1_rows_with_their_wider_source(
+    target: Target, data: Any, tmp_path: Path
+) -> None:
+    spec = SweepSpec(n="8", depth="2L,L+1", input_domain=(0, 1), verify=CHECKS)
+    result = run_sweep(target, spec, tmp_path, data=data)
+    by_depth = {row["depth"]: row for row in result.rows}
+    assert set(by_depth) == {"2L", "L+1"}
+    shallow = Ticket.load(tmp_path / "tickets" / f"{by_depth['L+1']['label']}.ticket")
+    assert shallow.depth == "L+1" and shallow.sizes()["source_params"] == by_depth["L+1"]["source_params"]
+    assert by_depth["L+1"]["source_params"] > by_depth["2L"]["source_params"]
