@@ -90,6 +90,10 @@ def test_a_row_holds_what_the_library_measures_for_its_ticket(swept: SweepResult
     assert row["max_weight_error"] == max(p["weight_error_max"] for p in ticket.build["pairs"])
     assert row["source_params"] == ticket.sizes()["source_params"]
     assert row["examined_values"] == ticket.sizes()["examined_values"]
+    # the 4 -> 8 -> 3 MLP as two pairs: four weight layers, and every weight entry of g counted once per input
+    dense = sum(m.weight.numel() for m in ticket.to_module().modules() if isinstance(m, nn.Linear))
+    assert (row["random_layers"], row["macs_dense"]) == (4, dense)
+    assert row["macs_kept"] == row["kept_params"] - sum(int(m["beta"].sum()) for m in ticket.masks)
 
 
 def test_the_figures_are_written_as_png_and_svg(swept: SweepResult) -> None:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from ticketsolver.config import BuildConfig
 from ticketsolver.errors import ConfigError
 from ticketsolver.sweep.spec import setting_label
+from ticketsolver.ticket.flops import multiply_adds
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -44,6 +45,9 @@ COLUMNS: dict[str, tuple[type, str]] = {
     "examined_values": (int, "random values the build drew and compared (= source_params for iid)"),
     "kept_params": (int, "entries the masks keep"),
     "kept_fraction": (float, "kept_params / source_params"),
+    "random_layers": (int, "weight layers of the random network g (2L: two per target layer; L+1: one more than L)"),
+    "macs_dense": (int, "multiply-adds per input of g's weight layers as materialised (pruned entries as zeros)"),
+    "macs_kept": (int, "multiply-adds per input over g's kept weights only (what a sparse kernel would do)"),
     "max_weight_error": (float, "max |w - subset sum| over the target's weights (absolute)"),
     "mean_weight_error": (float, "mean |w - subset sum| over the target's weights (absolute)"),
     "max_rel_error_data": (float, "max over the data of max_c|f - g| / max_c|f| (da Cunha et al.)"),
@@ -88,6 +92,7 @@ def make_row(
     pairs = [p for p in ticket.build.get("pairs", []) if isinstance(p, dict) and "weights" in p]
     weights = sum(int(p["weights"]) for p in pairs)
     conv = [c.pair_vs_target_relative for c in report.layers.get(dtype, []) if c.module.startswith("Conv2d")]
+    macs = multiply_adds(ticket.to_module(), tuple(ticket.input_shape))
     row: dict[str, Any] = {
         "label": label,
         "n": config.n,
@@ -102,6 +107,9 @@ def make_row(
         "examined_values": sizes["examined_values"],
         "kept_params": sizes["kept_params"],
         "kept_fraction": sizes["kept_params"] / sizes["source_params"] if sizes["source_params"] else None,
+        "random_layers": ticket.random_layers(),
+        "macs_dense": macs.dense,
+        "macs_kept": macs.kept,
         "max_weight_error": max((float(p["weight_error_max"]) for p in pairs), default=None),
         "mean_weight_error": (
             sum(float(p["weight_error_mean"]) * int(p["weights"]) for p in pairs) / weights if weights else None
