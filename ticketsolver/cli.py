@@ -17,7 +17,14 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from ticketsolver.config import BuildConfig, VerifyConfig
 from ticketsolver.errors import TicketSolverError
@@ -75,13 +82,15 @@ def _load_data(spec: str | None) -> Any:
 
 @contextmanager
 def _layer_progress(names: list[str]):
-    """Rich progress bars, one per target layer; yields the builder's progress callback."""
+    """Rich progress bars, one per target layer, with elapsed time and ETA; yields the builder's progress callback."""
     with Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         TaskProgressColumn(),
         TextColumn("{task.fields[note]}"),
         TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
         console=console,
         transient=False,
     ) as progress:
