@@ -137,12 +137,6 @@ class CopyStage(nn.Module):
             f"target {p.d_out}x{p.d_in}"
         )
 
-    def weight_dtype(self) -> torch.dtype:
-        first = self.layer.first if isinstance(self.layer, PrunedPair) else self.layer
-        weight = first.weight
-        assert isinstance(weight, torch.Tensor)
-        return weight.dtype
-
     def constants_out(self) -> torch.Tensor:
         """The values (float64) of the stage's constant output channels: its constant rows read nothing but the
         input's constants (the first stage: nothing but its bias block), so each is one number everywhere."""
@@ -182,10 +176,13 @@ class CopyStage(nn.Module):
         constants = weight[:, p.channels_in * p.copies_in :].sum(2)  # (rows, constants_in)
         return copies.sum(2).reshape(rows, p.d_in), constants @ self.constants_in.to(weight.device)
 
-    def effective_forward(self, h: torch.Tensor) -> torch.Tensor:
-        """Every output copy computed from the target's activation ``h`` by :meth:`effective`, shaped like
-        :meth:`CopyPlan.collapse` of the stage's output."""
-        weight, bias = self.effective()
+    def effective_forward(
+        self, h: torch.Tensor, effective: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        """Every output copy computed from the target's activation ``h`` by :meth:`effective` (or by ``effective``,
+        its result computed once by a caller that runs many batches), shaped like :meth:`CopyPlan.collapse` of the
+        stage's output."""
+        weight, bias = self.effective() if effective is None else effective
         weight, bias = weight.to(h.device, h.dtype), bias.to(h.device, h.dtype)
         layer = self.layer.first if isinstance(self.layer, PrunedPair) else self.layer
         if self.plan.kind == "linear":

@@ -81,7 +81,6 @@ class _Stage:
     """One target layer as the L+1 builder sees it."""
 
     index: int  # module index in the target
-    module: nn.Linear | nn.Conv2d
     weight: np.ndarray  # (d_out, d_in) float64, dense view
     bias: np.ndarray | None
     conv: ConvGeometry | None
@@ -120,7 +119,6 @@ def _stages(target: Target) -> list[_Stage]:
                 stages.append(
                     _Stage(
                         index,
-                        module,
                         weight,
                         bias,
                         ConvGeometry.of(module),
@@ -229,7 +227,7 @@ def _solve_first(
     before: list[nn.Module],
     input_shape: tuple[int, ...],
     progress: RoundProgress,
-) -> tuple[PairLayout, PairSolution, np.ndarray, np.ndarray | None]:
+) -> tuple[PairLayout, PairSolution]:
     """Stage 0: an L pair for the first layer with its rows repeated ``copies_out`` times and constant rows."""
     from ticketsolver.construction.builder import SCALE_MARGINS, _layout_for
 
@@ -242,13 +240,12 @@ def _solve_first(
     )
     bias_rows = np.zeros(stage.weight.shape[0]) if stage.bias is None else stage.bias
     bias = np.concatenate([np.repeat(bias_rows, plan.copies_out), np.full(plan.constants_out, kappa_next)])
-    has_bias = stage.bias is not None or plan.constants_out > 0
+    target_bias = bias if stage.bias is not None or plan.constants_out > 0 else None
     margin = config.scale_margin if config.scale_margin is not None else SCALE_MARGINS["offset_blocks"]
-    layout = _layout_for(0, weight, bias if has_bias else None, stage.conv, "offset_blocks", config.n, margin, (lo, hi))
-    solution = solve_offset_blocks(
-        layout, source, weight, bias if has_bias else None, solver, lo, hi, progress, bias_solver=bias_solver
+    layout = _layout_for(0, weight, target_bias, stage.conv, "offset_blocks", config.n, margin, (lo, hi))
+    return layout, solve_offset_blocks(
+        layout, source, weight, target_bias, solver, lo, hi, progress, bias_solver=bias_solver
     )
-    return layout, solution, weight, bias if has_bias else None
 
 
 def _solve_copy_stage(
@@ -402,7 +399,7 @@ def construct_shallow(
         t0 = time.perf_counter()
         on_round = _stage_progress(report, k)
         if k == 0:
-            pair_layout, solution, weight, bias = _solve_first(
+            pair_layout, solution = _solve_first(
                 stage, plan, kappa[1], config, source, solver, bias_solver, box, before, target.input_shape, on_round
             )
             unit: PairLayout | LayerLayout = pair_layout

@@ -290,7 +290,7 @@ class Ticket:
     def learned(self) -> bool:
         """True for a learned-mask ticket (its units are single random layers), False for a constructed one
         (pairs, or the stages of a depth-L+1 build)."""
-        return self.depth != "L+1" and any(isinstance(layout, LayerLayout) for layout in self.layouts)
+        return self.depth == "learned"
 
     @property
     def depth(self) -> str:

@@ -14,6 +14,9 @@ if TYPE_CHECKING:
 
 __all__ = ["density_cell", "render_ticket", "ticket_summary"]
 
+#: a row's construction as the table shows it: O, I, L, and C for a depth-L+1 stage that reads and makes copies
+_LETTERS: dict[str, str] = {**CONSTRUCTIONS, "copies": "C"}
+
 
 def ticket_summary(ticket: Ticket, file_bytes: int | None = None) -> dict[str, Any]:
     """JSON-ready summary: sizes (target / source / kept / pruned, source kind, examined values), per-layer
@@ -156,7 +159,7 @@ def render_ticket(ticket: Ticket, console: Console | None = None, file_bytes: in
     for row in ticket_summary(ticket)["layers"]:
         cells = [
             str(row["pair"]),
-            {**CONSTRUCTIONS, "copies": "C"}[row["construction"]],
+            _LETTERS[row["construction"]],
             str(row["n"]),
             "x".join(map(str, row["target_shape"])),
         ]

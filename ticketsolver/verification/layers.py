@@ -274,10 +274,12 @@ class LayerChecker:
         self.target, self.pruned = target, pruned
         self.pair_indices = validate_networks(target, pruned)
         self.effective: dict[int, EffectiveLayer] = {}
+        self.stage_effective: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # depth L+1: per copy (W', b')
         for i in self.pair_indices:
             pair = pruned[i]
             if isinstance(pair, CopyStage):
-                continue  # its effective weights are computed per batch from its own layer (CopyStage.effective)
+                self.stage_effective[i] = pair.effective()
+                continue
             assert isinstance(pair, PrunedPair)
             try:
                 self.effective[i] = pair.effective(pair.first.weight.dtype)
@@ -317,7 +319,7 @@ class LayerChecker:
             out_target = layer(h)
             pair = self.pruned[i]
             if isinstance(pair, CopyStage):
-                out_pair, linear, out_effective = _stage_forward(pair, h)
+                out_pair, linear, out_effective = _stage_forward(pair, h, self.stage_effective[i])
                 out_target = out_target.unsqueeze(2)  # against every copy
             else:
                 assert isinstance(pair, PrunedPair)
@@ -387,16 +389,19 @@ def _stage_construction(module: nn.Module) -> str:
     return module.construction
 
 
-def _stage_forward(stage: CopyStage, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+def _stage_forward(
+    stage: CopyStage, h: torch.Tensor, effective: tuple[torch.Tensor, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """A depth-L+1 stage on the target's activation ``h``: its output copies, where it is linear (the first stage,
-    an L pair; None otherwise) and its effective weights' output copies, each ``(B, d_out, copies, *spatial)``."""
+    an L pair; None otherwise) and the output copies of its effective weights ``effective``
+    (:meth:`CopyStage.effective`), each ``(B, d_out, copies, *spatial)``."""
     plan = stage.plan
     x = plan.expand(h, stage.constants_in.to(h.device))
     if isinstance(stage.layer, PrunedPair):
         out, linear = _pair_forward(stage.layer, x)
     else:
         out, linear = stage(x), None
-    return plan.collapse(out), linear, stage.effective_forward(h)
+    return plan.collapse(out), linear, stage.effective_forward(h, effective)
 
 
 def check_layers(target: nn.Sequential, pruned: nn.Sequential, x: torch.Tensor) -> list[LayerCheck]:
