@@ -14,29 +14,12 @@ import numpy as np
 import pytest
 import torch
 from scipy import stats
-from torch import nn
 
 from ticketsolver import BuildConfig, ConfigError, build_ticket
 from ticketsolver.construction import DEFAULT_INPUT_BOX, PrunedPair, pair_input_boxes
 
-
-def _mlp(seed: int, d_in: int = 5) -> nn.Sequential:
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(d_in, 7), nn.ReLU(), nn.Linear(7, 6), nn.ReLU(), nn.Linear(6, 3)).eval()
-
-
-def _cnn(seed: int) -> nn.Sequential:
-    torch.manual_seed(seed)
-    return nn.Sequential(
-        nn.Conv2d(2, 3, 3, padding=1),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(3, 4, 3, stride=2, padding=1),
-        nn.ReLU(),
-        nn.AvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(4 * 2 * 2, 3),
-    ).eval()
+from .nets import small_cnn as _cnn
+from .nets import small_mlp as _mlp
 
 
 def _corners(lo: float, hi: float, shape: tuple[int, ...], count: int, seed: int) -> torch.Tensor:

@@ -21,25 +21,7 @@ from ticketsolver import BuildConfig, ConfigError, ConstructionError, VerifyConf
 from ticketsolver.construction.copies import CopyStage
 from ticketsolver.ticket import Ticket
 
-
-def _mlp(seed: int = 0) -> nn.Sequential:
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(5, 7), nn.ReLU(), nn.Linear(7, 6), nn.ReLU(), nn.Linear(6, 3)).eval()
-
-
-def _cnn(seed: int = 0) -> nn.Sequential:
-    """Same-padded and strided convs, pooling and a Flatten into a Linear: every way copies are laid out."""
-    torch.manual_seed(seed)
-    return nn.Sequential(
-        nn.Conv2d(2, 3, 3, padding=1),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(3, 4, 3, stride=2, padding=1),
-        nn.ReLU(),
-        nn.Flatten(),
-        nn.Linear(4 * 2 * 2, 3),
-    ).eval()
-
+from .nets import small_cnn, small_mlp
 
 _SHAPES = {"mlp": (5,), "cnn": (2, 8, 8)}
 
@@ -47,7 +29,7 @@ _SHAPES = {"mlp": (5,), "cnn": (2, 8, 8)}
 @pytest.fixture(scope="module")
 def tickets() -> dict[str, tuple[nn.Sequential, Ticket]]:
     out = {}
-    for name, net in (("mlp", _mlp()), ("cnn", _cnn())):
+    for name, net in (("mlp", small_mlp(0)), ("cnn", small_cnn(0))):
         config = BuildConfig(n=12, input_domain=(-1.0, 1.0), depth="L+1")
         out[name] = (net, build_ticket(net, config, input_shape=_SHAPES[name]))
     return out
