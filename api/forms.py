@@ -9,17 +9,18 @@ a validation error that quotes its content back, and a field nobody asked for is
 
 from __future__ import annotations
 
+import json
 import unicodedata
 from dataclasses import dataclass, field
 from tempfile import SpooledTemporaryFile
-from typing import IO
+from typing import IO, Any
 
 from fastapi import HTTPException, Request, status
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.concurrency import run_in_threadpool
 
-__all__ = ["JobForm", "read_job_form"]
+__all__ = ["JobForm", "multipart_body", "params_json", "read_job_form"]
 
 #: a part's header line; a file name of some 16,000 characters still fits
 MAX_HEADER_BYTES = 64 * 1024
@@ -155,3 +156,41 @@ async def read_job_form(request: Request, max_files: int) -> JobForm:
     for _, file in reader.form.checkpoints:
         file.seek(0)
     return reader.form
+
+
+def params_json(params: str | None) -> Any:
+    """The ``params`` field as JSON (absent: ``{}``); not JSON, or nested too deeply to parse, is 422 here."""
+    try:
+        return json.loads(params) if params is not None else {}
+    except json.JSONDecodeError as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"params is not valid JSON: {exc}") from None
+    except RecursionError:  # thousands of nested brackets: JSON, but no spec
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "params is nested too deeply") from None
+
+
+def multipart_body(checkpoint: dict[str, Any], schema: str, description: str, default: str) -> dict[str, Any]:
+    """The OpenAPI request body of a job route as :func:`read_job_form` reads it: the ``checkpoint`` file part(s)
+    (its schema) and ``params``, JSON of the component ``schema``."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["checkpoint"],
+                        "properties": {
+                            "checkpoint": checkpoint,
+                            "params": {
+                                "type": "string",
+                                "contentMediaType": "application/json",
+                                "contentSchema": {"$ref": f"#/components/schemas/{schema}"},
+                                "description": description,
+                                "default": default,
+                            },
+                        },
+                    }
+                }
+            },
+        }
+    }

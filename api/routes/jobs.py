@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Annotated, Any
 
@@ -13,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from ticketsolver.jobs import JobSpec, JobState, JobView
 
 from ..deps import Authorized, RunnerDep, SettingsDep, StoreDep
-from ..forms import read_job_form
+from ..forms import multipart_body, params_json, read_job_form
 from ..schemas import ItemReport, JobCreated, JobReport, JobsPublic, SweepItemReport, TicketPublic, TicketsPublic
 
 log = logging.getLogger("ticketsolver.api")
@@ -24,33 +23,16 @@ JobId = Annotated[str, Path(pattern=r"^[0-9a-f]{32}$", description="the id POST 
 MAX_OFFSET = 2**63 - 1
 
 #: the multipart body of POST /approximate, as the route reads it (see ticketsolver_api.forms)
-APPROXIMATE_BODY: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["checkpoint"],
-                    "properties": {
-                        "checkpoint": {
-                            "type": "array",
-                            "items": {"type": "string", "format": "binary"},
-                            "description": "one or more checkpoints (.pt/.safetensors/.pt2), each a file part",
-                        },
-                        "params": {
-                            "type": "string",
-                            "contentMediaType": "application/json",
-                            "contentSchema": {"$ref": "#/components/schemas/JobSpec"},
-                            "description": 'the job as JSON, e.g. {"n": [16, 20], "build": {"seed": 1}}',
-                            "default": "{}",
-                        },
-                    },
-                }
-            }
-        },
-    }
-}
+APPROXIMATE_BODY: dict[str, Any] = multipart_body(
+    {
+        "type": "array",
+        "items": {"type": "string", "format": "binary"},
+        "description": "one or more checkpoints (.pt/.safetensors/.pt2), each a file part",
+    },
+    "JobSpec",
+    'the job as JSON, e.g. {"n": [16, 20], "build": {"seed": 1}}',
+    "{}",
+)
 
 
 def item_file_stem(job_id: str, k: int, n: int | None) -> str:
@@ -67,14 +49,8 @@ def _job_or_404(store: StoreDep, job_id: str) -> JobView:
 
 
 def _spec(params: str | None) -> JobSpec:
-    """The job spec of the ``params`` field; bad JSON is 422 here, bad values ConfigError (422)."""
-    try:
-        data = json.loads(params) if params is not None else {}
-    except json.JSONDecodeError as exc:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"params is not valid JSON: {exc}") from None
-    except RecursionError:  # thousands of nested brackets: JSON, but no job spec
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "params is nested too deeply") from None
-    return JobSpec.from_dict(data)
+    """The job spec of the ``params`` field; bad JSON is 422 (:func:`params_json`), bad values ConfigError (422)."""
+    return JobSpec.from_dict(params_json(params))
 
 
 @router.post(

@@ -7,7 +7,6 @@ view in the sweep's terms (rows done of the settings, the settings skipped and w
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from typing import Annotated, Any
@@ -20,7 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from ticketsolver.jobs import ItemView, JobSpec, JobStore, JobView
 
 from ..deps import Authorized, RunnerDep, SettingsDep, StoreDep
-from ..forms import read_job_form
+from ..forms import multipart_body, params_json, read_job_form
 from ..schemas import JobCreated, SweepFile, SweepSkipped, SweepView
 from .jobs import JobId
 
@@ -34,47 +33,21 @@ MEDIA_TYPES = {"png": "image/png", "svg": "image/svg+xml"}
 SWEEP_RESULTS = "results.csv"
 
 #: the multipart body of POST /sweeps, as the route reads it (see ticketsolver_api.forms)
-SWEEP_BODY: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["checkpoint"],
-                    "properties": {
-                        "checkpoint": {
-                            "type": "string",
-                            "format": "binary",
-                            "description": "one checkpoint (.pt/.safetensors/.pt2) as a file part",
-                        },
-                        "params": {
-                            "type": "string",
-                            "contentMediaType": "application/json",
-                            "contentSchema": {"$ref": "#/components/schemas/SweepSection"},
-                            "description": "the sweep as JSON: the SweepSection's fields (n, resample, source_density, "
-                            "density_policy, depth, seed, input_domain, solver, verify, data) and the job's own arch "
-                            'and time_limit_s, e.g. {"n": "8:12:2", "depth": ["2L", "L+1"], "data": "wine"} '
-                            '(n as a list or as run_sweep\'s text: "10:40:2", "10,20,30")',
-                            "default": '{"n": [20]}',
-                        },
-                    },
-                }
-            }
-        },
-    }
-}
+SWEEP_BODY: dict[str, Any] = multipart_body(
+    {"type": "string", "format": "binary", "description": "one checkpoint (.pt/.safetensors/.pt2) as a file part"},
+    "SweepSection",
+    "the sweep as JSON: the SweepSection's fields (n, resample, source_density, density_policy, depth, seed, "
+    "input_domain, solver, verify, data) and the job's own arch and time_limit_s, e.g. "
+    '{"n": "8:12:2", "depth": ["2L", "L+1"], "data": "wine"} (n as a list or as run_sweep\'s text: "10:40:2", '
+    '"10,20,30")',
+    '{"n": [20]}',
+)
 
 
 def _spec(params: str | None) -> JobSpec:
-    """The job spec of ``params``; bad JSON is 422 here, bad values ConfigError (422) naming the field."""
-    try:
-        data = json.loads(params) if params is not None else {}
-    except json.JSONDecodeError as exc:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"params is not valid JSON: {exc}") from None
-    except RecursionError:  # thousands of nested brackets: JSON, but no sweep
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "params is nested too deeply") from None
-    return JobSpec.of_sweep(data)
+    """The job spec of ``params``; bad JSON is 422 (:func:`params_json`), bad values ConfigError (422) naming the
+    field."""
+    return JobSpec.of_sweep(params_json(params))
 
 
 @router.post("/sweeps", status_code=status.HTTP_202_ACCEPTED, response_model=JobCreated, openapi_extra=SWEEP_BODY)
