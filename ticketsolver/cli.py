@@ -72,6 +72,8 @@ def _load_data(spec: str | None) -> Any:
         "digits-signed": data.load_digits_28_signed,
         "digits-flat": data.load_digits_flat,
         "wine": data.load_wine_standardized,
+        "digits32-rgb": data.load_digits_32_rgb,
+        "python-text": data.load_python_text_windows,
     }
     if spec in bundled:
         return bundled[spec]()
@@ -114,15 +116,7 @@ def _stage(message: str):
 
 
 def _layer_names(target: Any) -> list[str]:
-    from torch import nn
-
-    names = []
-    for index, module in enumerate(target.module):
-        if isinstance(module, nn.Linear):
-            names.append(f"[{index}] Linear {module.in_features}->{module.out_features}")
-        elif isinstance(module, nn.Conv2d):
-            names.append(f"[{index}] Conv2d {module.in_channels}->{module.out_channels} k{module.kernel_size[0]}")
-    return names
+    return [label for label, _ in target.layers()]
 
 
 def _run(fn: Any) -> Any:

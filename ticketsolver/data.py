@@ -39,6 +39,7 @@ __all__ = [
     "load_digits_32_rgb",
     "load_digits_flat",
     "load_python_text",
+    "load_python_text_windows",
     "load_wine_standardized",
 ]
 
@@ -356,3 +357,15 @@ def load_python_text(validation_fraction: float = 0.1, modules: Sequence[str] = 
     split = len(ids) - max(1, round(validation_fraction * len(ids)))
     name = f"python-docstrings-{sys.version_info.major}.{sys.version_info.minor}"
     return TextCorpus(text, vocabulary, ids[:split], ids[split:], name)
+
+
+def load_python_text_windows(context: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """The validation text of :func:`load_python_text` as non-overlapping windows: inputs (N, context) int64 token
+    ids and next-character targets (N, context), for verifying a character model (accuracy per position)."""
+    if context < 1:
+        raise ValueError(f"context must be >= 1, got {context}")
+    ids = load_python_text().validation
+    count = (len(ids) - 1) // context
+    inputs = ids[: count * context].reshape(count, context)
+    targets = ids[1 : count * context + 1].reshape(count, context)
+    return inputs, targets

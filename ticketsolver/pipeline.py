@@ -43,7 +43,8 @@ def build_ticket(
     """Build the strong lottery ticket of a trained network.
 
     Args:
-        target: a :class:`ticketsolver.models.Target`, or an ``nn.Module`` made of supported layers
+        target: a :class:`ticketsolver.models.Target`, a :class:`ticketsolver.graph.GraphTarget` (a ``.pt2`` program
+            that is not a chain), or an ``nn.Module`` made of supported layers
             (then ``input_shape`` is required).
         config: how to build: n, seed, solver, input domain, re-randomisation, ... (:class:`BuildConfig`).
         input_shape: per-sample input shape when ``target`` is a plain module.
@@ -64,6 +65,7 @@ def build_ticket(
             too large.
         SolverError: the subset-sum backend failed.
     """
+    from ticketsolver.graph import GraphTarget
     from ticketsolver.models import Target
 
     if not isinstance(config, BuildConfig):
@@ -71,11 +73,16 @@ def build_ticket(
             f"config must be a BuildConfig, got {type(config).__name__} {config!r}; "
             "e.g. build_ticket(target, BuildConfig(n=20, seed=0))"
         )
-    if not isinstance(target, Target):
-        if input_shape is None:
-            raise ConstructionError("input_shape is required when building from a plain nn.Module")
-        target = Target.from_module(target, input_shape)
-    result = construct(target, config, progress=progress, solve_with=solve_with, resume_dir=resume_dir)
+    if isinstance(target, GraphTarget):
+        from ticketsolver.graph.build import construct_graph
+
+        result = construct_graph(target, config, progress=progress, solve_with=solve_with, resume_dir=resume_dir)
+    else:
+        if not isinstance(target, Target):
+            if input_shape is None:
+                raise ConstructionError("input_shape is required when building from a plain nn.Module")
+            target = Target.from_module(target, input_shape)
+        result = construct(target, config, progress=progress, solve_with=solve_with, resume_dir=resume_dir)
     return Ticket(
         seed=result.config.seed,
         input_shape=result.input_shape,

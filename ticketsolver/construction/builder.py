@@ -51,6 +51,7 @@ from ticketsolver.solvers import Solver, get_solver
 from ticketsolver.source import RandomSource
 
 if TYPE_CHECKING:
+    from ticketsolver.graph import GraphTarget
     from ticketsolver.models import Target
 
 __all__ = ["SCALE_MARGINS", "BuildResult", "LayerProgress", "choose_scales", "construct", "solver_options"]
@@ -416,7 +417,7 @@ def construct(
 def build_record(
     config_record: dict[str, Any],
     solver: Solver,
-    target: Target,
+    target: Target | GraphTarget,
     target_params: int,
     origin: str | None,
     start: float,

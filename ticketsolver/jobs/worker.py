@@ -179,7 +179,6 @@ class _Progress:
 
 
 def _run_item(store: JobStore, task: ItemTask, context: dict[str, Any]) -> ItemResult:
-    from torch import nn
 
     from ticketsolver import build_ticket, load_target
     from ticketsolver.construction import solver_options
@@ -196,7 +195,7 @@ def _run_item(store: JobStore, task: ItemTask, context: dict[str, Any]) -> ItemR
     if spec.sweep is not None:
         return _sweep_item(store, task, spec.sweep, target)
     config = spec.build_config(task.n)
-    sizes = [m.weight.numel() for m in target.module if isinstance(m, nn.Linear | nn.Conv2d)]
+    sizes = [count for _, count in target.layers()]
     progress = _Progress(store, task, sizes, share=1.0 if spec.verify is None else 0.9)
     if not store.init_layers(task.item_id, task.attempt, len(sizes)):
         raise _Stopped("cancelled")

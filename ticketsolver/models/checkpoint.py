@@ -55,6 +55,7 @@ from typing import Any
 import torch
 
 from ticketsolver.errors import CheckpointError, TicketSolverError, UnsupportedModuleError
+from ticketsolver.graph.capture import GRAPH_OPS, GraphTarget
 from ticketsolver.models.normalize import SUPPORTED_EXPORT_OPS, Target, normalize, normalize_exported_program
 from ticketsolver.models.zoo import build_from_state_dict, infer_architecture
 
@@ -67,7 +68,9 @@ STATE_DICT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
 _NESTED_KEYS = ("state_dict", "model_state_dict")
 
 
-def load_target(path: str | os.PathLike[str], arch: str | None = None, *, max_bytes: int = DEFAULT_MAX_BYTES) -> Target:
+def load_target(
+    path: str | os.PathLike[str], arch: str | None = None, *, max_bytes: int = DEFAULT_MAX_BYTES
+) -> Target | GraphTarget:
     """Load a checkpoint file and return its network in normal form.
 
     Args:
@@ -95,8 +98,7 @@ def load_target(path: str | os.PathLike[str], arch: str | None = None, *, max_by
                 f"mismatched --arch {arch}: {file.name} is a torch.export program, which carries its own "
                 f"architecture; leave --arch out"
             )
-        normal, input_shape = _load_exported(data, file.name, max_bytes)
-        return Target(normal, "export", input_shape, file.name)
+        return _load_exported(data, file.name, max_bytes)
     if kind == "safetensors":
         state_dict = _load_safetensors(data, file.name)
     else:
@@ -261,8 +263,10 @@ _SYMBOL_NAME = re.compile(r"[a-z]{1,4}\d+")
 _GUARD = re.compile(r"(?:L\['\w+'\](?:\.size\(\)|\.stride\(\))\[\d+\]|\d+|\s+|[-+*/%<>=!(),]|\b(?:and|or|not)\b)+")
 
 
-def _load_exported(data: bytes, name: str, max_bytes: int) -> tuple[torch.nn.Sequential, tuple[int, ...]]:
-    """Vet the archive, load the program from the vetted bytes and translate it to the normal form."""
+def _load_exported(data: bytes, name: str, max_bytes: int) -> Target | GraphTarget:
+    """Vet the archive, load the program from the vetted bytes and translate it: to the normal form when it is a
+    chain of supported layers, else to a graph target (:mod:`ticketsolver.graph.capture`), whose refusal names the
+    module of the first op it cannot take."""
     _vet_pt2_archive(data, name, max_bytes)
     try:
         program = torch.export.load(io.BytesIO(data))
@@ -270,7 +274,13 @@ def _load_exported(data: bytes, name: str, max_bytes: int) -> tuple[torch.nn.Seq
         raise
     except Exception as error:  # noqa: BLE001 - deserialising untrusted bytes; any failure = corrupt
         raise CheckpointError(f"{name} is not a loadable torch.export program: {_short(error)}") from error
-    return normalize_exported_program(program)
+    try:
+        normal, input_shape = normalize_exported_program(program)
+    except UnsupportedModuleError:
+        from ticketsolver.graph.capture import capture_program
+
+        return capture_program(program, name)
+    return Target(normal, "export", input_shape, name)
 
 
 def _vet_pt2_archive(data: bytes, name: str, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
@@ -379,11 +389,11 @@ def _vet_node(node: Any, name: str) -> None:
     if not isinstance(target, str):
         raise CheckpointError(f"{name}: malformed graph node in models/{_MODEL}.json")
     op = target.removeprefix("torch.ops.") if target.startswith("torch.ops.aten.") else target
-    op = "operator.getitem" if op == "_operator.getitem" else op
-    if op not in SUPPORTED_EXPORT_OPS:
+    op = "operator." + op.removeprefix("_operator.") if op.startswith("_operator.") else op
+    if op not in SUPPORTED_EXPORT_OPS and op not in GRAPH_OPS:
         raise UnsupportedModuleError(
             f"{name}: node {node.get('name')!r} [{op}{_module_of(node)}] is not supported; supported ops: "
-            f"{', '.join(sorted(SUPPORTED_EXPORT_OPS))}"
+            f"{', '.join(sorted(SUPPORTED_EXPORT_OPS | GRAPH_OPS))}"
         )
 
 

@@ -73,6 +73,19 @@ class Target:
     input_shape: tuple[int, ...]
     source: str
 
+    def layers(self) -> list[tuple[str, int]]:
+        """(label, trained values) of every Linear/Conv2d, in order: what the build reports progress on."""
+        out = []
+        for index, module in enumerate(self.module):
+            if isinstance(module, nn.Linear):
+                label = f"[{index}] Linear {module.in_features}->{module.out_features}"
+            elif isinstance(module, nn.Conv2d):
+                label = f"[{index}] Conv2d {module.in_channels}->{module.out_channels} k{module.kernel_size[0]}"
+            else:
+                continue
+            out.append((label, sum(p.numel() for p in module.parameters())))
+        return out
+
     @classmethod
     def from_module(cls, module: nn.Module, input_shape: Sequence[int], arch: str = "custom") -> Target:
         """Normalise an in-memory module into a Target.

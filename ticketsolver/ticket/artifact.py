@@ -38,6 +38,8 @@ from torch import nn
 from ticketsolver.construction import PairLayout, PrunedPair, module_from_step
 from ticketsolver.construction.copies import CopyPlan, CopyStage
 from ticketsolver.errors import TicketFormatError
+from ticketsolver.graph.ir import GraphSpec
+from ticketsolver.graph.network import GraphNetwork, PairUnit
 from ticketsolver.source import RNG_LAYOUT, RandomSource
 from ticketsolver.ticket.layer import LayerLayout, unit_from_dict
 
@@ -240,6 +242,7 @@ class Ticket:
         self.draws = draws
         self.build = build
         self._kept_hash: str | None = None
+        self._graph: GraphSpec | None = None
         self._sources: dict[int, dict[str, np.ndarray]] = {}  # regenerated random tensors, per pair
         self._source_params: dict[int, int] = {}  # per unit: its source params (a sparse pair's ER nonzeros)
 
@@ -301,6 +304,20 @@ class Ticket:
             return "L+1"
         return "learned" if any(isinstance(layout, LayerLayout) for layout in self.layouts) else "2L"
 
+    @property
+    def graph(self) -> GraphSpec | None:
+        """The graph of a ticket built from a graph target (``build["graph"]``, checked), None for a chain."""
+        raw = self.build.get("graph")
+        if raw is None:
+            return None
+        if self._graph is None:
+            spec = GraphSpec.from_dict(raw)
+            pairs = [p for unit in spec.units for p in unit.pairs]
+            if pairs != list(range(len(self.layouts))) or any(not isinstance(u, PairLayout) for u in self.layouts):
+                raise TicketFormatError("the graph's units must name every pair once, in order")
+            self._graph = spec
+        return self._graph
+
     def random_layers(self) -> int:
         """Weight layers of the random network g: two per pair, one per layer unit."""
         return sum(2 if isinstance(layout, PairLayout) else 1 for layout in self.layouts)
@@ -331,13 +348,18 @@ class Ticket:
             if isinstance(layout, PairLayout):
                 yield layout.to_module(self.source_tensors(k), self.masks[k], prune_buffers)
 
-    def to_module(self, prune_buffers: bool = False) -> nn.Sequential:
-        """The pruned random network as a plain ``nn.Sequential`` (float32, eval mode).
+    def to_module(self, prune_buffers: bool = False) -> nn.Module:
+        """The pruned random network (float32, eval mode): a plain ``nn.Sequential`` for a chain, a
+        :class:`~ticketsolver.graph.GraphNetwork` of pair units for a graph.
 
         Args:
             prune_buffers: keep each random tensor whole as ``weight_orig`` with its ``weight_mask``
                 (``torch.nn.utils.prune``) instead of plain pruned weights.
         """
+        graph = self.graph
+        if graph is not None:
+            units = [PairUnit(unit, [self.unit_module(p, prune_buffers) for p in unit.pairs]) for unit in graph.units]
+            return GraphNetwork(graph, units).eval()
         plans = self.copy_plans()
         if plans is not None:
             return self._shallow_module(plans, prune_buffers)
@@ -625,6 +647,7 @@ class Ticket:
         if verify_hash:
             ticket._check_statistics(manifest, path)
         ticket.copy_plans()  # a depth-L+1 ticket's plans must match its units (TicketFormatError otherwise)
+        _ = ticket.graph  # a graph ticket's units must name its pairs (TicketFormatError otherwise)
         return ticket
 
     def __repr__(self) -> str:

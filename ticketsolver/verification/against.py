@@ -110,17 +110,23 @@ def verify(
         ConfigError: ``config`` is not a :class:`~ticketsolver.config.VerifyConfig` (data goes to ``data=``).
         VerificationError: the ticket does not match the target, or the data has the wrong shape.
     """
+    from ticketsolver.graph import GraphTarget
     from ticketsolver.models import Target
+    from ticketsolver.verification.graph import verify_graph
 
     if not isinstance(config, VerifyConfig):
         raise ConfigError(
             f"config must be a VerifyConfig, got {type(config).__name__}; data is passed as verify(..., data=...)"
         )
+    if data is not None and hasattr(data, "x_test"):
+        data = (data.x_test, data.y_test)
+    if isinstance(target, GraphTarget) or getattr(ticket, "graph", None) is not None:
+        if not isinstance(target, GraphTarget):
+            raise VerificationError("the ticket was built from a graph target; verify it against that .pt2 program")
+        return verify_graph(target, ticket, config, data=data, progress=progress)
     if not isinstance(target, Target):
         target = Target.from_module(target, ticket.input_shape)
     check_ticket_matches(target.module, ticket)
-    if data is not None and hasattr(data, "x_test"):
-        data = (data.x_test, data.y_test)
     box, source, law = choose_input_box(ticket, config.input_box, data is not None)
     return verify_networks(
         target.module,

@@ -65,7 +65,10 @@ class OutputComparison:
     0.5
     """
 
-    def __init__(self) -> None:
+    def __init__(self, per_position: bool = False) -> None:
+        #: outputs (B, ..., C): agreement and accuracy per position (argmax over the last dimension, every position
+        #: of every input counts; labels (B, ...)); False: one argmax per input over all its outputs
+        self.per_position = per_position
         self._abs: list[torch.Tensor] = []  # per-input max_c |f - g|
         self._scale: list[torch.Tensor] = []  # per-input max_c |f|
         self._agree: list[torch.Tensor] = []
@@ -103,11 +106,17 @@ class OutputComparison:
         abs_err, scale = per_input_errors(f_out, g_out)
         self._abs.append(abs_err.cpu())
         self._scale.append(scale.cpu())
-        f_top, g_top = f_out.detach().flatten(1).argmax(1), g_out.detach().flatten(1).argmax(1)
+        if self.per_position:
+            f_top, g_top = f_out.detach().argmax(-1).flatten(), g_out.detach().argmax(-1).flatten()
+            expected = tuple(f_out.shape[:-1])
+        else:
+            f_top, g_top = f_out.detach().flatten(1).argmax(1), g_out.detach().flatten(1).argmax(1)
+            expected = (f_out.shape[0],)
         self._agree.append((f_top == g_top).cpu())
         if labels is not None:
-            if labels.shape != (f_out.shape[0],):
-                raise VerificationError(f"labels must have shape ({f_out.shape[0]},), got {tuple(labels.shape)}")
+            if tuple(labels.shape) != expected:
+                raise VerificationError(f"labels must have shape {expected}, got {tuple(labels.shape)}")
+            labels = labels.reshape(-1)
             y = labels.to(f_top.device)
             self._correct_f.append((f_top == y).cpu())
             self._correct_g.append((g_top == y).cpu())

@@ -74,6 +74,7 @@ class Report(JsonReport):
         seconds: step name -> wall-clock seconds (``"total"`` included).
         seed: the seed of the random inputs and starts.
         torch_version: the torch version that ran.
+        notes: sentences the report must carry (e.g. why a graph has no certified bound).
     """
 
     device: str
@@ -88,6 +89,7 @@ class Report(JsonReport):
     seconds: dict[str, float] = field(default_factory=dict)
     seed: int = 0
     torch_version: str = ""
+    notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-serialisable data (str, int, float, bool, None, lists, dicts)."""
@@ -108,6 +110,7 @@ class Report(JsonReport):
                 "seconds": dict(self.seconds),
                 "seed": self.seed,
                 "torch_version": self.torch_version,
+                "notes": list(self.notes),
             }
         )
 
@@ -180,6 +183,8 @@ class Report(JsonReport):
             )
             if certified.not_certified is not None:
                 console.print(f"[yellow]not certified:[/yellow] {certified.not_certified}")
+        for note in self.notes:
+            console.print(f"[dim]note:[/dim] {note}")
 
         if self.layers:
             console.print(self._layer_table(Table))

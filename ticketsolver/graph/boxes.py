@@ -1,0 +1,133 @@
+"""Input boxes of a graph's units for construction L, observed on calibration inputs and widened.
+
+Construction L keeps a hidden unit ``relu(u·x_j + beta)`` only where it is linear for every ``x_j`` of its column's
+box (docs/design.md section 2.4). In a chain the builder propagates sound interval bounds; through a deep residual
+network plain intervals grow by roughly the l1 norm of every layer's rows (~20x per 3x3 conv), so by the last stage
+they are useless. A graph's boxes are therefore *observed*: the target f runs on calibration inputs drawn from the
+input box (uniform values, smooth images at three scales, and the box's corners; for token models, uniform token ids)
+and every unit's input range per column (a Linear's feature, a conv's channel, joined with 0 where it pads) is
+widened: its half-width times :data:`WIDEN`, around its centre, plus :data:`PAD` of its scale. Where the sign
+analysis proves a column >= 0, its lower end stays at 0. An embedding reads a one-hot input ([0, 1]) and a tensor
+unit a constant 1 ([1, 1]): those boxes are exact.
+
+Observed boxes are not certified: an input whose activations leave them makes some unit nonlinear. Verification
+measures it (the least pre-activation margin of every kept unit on every input it runs) and says so, and the ticket
+records each unit's box origin.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ticketsolver.graph.capture import GraphTarget
+from ticketsolver.graph.network import unit_input_hook
+
+__all__ = ["PAD", "WIDEN", "UnitBox", "calibration_inputs", "observed_boxes"]
+
+#: half-width multiplier of an observed range
+WIDEN = 2.0
+#: absolute padding, relative to the largest |bound| of the unit's input
+PAD = 1e-3
+#: calibration inputs per kind (uniform, smooth at each scale)
+_PER_KIND = 64
+
+
+@dataclass(frozen=True)
+class UnitBox:
+    """Per pair of a unit: the column box (d_in,) lo and hi; ``origin`` says how it was obtained."""
+
+    columns: list[tuple[np.ndarray, np.ndarray]]  # one (lo, hi) per pair of the unit
+    origin: str
+
+
+def calibration_inputs(target: GraphTarget, box: tuple[float, float], seed: int = 0) -> torch.Tensor:
+    """Inputs the boxes are observed on: uniform in the box, smooth random images (2x2, 4x4, 8x8 cells upsampled)
+    for image-shaped inputs, the box's two corners and its centre; uniform token ids for token models."""
+    spec = target.spec
+    generator = torch.Generator().manual_seed(seed)
+    shape = spec.input_shape
+    if spec.tokens:
+        assert spec.vocab is not None
+        return torch.randint(0, spec.vocab, (4 * _PER_KIND, *shape), generator=generator)
+    lo, hi = box
+    parts = [torch.rand((_PER_KIND * 2, *shape), generator=generator, dtype=torch.float64) * (hi - lo) + lo]
+    if len(shape) == 3:
+        for cells in (2, 4, 8):
+            coarse = torch.rand((_PER_KIND, shape[0], cells, cells), generator=generator, dtype=torch.float64)
+            smooth = F.interpolate(coarse, size=shape[1:], mode="bilinear", align_corners=False)
+            parts.append(smooth * (hi - lo) + lo)
+    parts.append(torch.stack([torch.full(shape, v, dtype=torch.float64) for v in (lo, hi, (lo + hi) / 2)]))
+    return torch.cat(parts)
+
+
+def observed_boxes(
+    target: GraphTarget,
+    box: tuple[float, float],
+    nonnegative: list[bool],
+    pair_targets: list[list],
+    seed: int = 0,
+    chunk: int = 32,
+) -> list[UnitBox]:
+    """Every unit's column boxes (one per pair), observed on :func:`calibration_inputs` and widened."""
+    spec = target.spec
+    lows: list[torch.Tensor | None] = [None] * len(spec.units)
+    highs: list[torch.Tensor | None] = [None] * len(spec.units)
+
+    def record(k: int, x: torch.Tensor | None) -> None:
+        unit = spec.units[k]
+        if x is None or unit.kind in ("embedding", "tensor"):
+            return
+        values = x.detach().double()
+        if unit.kind == "linear":
+            flat = values.reshape(-1, values.shape[-1])
+            lo, hi = flat.amin(0), flat.amax(0)
+        else:
+            per_channel = values.transpose(0, 1).reshape(values.shape[1], -1)
+            lo, hi = per_channel.amin(1), per_channel.amax(1)
+        lows[k] = lo if lows[k] is None else torch.minimum(lows[k], lo)  # type: ignore[arg-type]
+        highs[k] = hi if highs[k] is None else torch.maximum(highs[k], hi)  # type: ignore[arg-type]
+
+    network = unit_input_hook(target.network(torch.float64), record)
+    inputs = calibration_inputs(target, box, seed)
+    with torch.no_grad():
+        for start in range(0, inputs.shape[0], chunk):
+            network(inputs[start : start + chunk])
+    unit_input_hook(network, None)
+    count = inputs.shape[0]
+    boxes = []
+    for k, unit in enumerate(spec.units):
+        pairs = pair_targets[k]
+        if unit.kind == "embedding":
+            d_in = pairs[0].weight.shape[1]
+            boxes.append(UnitBox([(np.zeros(d_in), np.ones(d_in))], "exact: one-hot input"))
+            continue
+        if unit.kind == "tensor":
+            boxes.append(UnitBox([(np.ones(1), np.ones(1))], "exact: constant 1"))
+            continue
+        lo_t, hi_t = lows[k], highs[k]
+        assert lo_t is not None and hi_t is not None
+        centre, half = (hi_t + lo_t) / 2, (hi_t - lo_t) / 2
+        scale = max(float(torch.maximum(lo_t.abs(), hi_t.abs()).max()), 1e-6)
+        lo_w = centre - WIDEN * half - PAD * scale
+        hi_w = centre + WIDEN * half + PAD * scale
+        if nonnegative[k]:
+            lo_w = lo_w.clamp(min=0.0)
+        lo_np, hi_np = lo_w.numpy(), hi_w.numpy()
+        columns = []
+        if unit.kind == "linear":
+            columns.append((lo_np.copy(), hi_np.copy()))
+        else:
+            per_group = lo_np.size // unit.groups
+            for g, pair in enumerate(pairs):
+                lo_c, hi_c = lo_np[g * per_group : (g + 1) * per_group], hi_np[g * per_group : (g + 1) * per_group]
+                if any(unit.padding):
+                    lo_c, hi_c = np.minimum(lo_c, 0.0), np.maximum(hi_c, 0.0)
+                taps = math.prod(pair.conv.kernel_size)
+                columns.append((np.repeat(lo_c, taps), np.repeat(hi_c, taps)))
+        boxes.append(UnitBox(columns, f"observed on {count} calibration inputs, half-width x{WIDEN:g}"))
+    return boxes
