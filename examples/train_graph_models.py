@@ -6,7 +6,8 @@ depthwise-separable CNN (grouped convs, ReLU6), a small ViT (class token, positi
 LayerNorm, GELU) and a character-level causal transformer (embedding, nn.TransformerEncoderLayer). Each is
 seeded, trained, put in eval mode, exported with a dynamic batch dimension and saved with
 ``torch.export.save``; the saved file is reloaded and compared with the model at two batch sizes, then
-handed to ``ticketsolver.models.load_target``, which refuses all five today (issue 9 will accept them).
+handed to ``ticketsolver.models.load_target``, which captures it as a graph target (``ticketsolver build
+MODEL.pt2 --n 30`` builds its ticket).
 
     python examples/train_graph_models.py --model resnet            # [--out PATH] [--epochs N] [--seed S]
     python examples/train_graph_models.py --model resnet18 --epochs 0   # export untrained (training is slow)
@@ -372,7 +373,7 @@ def check_round_trip(path: Path, model: nn.Module, inputs: torch.Tensor, batches
 
 
 def refusal(path: Path) -> str | None:
-    """ticketsolver's refusal of ``path`` today (the message of ``load_target``), or None if it loads."""
+    """ticketsolver's refusal of ``path`` (the message of ``load_target``), or None if it loads."""
     try:
         load_target(path)
     except UnsupportedModuleError as error:
@@ -449,7 +450,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if metrics["refusal"] is None:
         print("ticketsolver loads it")
     else:
-        print(f"ticketsolver refuses it today (issue 9): {metrics['refusal'].split('; supported ops')[0]}")
+        print(f"ticketsolver refuses it: {metrics['refusal'].split('; supported ops')[0]}")
     return metrics
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
@@ -67,7 +68,7 @@ def _load_data(spec: str | None) -> Any:
         return None
     from ticketsolver import data
 
-    bundled = {
+    bundled: dict[str, Callable[[], Any]] = {
         "digits": data.load_digits_28,
         "digits-signed": data.load_digits_28_signed,
         "digits-flat": data.load_digits_flat,
@@ -150,10 +151,16 @@ def _build_and_verify(
     if build.input_domain is None and getattr(dataset, "input_domain", None) is not None:
         build = build.replace(input_domain=dataset.input_domain)
         console.print(f"input domain {list(build.input_domain or ())} taken from the data ({data_spec})")
-    if build.input_domain is None and build.pure:
+    graph = getattr(target, "spec", None)
+    if build.input_domain is None and build.pure and not (graph is not None and graph.tokens):
+        where = (
+            "its units' boxes are observed on calibration inputs of the default box"
+            if graph is not None
+            else "the ticket is built exact over the default box"
+        )
         console.print(
-            f"[yellow]no input domain declared:[/yellow] the ticket is built exact over the default box "
-            f"{list(DEFAULT_INPUT_BOX)} (standardised features); pass --input-domain LO,HI for another"
+            f"[yellow]no input domain declared:[/yellow] {where} {list(DEFAULT_INPUT_BOX)} (standardised features); "
+            "pass --input-domain LO,HI for another"
         )
     t0 = time.perf_counter()
     with _layer_progress(_layer_names(target)) as progress:

@@ -1,7 +1,7 @@
 """The graph-shaped example targets of issue 9 (examples/train_graph_models.py): they export with a dynamic
-batch and reload exactly, and ticketsolver refuses every one of them today.
+batch and reload exactly, load as graph targets, and build into tickets whose g follows f.
 
-The models here are the script's classes at tiny widths (the graph, not the size, decides the refusal),
+The models here are the script's classes at tiny widths (the graph, not the size, decides what is built),
 untrained, with BatchNorm running statistics moved off their defaults so a wrong fold would show.
 """
 
@@ -19,7 +19,8 @@ import pytest
 import torch
 from torch import nn
 
-from ticketsolver.errors import UnsupportedModuleError
+from ticketsolver import BuildConfig, VerifyConfig, build_ticket, verify
+from ticketsolver.graph import GraphTarget
 from ticketsolver.models import load_target
 
 _SCRIPT = Path(__file__).resolve().parents[2] / "examples" / "train_graph_models.py"
@@ -47,17 +48,12 @@ _TINY: dict[str, tuple[Callable[[], nn.Module], Callable[[int], torch.Tensor]]] 
     ),
 }
 
-# What load_target says today, observed with torch 2.13. Every refusal comes from vetting the archive's
-# JSON (ticketsolver/models/checkpoint.py, _vet_node), before the graph walk; it names the node, its ATen op and
-# the module that holds it (the node's nn_module_stack: innermost path and class), or says it is the model's own
-# forward. The skip adds of the ResNets pass the op check (aten.add.Tensor is supported); their pooling does not.
-# name -> (refused node, what the brackets say)
-_REFUSED: dict[str, tuple[str, str]] = {
-    "resnet": ("adaptive_avg_pool2d", "aten.adaptive_avg_pool2d.default from module 'pool' (AdaptiveAvgPool2d)"),
-    "resnet18": ("adaptive_avg_pool2d", "aten.adaptive_avg_pool2d.default from module 'pool' (AdaptiveAvgPool2d)"),
-    "mobilenet": ("hardtanh", "aten.hardtanh.default from module 'stem.2' (ReLU6)"),
-    "vit": ("expand", "aten.expand.default in the model's own forward (ViT)"),
-    "chartransformer": ("embedding", "aten.embedding.default from module 'embedding' (Embedding)"),
+# the units each tiny model's graph holds, by kind (weighted ops and trained tensors used as such)
+_UNITS: dict[str, dict[str, int]] = {
+    "resnet": {"conv": 9, "linear": 1},  # every BatchNorm folded into its conv
+    "mobilenet": {"conv": 7, "linear": 1},
+    "vit": {"conv": 1, "linear": 5, "tensor": 8},  # class token, positions, 3 LayerNorms x (weight, bias)
+    "chartransformer": {"embedding": 1, "linear": 5, "tensor": 7},  # positions, 3 LayerNorms x 2
 }
 
 
@@ -96,12 +92,36 @@ def test_export_round_trips_at_two_batch_sizes(name: str, exported: dict[str, An
 
 
 @pytest.mark.parametrize("name", sorted(_TINY))
-def test_load_target_refuses_it_today(name: str, exported: dict[str, Any]) -> None:
-    _, _, path = exported[name]
-    node, where = _REFUSED[name]
-    with pytest.raises(UnsupportedModuleError) as refusal:
-        load_target(path)
-    assert str(refusal.value).startswith(f"{name}.pt2: node {node!r} [{where}] is not supported; supported ops: ")
+def test_load_target_captures_it_as_a_graph_that_computes_the_model(name: str, exported: dict[str, Any]) -> None:
+    model, inputs, path = exported[name]
+    target = load_target(path)
+    assert isinstance(target, GraphTarget)
+    kinds: dict[str, int] = {}
+    for unit in target.spec.units:
+        kinds[unit.kind] = kinds.get(unit.kind, 0) + 1
+    assert kinds == _UNITS[name]
+    with torch.no_grad():
+        expected = model(inputs)
+        got = target.network(torch.float32)(inputs)
+    assert got.shape == expected.shape
+    assert float((got - expected).abs().max()) <= 1e-4 * max(1.0, float(expected.abs().max()))
+
+
+@pytest.mark.parametrize("name", sorted(_TINY))
+def test_it_builds_a_pure_ticket_whose_g_follows_f(name: str, exported: dict[str, Any]) -> None:
+    _, inputs, path = exported[name]
+    target = load_target(path)
+    assert isinstance(target, GraphTarget)
+    ticket = build_ticket(target, BuildConfig(n=30))
+    assert ticket.sizes()["source_kind"] == "iid"
+    report = verify(target, ticket, VerifyConfig(n_random=64, worst_case_steps=0, dtypes=("float64",)))
+    random = report.sections["random"]["float64"]
+    # tiny untrained nets at n = 30: a weight whose ~27 usable coefficients lean one way stays ~0.1 of itself off
+    # (the pure source's tail); a wrong graph, fold or unit would be off by O(1)
+    assert random.relative_error_max is not None and random.relative_error_max <= 3e-2
+    assert random.top1_agreement >= 0.95
+    for check in report.layers["float64"]:
+        assert check.pair_vs_effective <= 1e-9 * max(1.0, check.max_abs_target), check
 
 
 def test_resnet18_is_the_standard_cifar_resnet18() -> None:
@@ -117,17 +137,18 @@ def test_resnet18_is_the_standard_cifar_resnet18() -> None:
 
 
 @pytest.mark.slow
-def test_resnet18_exports_round_trips_and_is_refused(tmp_path: Path) -> None:
+def test_resnet18_exports_round_trips_and_loads_as_a_graph(tmp_path: Path) -> None:
     torch.manual_seed(0)
     inputs = torch.rand(5, 3, 32, 32)
     model = _with_batch_statistics(graphs.resnet18(), inputs)
     path = tmp_path / "resnet18.pt2"
     torch.export.save(graphs.export_program(model, inputs[:2]), path)
     assert graphs.check_round_trip(path, model, inputs, batches=(3, 5)) <= 1e-4
-    node, where = _REFUSED["resnet18"]
-    with pytest.raises(UnsupportedModuleError) as refusal:
-        load_target(path)
-    assert str(refusal.value).startswith(f"resnet18.pt2: node {node!r} [{where}] is not supported")
+    target = load_target(path)
+    assert isinstance(target, GraphTarget)
+    norms = sum(m.num_features for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+    # each BatchNorm folded into its conv: its weight and bias become the conv's bias
+    assert sum(unit.weights for unit in target.spec.units) == graphs.parameter_count(model) - norms
 
 
 def test_mobilenet_convs_are_depthwise_then_pointwise() -> None:
@@ -138,14 +159,14 @@ def test_mobilenet_convs_are_depthwise_then_pointwise() -> None:
 
 
 @pytest.mark.parametrize("name", ["mobilenet", "chartransformer"])
-def test_script_trains_exports_and_reports_the_refusal(name: str, tmp_path: Path) -> None:
+def test_script_trains_exports_and_loads(name: str, tmp_path: Path) -> None:
     previous = torch.get_num_threads()
     try:
         metrics = graphs.main(["--model", name, "--epochs", "2", "--out", str(tmp_path / "model.pt2")])
     finally:
         torch.set_num_threads(previous)  # main sets --threads
     assert (tmp_path / "model.pt2").is_file() and metrics["round_trip_deviation"] <= 1e-4
-    assert metrics["refusal"].startswith(f"model.pt2: node '{_REFUSED[name][0]}' ")
+    assert metrics["refusal"] is None
     if name == "mobilenet":
         # far better than chance (0.1); after one epoch the BatchNorm running statistics still lag (0.10)
         assert metrics["test_accuracy"] > 0.5

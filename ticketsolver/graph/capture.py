@@ -159,8 +159,8 @@ def _where(node: torch.fx.Node) -> str:
     if stack:
         path, kind = list(stack.values())[-1]
         kind_name = getattr(kind, "__name__", str(kind)).rsplit(".", 1)[-1]
-        return f"module '{path}' ({kind_name})"
-    return "the model's own forward"
+        return f"from module '{path}' ({kind_name})" if path else f"in the model's own forward ({kind_name})"
+    return "in the model's own forward"
 
 
 def _path_of(node: torch.fx.Node) -> str:
@@ -235,7 +235,7 @@ class _Capture:
         return user[0]
 
     def describe(self, node: torch.fx.Node) -> str:
-        return f"{self.name}: node {node.name!r} [{op_name(node.target)} from {_where(node)}]"
+        return f"{self.name}: node {node.name!r} [{op_name(node.target)} {_where(node)}]"
 
     # -- helpers --------------------------------------------------------------------------------------
     def is_value(self, arg: Any) -> bool:

@@ -113,7 +113,9 @@ def export_safetensors(ticket: Ticket, path: str | os.PathLike[str]) -> Path:
 def export_onnx(ticket: Ticket, path: str | os.PathLike[str], opset: int = 18) -> Path:
     """Write the pruned network as ONNX (input ``input``, output ``output``, dynamic batch)."""
     module = ticket.to_module()
-    example = torch.zeros(2, *ticket.input_shape)
+    graph = ticket.graph
+    tokens = graph is not None and graph.tokens
+    example = torch.zeros(2, *ticket.input_shape, dtype=torch.int64 if tokens else torch.float32)
     batch = torch.export.Dim("batch", min=1)
     path = Path(path)
     # the exporter narrates every stage on stdout; a CLI's output is ours to keep clean
@@ -127,6 +129,9 @@ def export_onnx(ticket: Ticket, path: str | os.PathLike[str], opset: int = 18) -
             opset_version=opset,
             dynamo=True,
             verbose=False,
+            # a graph's trained tensors are built by pairs fed by a constant 1: constant folding would compute
+            # them at export and store the results, tensors close to the target's own; keep the computation
+            optimize=not tokens and graph is None,
         )
     if program is None:
         raise TicketFormatError("the ONNX exporter produced no program")

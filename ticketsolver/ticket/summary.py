@@ -18,6 +18,22 @@ __all__ = ["density_cell", "render_ticket", "ticket_summary"]
 _LETTERS: dict[str, str] = {**CONSTRUCTIONS, "copies": "C"}
 
 
+def _graph_line(ticket: Ticket) -> str:
+    """For a graph ticket: its units by kind and the norms folded into them (the rows below are its pairs)."""
+    graph = ticket.graph
+    if graph is None:
+        return ""
+    kinds: dict[str, int] = {}
+    for unit in graph.units:
+        kinds[unit.kind] = kinds.get(unit.kind, 0) + 1
+    folded = sum(len(unit.folded) for unit in graph.units)
+    described = ", ".join(f"{count} {kind}" for kind, count in kinds.items())
+    return (
+        f"\ngraph: {len(graph.units)} units ({described}) of {len(graph.nodes)} nodes, {len(ticket.layouts)} pairs "
+        f"(one per group of a grouped conv); {folded} BatchNorm folded; the rows below are the pairs"
+    )
+
+
 def ticket_summary(ticket: Ticket, file_bytes: int | None = None) -> dict[str, Any]:
     """JSON-ready summary: sizes (target / source / kept / pruned, source kind, examined values), per-layer
     facts, solver statistics."""
@@ -142,7 +158,7 @@ def render_ticket(ticket: Ticket, console: Console | None = None, file_bytes: in
         f"kept {s['kept_params']:,} ({s['kept_params'] / max(s['source_params'], 1):.2%} of the source; "
         f"the rest is pruned to 0)\n"
         f"{_source_line(s['source_kind'], s['examined_values'], s['source_params'])}"
-        f"{_sparse_line(ticket)}"
+        f"{_sparse_line(ticket)}{_graph_line(ticket)}"
     )
     sparse = any(isinstance(layout, PairLayout) and layout.sparse for layout in ticket.layouts)
     redrawn = s["source_kind"] == "rerandomized"

@@ -214,7 +214,7 @@ def verify_graph(
         dtype = _DTYPES[dtype_name]
         f = target.network(dtype)
         g = copy.deepcopy(g32).to(dtype)
-        sets = [("random", x_random, None)]
+        sets: list[tuple[str, torch.Tensor, torch.Tensor | None]] = [("random", x_random, None)]
         if data is not None:
             sets.insert(0, ("data", x_data, y_data))
         for name, x, y in sets:
@@ -240,9 +240,7 @@ def verify_graph(
     return report
 
 
-def _box(
-    config: VerifyConfig, ticket: Any, data: Any, tokens: bool
-) -> tuple[tuple[float, float], str]:
+def _box(config: VerifyConfig, ticket: Any, data: Any, tokens: bool) -> tuple[tuple[float, float], str]:
     if tokens:
         return (0.0, 1.0), "token ids"
     if config.input_box is not None:
