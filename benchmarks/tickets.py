@@ -15,7 +15,14 @@ whole layer. A figure (max weight error and max relative output error against n,
 with source parameters and examined values under each n) is written to --figure.
 
     python benchmarks/tickets.py                          # all targets; pure n = 20, 30, 40; re-rand. 20, 30
-    python benchmarks/tickets.py --targets lenet5 --n 20 --resample-n ""
+    python benchmarks/tickets.py --targets lenet5 --n 20 --resample-n "" --graph-targets ""
+    python benchmarks/tickets.py --targets "" --graph-targets resnet,mobilenet,vit,chartransformer  # issue 9
+
+The graph examples (examples/train_graph_models.py) are built as ``ticketsolver build MODEL.pt2 --n 30`` builds
+them (every other option its default: a pure source, boxes observed on calibration inputs of the default box),
+verified on their data (digits 32x32 RGB, digits 28x28, the Python docstring text) and on random inputs, and
+exported to ONNX: its weighted ops (Conv, Gemm, MatMul, Gather) against the target's units, and how many of its
+initializers equal a trained tensor of the target (must be 0).
 """
 
 from __future__ import annotations
@@ -53,6 +60,131 @@ TARGETS = {
         data.load_digits_28_signed,
     ),
 }
+
+
+#: the graph targets of issue 9: name -> (training command, checkpoint file, evaluation data)
+GRAPH_TARGETS = {
+    "resnet": (["examples/train_graph_models.py", "--model", "resnet"], "resnet.pt2", data.load_digits_32_rgb),
+    "mobilenet": (["examples/train_graph_models.py", "--model", "mobilenet"], "mobilenet.pt2", data.load_digits_28),
+    "vit": (["examples/train_graph_models.py", "--model", "vit"], "vit.pt2", data.load_digits_28),
+    "chartransformer": (
+        ["examples/train_graph_models.py", "--model", "chartransformer"],
+        "chartransformer.pt2",
+        data.load_python_text_windows,
+    ),
+}
+
+
+def _graph_target(name: str, workdir: Path, console: Console) -> tuple[Any, Any]:
+    """The graph example ``name`` (trained into ``workdir`` unless there) and its evaluation data as (x, y)."""
+    command, file, loader = GRAPH_TARGETS[name]
+    checkpoint = workdir / file
+    if not checkpoint.exists():
+        console.print(f"training {name} ...")
+        subprocess.run(
+            [sys.executable, *command, "--out", str(checkpoint)], cwd=ROOT, check=True, stdout=subprocess.DEVNULL
+        )
+    loaded = loader()
+    return ts.load_target(checkpoint), (loaded.x_test, loaded.y_test) if hasattr(loaded, "x_test") else loaded
+
+
+def _onnx_facts(target: Any, ticket: Any, path: Path) -> dict[str, Any]:
+    """Weighted ops of the exported ONNX graph, and how many of its initializers equal a trained tensor."""
+    import onnx
+
+    from ticketsolver.ticket import export_ticket
+
+    export_ticket(ticket, path, "onnx")
+    model = onnx.load(str(path))
+    initializers = [onnx.numpy_helper.to_array(i).reshape(-1).astype(np.float64) for i in model.graph.initializer]
+    trained = [t.numpy().reshape(-1) for unit in target.tensors for t in unit.values()]
+    copies = sum(
+        1
+        for value in initializers
+        for t in trained
+        if value.size == t.size and np.allclose(value, t, rtol=1e-3, atol=1e-6 * max(1.0, float(np.abs(t).max())))
+    )
+    weighted = sum(node.op_type in ("Conv", "Gemm", "MatMul", "Gather") for node in model.graph.node)
+    return {"onnx_weighted_ops": weighted, "onnx_trained_copies": copies, "onnx_kb": path.stat().st_size / 1000}
+
+
+def _graph_row(name: str, target: Any, dataset: Any, n: int, workdir: Path) -> dict[str, Any]:
+    """``ticketsolver build MODEL.pt2 --n N`` (every other option its default), verified on data and random
+    inputs, exported to ONNX."""
+    t0 = time.perf_counter()
+    ticket = ts.build_ticket(target, ts.BuildConfig(n=n))
+    build_s = time.perf_counter() - t0
+    path = ticket.save(workdir / f"{name}.n{n}.ticket")
+    t1 = time.perf_counter()
+    report = ts.verify(target, ticket, ts.VerifyConfig(), data=dataset)
+    verify_s = time.perf_counter() - t1
+    d, r = report.sections["data"]["float64"], report.sections["random"]["float64"]
+    d32, r32 = report.sections["data"]["float32"], report.sections["random"]["float32"]
+    units = target.spec.units
+    return {
+        "target": name,
+        "n": n,
+        "units": len(units),
+        "pairs": len(ticket.layouts),
+        "target_params": sum(u.weights for u in units),
+        "acc_f": d.accuracy_target,
+        "acc_g": d.accuracy_pruned,
+        "agree_data": d.top1_agreement,
+        "agree_random": r.top1_agreement,
+        "rel_data": d.relative_error_max,
+        "rel_random": r.relative_error_max,
+        "rel_data_f32": d32.relative_error_max,
+        "rel_random_f32": r32.relative_error_max,
+        "worst_case": report.worst_case["float64"].max_abs_error if "float64" in report.worst_case else None,
+        "outside_box": sum(c.outside_linear_region for c in report.layers.get("float64", [])),
+        "weight_error_max": max(p["weight_error_max"] for p in ticket.build["pairs"]),
+        "kb": path.stat().st_size / 1000,
+        "build_s": build_s,
+        "verify_s": verify_s,
+        **_onnx_facts(target, ticket, workdir / f"{name}.n{n}.onnx"),
+        **ticket.sizes(),
+    }
+
+
+def _graph_table(rows: list[dict[str, Any]], console: Console) -> None:
+    table = Table(
+        title="graph targets (issue 9): ticketsolver build MODEL.pt2 --n N, pure source, float64 unless marked; "
+        "rel err = max over inputs of max|f-g| / max|f| over all its outputs"
+    )
+    columns = (
+        "target",
+        "n",
+        "units / pairs",
+        "acc f / g",
+        "agree data / random",
+        "rel err data / random",
+        "f32 data / random",
+        "max w err",
+        "ONNX weighted ops (target units) / trained copies",
+        "KB",
+        "kept / source params",
+        "build s",
+        "verify s",
+    )
+    for col in columns:
+        table.add_column(col, justify="right")
+    for r in rows:
+        table.add_row(
+            r["target"],
+            str(r["n"]),
+            f"{r['units']} / {r['pairs']}",
+            f"{r['acc_f']:.2%} / {r['acc_g']:.2%}",
+            f"{r['agree_data']:.2%} / {r['agree_random']:.2%}",
+            f"{r['rel_data']:.1e} / {r['rel_random']:.1e}",
+            f"{r['rel_data_f32']:.1e} / {r['rel_random_f32']:.1e}",
+            f"{r['weight_error_max']:.1e}",
+            f"{r['onnx_weighted_ops']} ({r['units']}) / {r['onnx_trained_copies']}",
+            f"{r['kb']:.0f}",
+            f"{r['kept_params']:,} / {r['source_params']:,}",
+            f"{r['build_s']:.1f}",
+            f"{r['verify_s']:.1f}",
+        )
+    console.print(table)
 
 
 def _target(name: str, workdir: Path, console: Console | None = None) -> tuple[Any, Any]:
@@ -197,6 +329,8 @@ def _figure(rows: list[dict[str, Any]], path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--targets", default=",".join(TARGETS))
+    parser.add_argument("--graph-targets", default=",".join(GRAPH_TARGETS), help="graph examples ('' for none)")
+    parser.add_argument("--graph-n", default="30", help="n of the graph tickets")
     parser.add_argument("--n", default="20,30,40", help="n of the pure tickets")
     parser.add_argument("--resample-n", default="20,30", help="n of the re-randomised tickets ('' for none)")
     parser.add_argument("--resample", type=int, default=128, help="rounds of the re-randomised tickets")
@@ -209,7 +343,15 @@ def main() -> None:
     args.workdir.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     engines: list[dict[str, Any]] = []
-    for name in args.targets.split(","):
+    graph_rows: list[dict[str, Any]] = []
+    for name in [t for t in args.graph_targets.split(",") if t]:
+        target, dataset = _graph_target(name, args.workdir, console)
+        for n in _ints(args.graph_n):
+            graph_rows.append(_graph_row(name, target, dataset, n, args.workdir))
+            console.print(f"done: {name} n={n} ({graph_rows[-1]['build_s']:.1f} s build)")
+    if graph_rows:
+        _graph_table(graph_rows, console)
+    for name in [t for t in args.targets.split(",") if t]:
         target, dataset = _target(name, args.workdir, console)
         runs = [(n, 0) for n in _ints(args.n)] + [(n, args.resample) for n in _ints(args.resample_n)]
         for n, resample in runs:
@@ -287,11 +429,11 @@ def main() -> None:
                     f"{x['optimal']:.0%}",
                 )
         console.print(engine_table)
-    if args.figure:
+    if args.figure and rows:
         _figure(rows, args.figure)
         console.print(f"figure -> {args.figure}")
     if args.json:
-        args.json.write_text(json.dumps({"rows": rows, "engines": engines}, indent=2))
+        args.json.write_text(json.dumps({"rows": rows, "engines": engines, "graphs": graph_rows}, indent=2))
 
 
 if __name__ == "__main__":

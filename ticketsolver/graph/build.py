@@ -3,7 +3,8 @@
 Same constructions as a chain (docs/design.md section 2), per unit instead of per layer:
 
 * the construction of each pair comes from the config as for a chain: L for every pair of a pure build (on the
-  unit's observed input box, :mod:`ticketsolver.graph.boxes`), and for a re-randomised build O where the sign
+  unit's input box: sound interval bounds through the graph where they are tight, else observed on calibration
+  inputs, :mod:`ticketsolver.graph.boxes`), and for a re-randomised build O where the sign
   analysis proves the unit's input >= 0 (:mod:`ticketsolver.graph.signs`) and I elsewhere;
 * a grouped convolution is one pair per group (its slice of input and output channels), an embedding one pair on
   the one-hot input, a trained tensor one pair on a constant 1 (d_in = 1);
@@ -39,7 +40,7 @@ from ticketsolver.construction.pair import CONSTRUCTIONS
 from ticketsolver.construction.resume import fingerprint, load_pair, save_pair
 from ticketsolver.construction.solution import PairSolution
 from ticketsolver.errors import ConstructionError
-from ticketsolver.graph.boxes import UnitBox, observed_boxes
+from ticketsolver.graph.boxes import UnitBox, unit_boxes
 from ticketsolver.graph.capture import GraphTarget
 from ticketsolver.graph.signs import unit_input_signs
 from ticketsolver.solvers import Solver
@@ -95,7 +96,7 @@ def construct_graph(
     pair_targets = [target.pair_targets(k) for k in range(len(spec.units))]
     boxes: list[UnitBox] | None = None
     if config.pure and config.construction in ("auto", "offset_blocks"):
-        boxes = observed_boxes(target, box or (0.0, 1.0), signs, pair_targets, seed=config.seed)
+        boxes = unit_boxes(target, box, signs, pair_targets, seed=config.seed)
 
     layouts: list[PairLayout] = []
     solutions: list[PairSolution] = []

@@ -334,6 +334,10 @@ def accept_job(
                 target = load_target(path, arch=spec.arch, max_bytes=limits.max_checkpoint_bytes)
             except TicketSolverError as exc:
                 raise UploadRejectedError(shown, without_server_names(str(exc), path)) from exc
+            if getattr(target, "spec", None) is not None and (spec.sweep is not None or spec.learn is not None):
+                raise UploadRejectedError(
+                    shown, "it is a graph (not a chain of Linear/Conv2d layers): sweeps and learned masks take chains"
+                )
             layers = layer_weights(target)
             if spec.sweep is not None:  # one item, building the settings one after another
                 params.append(sum(layers))

@@ -104,9 +104,12 @@ PER_LEARNED_ACTIVATION = 8
 
 
 def layer_weights(target: Any) -> list[int]:
-    """Weights and biases of each Linear/Conv2d layer of a :class:`~ticketsolver.models.Target` or module."""
+    """Weights and biases of each Linear/Conv2d layer of a :class:`~ticketsolver.models.Target` or module (of each
+    unit of a :class:`~ticketsolver.graph.GraphTarget`)."""
     from torch import nn
 
+    if hasattr(target, "layers"):  # a Target or a GraphTarget: its own count per layer or unit
+        return [count for _, count in target.layers()]
     module = getattr(target, "module", target)
     return [
         int(sum(p.numel() for p in m.parameters())) for m in module.modules() if isinstance(m, nn.Linear | nn.Conv2d)

@@ -24,6 +24,7 @@ from typing import Any
 
 from ticketsolver.config import BuildConfig
 from ticketsolver.errors import ConfigError, VerificationError
+from ticketsolver.graph import GraphTarget
 from ticketsolver.models import Target
 from ticketsolver.pipeline import build_ticket
 from ticketsolver.sweep.figures import write_figures
@@ -97,6 +98,11 @@ def run_sweep(
     """
     if not isinstance(spec, SweepSpec):
         raise ConfigError(f"spec must be a SweepSpec, got {type(spec).__name__}")
+    if isinstance(target, GraphTarget):
+        raise ConfigError(
+            f"sweeps are run on chains of Linear/Conv2d layers; {target.source} is a graph "
+            "(build it with 'ticketsolver build' at each n instead)"
+        )
     if not isinstance(target, Target):
         raise ConfigError(
             f"target must be a ticketsolver.models.Target, got {type(target).__name__}; "
