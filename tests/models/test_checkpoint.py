@@ -219,36 +219,55 @@ def test_arch_other_than_export_for_a_program_is_an_error(cnn_pt2: Path) -> None
         load_target(cnn_pt2, arch="lenet5")
 
 
+class _CumulativeSum(nn.Module):
+    """An op neither a chain nor a graph takes (aten.cumsum: no replay rule)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cumsum(x, dim=-1)
+
+
 def test_program_with_unsupported_op_names_node_and_op(tmp_path: Path) -> None:
-    model = nn.Sequential(nn.Linear(4, 4), nn.GELU(), nn.Linear(4, 2)).eval()
-    torch.export.save(torch.export.export(model, (torch.rand(1, 4),)), tmp_path / "gelu.pt2")
-    with pytest.raises(UnsupportedModuleError, match=r"'gelu'.*aten\.gelu\.default"):
-        load_target(tmp_path / "gelu.pt2")
+    model = nn.Sequential(nn.Linear(4, 4), _CumulativeSum(), nn.Linear(4, 2)).eval()
+    torch.export.save(torch.export.export(model, (torch.rand(1, 4),)), tmp_path / "cumsum.pt2")
+    with pytest.raises(UnsupportedModuleError, match=r"'cumsum'.*aten\.cumsum\.default"):
+        load_target(tmp_path / "cumsum.pt2")
 
 
 def test_an_unsupported_node_is_refused_with_the_module_that_holds_it(tmp_path: Path) -> None:
-    model = nn.Sequential(nn.Linear(4, 4), nn.Sequential(nn.ReLU6()), nn.Linear(4, 2)).eval()
-    torch.export.save(torch.export.export(model, (torch.rand(1, 4),)), tmp_path / "relu6.pt2")
-    with pytest.raises(UnsupportedModuleError, match=r"node 'hardtanh' \[aten\.hardtanh\.default from module '1\.0' "):
-        load_target(tmp_path / "relu6.pt2")
+    model = nn.Sequential(nn.Linear(4, 4), nn.Sequential(_CumulativeSum()), nn.Linear(4, 2)).eval()
+    torch.export.save(torch.export.export(model, (torch.rand(1, 4),)), tmp_path / "cumsum.pt2")
+    with pytest.raises(
+        UnsupportedModuleError, match=r"node 'cumsum' \[aten\.cumsum\.default from module '1\.0' \(_CumulativeSum\)\]"
+    ):
+        load_target(tmp_path / "cumsum.pt2")
+
+
+def test_graph_ops_load_as_a_graph_target(tmp_path: Path) -> None:
+    """GELU and ReLU6 are not chain layers; such a program loads as a graph (ticketsolver.graph)."""
+    from ticketsolver.graph import GraphTarget
+
+    model = nn.Sequential(nn.Linear(4, 4), nn.GELU(), nn.Linear(4, 4), nn.ReLU6(), nn.Linear(4, 2)).eval()
+    torch.export.save(torch.export.export(model, (torch.rand(1, 4),)), tmp_path / "gelu.pt2")
+    target = load_target(tmp_path / "gelu.pt2")
+    assert isinstance(target, GraphTarget) and [u.kind for u in target.spec.units] == ["linear"] * 3
 
 
 def test_a_module_path_with_control_characters_is_not_quoted(tmp_path: Path) -> None:
     """The path comes from the file: a forged one with a terminal escape is left out, the op is still named."""
-    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU6()).eval()
-    torch.export.save(torch.export.export(model, (torch.rand(1, 4),)), tmp_path / "relu6.pt2")
+    model = nn.Sequential(nn.Linear(4, 4), _CumulativeSum()).eval()
+    torch.export.save(torch.export.export(model, (torch.rand(1, 4),)), tmp_path / "cumsum.pt2")
 
     def edit(name: str, data: bytes) -> bytes | None:
         if name != "models/model.json":
             return None
         program = json.loads(data)
         for node in program["graph_module"]["graph"]["nodes"]:
-            node.setdefault("metadata", {})["nn_module_stack"] = "L__self__,\x1b[2Jevil,torch.nn.ReLU6"
+            node.setdefault("metadata", {})["nn_module_stack"] = "L__self__,\x1b[2Jevil,torch.nn.Identity"
         return json.dumps(program).encode()
 
     with pytest.raises(UnsupportedModuleError) as refusal:
-        load_target(_rewrite_pt2(tmp_path / "relu6.pt2", tmp_path / "forged.pt2", edit))
-    assert "[aten.hardtanh.default]" in str(refusal.value) and "\x1b" not in str(refusal.value)
+        load_target(_rewrite_pt2(tmp_path / "cumsum.pt2", tmp_path / "forged.pt2", edit))
+    assert "[aten.cumsum.default]" in str(refusal.value) and "\x1b" not in str(refusal.value)
 
 
 def test_pt2_with_pickled_sample_inputs_is_refused_and_never_runs(cnn_pt2: Path, tmp_path: Path) -> None:
