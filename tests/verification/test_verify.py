@@ -36,6 +36,7 @@ REPORT_KEYS = {
     "seconds",
     "seed",
     "torch_version",
+    "notes",
 }
 
 

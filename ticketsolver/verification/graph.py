@@ -217,21 +217,22 @@ def verify_graph(
         sets: list[tuple[str, torch.Tensor, torch.Tensor | None]] = [("random", x_random, None)]
         if data is not None:
             sets.insert(0, ("data", x_data, y_data))
+        errors: list[torch.Tensor] = []  # per input max |f - g|, in the order of the sets: the worst-case starts
         for name, x, y in sets:
             inputs = x if spec.tokens else x.to(dtype)
             f_out, g_out = _forward_chunks(f, inputs, config.batch_size), _forward_chunks(g, inputs, config.batch_size)
             comparison = OutputComparison(per_position=f_out.dim() > 2)
             comparison.update(f_out, g_out, y)
             report.sections.setdefault(name, {})[dtype_name] = comparison.result()
+            errors.append(comparison.per_input_abs_error)
             tick(f"{dtype_name} {name}", (i + 0.5) / steps)
         if config.layer_check_inputs > 0:
             probe = (x_data if data is not None else x_random)[: min(config.layer_check_inputs, _CHUNK)]
             probe = probe if spec.tokens else probe.to(dtype)
             report.layers[dtype_name] = check_units(f, g, probe, dtype_name)
         if config.worst_case_steps > 0 and config.worst_case_starts > 0 and not spec.tokens:
-            pool = torch.cat([x_data.to(dtype), x_random.to(dtype)]) if data is not None else x_random.to(dtype)
-            errors = (_forward_chunks(f, pool) - _forward_chunks(g, pool)).flatten(1).abs().amax(1)
-            order = errors.argsort(descending=True)[: config.worst_case_starts]
+            pool = torch.cat([x.to(dtype) for _, x, _ in sets])
+            order = torch.cat(errors).argsort(descending=True)[: config.worst_case_starts]
             report.worst_case[dtype_name] = search_worst_case(
                 f, g, pool[order], (box[0], box[1]), steps=config.worst_case_steps
             )
