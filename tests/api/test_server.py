@@ -189,3 +189,44 @@ def test_a_job_survives_a_crash_and_restart(server_factory, lenet_bytes, tmp_pat
     started = time.monotonic()
     fresh = ts.build_ticket(target, ts.BuildConfig(n=20, seed=4, resample=8, input_domain=(0, 1)))
     assert ticket.kept_hash() == fresh.kept_hash(), f"rebuilt in {time.monotonic() - started:.1f} s"
+
+
+def test_a_graph_checkpoint_builds_on_the_service_and_its_ticket_holds_the_graph(server, tmp_path):
+    """A .pt2 program that is not a chain (a residual add, GELU, LayerNorm with affine terms) is a graph target:
+    the job builds one pair per unit, verifies it (no certified bound for a graph: the report says so), and the
+    downloaded ticket rebuilds the same g."""
+    import torch
+    from torch import nn
+
+    class Residual(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc1, self.norm, self.fc2, self.head = (
+                nn.Linear(6, 6),
+                nn.LayerNorm(6),
+                nn.Linear(6, 6),
+                nn.Linear(6, 3),
+            )
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = x + self.fc2(nn.functional.gelu(self.fc1(self.norm(x))))
+            return self.head(h)
+
+    torch.manual_seed(0)
+    program = torch.export.export(
+        Residual().eval(), (torch.randn(2, 6),), dynamic_shapes=({0: torch.export.Dim("batch")},)
+    )
+    torch.export.save(program, tmp_path / "residual.pt2")
+    with server.client() as client:
+        job_id = _submit(client, [("residual.pt2", (tmp_path / "residual.pt2").read_bytes())], job_params(12))
+        job = wait_for(lambda: client.get(f"/jobs/{job_id}"), finished)
+        assert job["state"] == "succeeded", job["error"]
+        ticket = _download(client, f"/jobs/{job_id}/tickets/0", tmp_path / "residual.ticket")
+        report = client.get(f"/jobs/{job_id}/report").json()["items"][0]
+    assert ticket.graph is not None
+    assert [u.kind for u in ticket.graph.units] == ["tensor", "tensor", "linear", "linear", "linear"]
+    assert report["verification"]["certified"] is None
+    assert any("no certified bound for a graph" in note for note in report["verification"]["notes"])
+    target = ts.load_target(tmp_path / "residual.pt2")
+    fresh = ts.build_ticket(target, ts.BuildConfig(n=12))
+    assert ticket.kept_hash() == fresh.kept_hash()
