@@ -151,6 +151,13 @@ def _check_steps(steps: Any, units: list[Unit]) -> list[dict[str, Any]]:
     return steps
 
 
+def _grouped_block(layout: Unit, prune_buffers: bool) -> int | None:
+    """n where an L conv pair of a graph runs its first layer as a per-channel grouped conv (PairUnit), else None."""
+    if prune_buffers or not isinstance(layout, PairLayout) or layout.construction != "offset_blocks":
+        return None
+    return layout.n if layout.conv is not None else None
+
+
 def _read_file(path: Path) -> tuple[dict[str, np.ndarray], Any]:
     """The mask/draw blobs of a ticket file and its parsed manifest, read through safetensors' own parser.
 
@@ -358,7 +365,14 @@ class Ticket:
         """
         graph = self.graph
         if graph is not None:
-            units = [PairUnit(unit, [self.unit_module(p, prune_buffers) for p in unit.pairs]) for unit in graph.units]
+            units = [
+                PairUnit(
+                    unit,
+                    [self.unit_module(p, prune_buffers) for p in unit.pairs],
+                    [_grouped_block(self.layouts[p], prune_buffers) for p in unit.pairs],
+                )
+                for unit in graph.units
+            ]
             return GraphNetwork(graph, units).eval()
         plans = self.copy_plans()
         if plans is not None:
