@@ -191,6 +191,32 @@ class PairLayout:
     def tensor(self, source: RandomSource, name: str, draw: int = 0) -> np.ndarray:
         return source.tensor(self.pair, name, self.shapes()[name], self.scales[name], draw, self.law(name))
 
+    def offset_diagonal(self, source: RandomSource) -> np.ndarray:
+        """(d_in, n) float32: the only entries of an L pair's U that can be kept, U[(j, t), j] of its input blocks
+        (row j·n + t, column j), at draw 0, computed without the rest of U (a d_in-th of it; :meth:`RandomSource.
+        values_at`). Bit-identical to the full draw::
+
+            cols = np.arange(d_in)
+            layout.tensor(source, "U")[: d_in * n].reshape(d_in, n, d_in)[cols, :, cols]
+
+        and so, for a dense source, to the same entries of ``source_tensors(source)["U"]``. A sparse source's
+        entries outside U's ER mask are 0, as in ``source_tensors`` (then it equals that, not the raw draw). Every
+        other entry of U is pruned: with these (and beta, V) the pair can be materialised compactly, e.g. a conv's U
+        as a grouped conv with one n-channel group per input entry (c, a, b).
+
+        Raises:
+            ConstructionError: the layout is not construction L.
+        """
+        if self.construction != "offset_blocks":
+            raise ConstructionError(f"pair {self.pair}: offset_diagonal is construction L's, not {self.construction}'s")
+        d_in, n = self.d_in, self.n
+        cols = np.arange(d_in, dtype=np.int64)[:, None]
+        index = (cols * n + np.arange(n, dtype=np.int64)[None, :]) * d_in + cols  # flat position of U[(j, t), j]
+        values = source.values_at(self.pair, "U", index, self.scales["U"], 0, self.law("U"))
+        if self.density("U") < 1.0:
+            values[~source.er_mask_at(self.pair, "U", index, self.density("U"))] = 0.0
+        return values
+
     def source_tensors(
         self, source: RandomSource, draws: np.ndarray | None = None, er: dict[str, np.ndarray] | None = None
     ) -> dict[str, np.ndarray]:

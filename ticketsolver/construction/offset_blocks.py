@@ -117,7 +117,10 @@ class OffsetBlocks:
         split = d_in * n
         tensor = DrawCache(layout, source)
         cols = np.arange(d_in)
-        u = tensor("U")[:split].reshape(d_in, n, d_in)[cols, :, cols].astype(np.float64)
+        if layout.sparse:  # its U holds 0 outside the ER mask, and U's mask is needed whole anyway (er, below)
+            u = tensor("U")[:split].reshape(d_in, n, d_in)[cols, :, cols].astype(np.float64)
+        else:  # only U's diagonal: a d_in-th of U, bit-identical to the entries of the whole draw
+            u = layout.offset_diagonal(source).astype(np.float64)
         beta_all = tensor("beta").astype(np.float64)
         v_all = tensor("V")
         need = np.maximum(0.0, np.maximum(-u * lo[:, None], -u * hi[:, None]))  # (d_in, n)
@@ -156,6 +159,24 @@ class OffsetBlocks:
         return usable
 
 
+#: float64 entries of V per step of :func:`_constants` (bounds its temporaries; the sums do not depend on it)
+CONSTANT_CHUNK = 1 << 22
+
+
+def _constants(v: np.ndarray, offset_beta: np.ndarray, chosen: np.ndarray) -> np.ndarray:
+    """K_i = sum over (j, t) of V[i, (j, t)]·beta_(j, t)·chosen[i, j, t] in float64, a few output rows at a time:
+    each row's sum is the same reduction over its own (d_in, n) entries whatever the number of rows beside it, so
+    the result equals ``(v.astype(np.float64) * offset_beta * chosen).sum((1, 2))`` without its full-size
+    float64 temporaries (three of d_out·d_in·n entries)."""
+    d_out = v.shape[0]
+    rows = max(1, CONSTANT_CHUNK // max(1, offset_beta.size))
+    out = np.empty(d_out, dtype=np.float64)
+    for start in range(0, d_out, rows):
+        part = slice(start, start + rows)
+        out[part] = (v[part].astype(np.float64) * offset_beta * chosen[part]).sum((1, 2))
+    return out
+
+
 def solve_offset_blocks(
     layout: PairLayout,
     source: RandomSource,
@@ -192,7 +213,7 @@ def solve_offset_blocks(
 
     w = solve_with_resampling(solver, d_out * d_in, weight_problems, 0, 0.0, phase(0))
     chosen = w.masks[:, 0].reshape(d_out, d_in, n)
-    constants = (v.astype(np.float64) * np.where(offset, beta, 0.0) * chosen).sum((1, 2))  # K_i
+    constants = _constants(v, np.where(offset, beta, 0.0), chosen)  # K_i
 
     target_bias = -constants if bias is None else bias - constants
     coeffs_bias = v_all[:, split:].astype(np.float64) * beta_bias

@@ -114,32 +114,36 @@ def solve_with_resampling(
             redo = np.flatnonzero(result.errors > tolerance)
             if redo.size == 0:
                 break
-        coeffs, usable, targets = make_problems(redo, draw)
-        count, n_problems, n = coeffs.shape
-        if result is not None:
-            result.redraws += count
-        if result is None:  # every unit starts unsolved (error +inf), so round 0 keeps all its answers
-            result = RoundsResult(
-                masks=np.zeros((n_units, n_problems, n), dtype=bool),
-                errors=np.full(n_units, np.inf),
-                draws=np.zeros(n_units, dtype=np.uint8),
-                usable=np.zeros((n_units, n_problems), dtype=np.int64),
+            result.redraws += int(redo.size)
+        tick = functools.partial(report, draw)
+        # the problems of CHUNK units at a time: a layer's coefficients are never all in memory at once (each
+        # unit's problems depend on the unit alone, so the answers do not depend on the chunking)
+        for first in range(0, max(int(redo.size), 1), CHUNK):
+            units = redo[first : first + CHUNK]
+            coeffs, usable, targets = make_problems(units, draw)
+            count, n_problems, n = coeffs.shape
+            if result is None:  # every unit starts unsolved (error +inf), so round 0 keeps all its answers
+                result = RoundsResult(
+                    masks=np.zeros((n_units, n_problems, n), dtype=bool),
+                    errors=np.full(n_units, np.inf),
+                    draws=np.zeros(n_units, dtype=np.uint8),
+                    usable=np.zeros((n_units, n_problems), dtype=np.int64),
+                )
+            flat_masks, flat_errors = _solve_chunked(
+                solver,
+                coeffs.reshape(-1, n),
+                usable.reshape(-1, n),
+                targets.reshape(-1),
+                result,
+                _after(first * n_problems, int(redo.size) * n_problems, tick),
             )
-        flat_masks, flat_errors = _solve_chunked(
-            solver,
-            coeffs.reshape(-1, n),
-            usable.reshape(-1, n),
-            targets.reshape(-1),
-            result,
-            functools.partial(report, draw),
-        )
-        errors = flat_errors.reshape(count, n_problems).max(1)
-        better = errors < result.errors[redo]
-        won = redo[better]
-        result.errors[won] = errors[better]
-        result.masks[won] = flat_masks.reshape(count, n_problems, n)[better]
-        result.draws[won] = draw
-        result.usable[won] = usable.sum(2)[better]
+            errors = flat_errors.reshape(count, n_problems).max(1)
+            better = errors < result.errors[units]
+            won = units[better]
+            result.errors[won] = errors[better]
+            result.masks[won] = flat_masks.reshape(count, n_problems, n)[better]
+            result.draws[won] = draw
+            result.usable[won] = usable.sum(2)[better]
     assert result is not None
     return result
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from numba import njit
 
 from ticketsolver.errors import InvalidProblemError
 from ticketsolver.solvers.base import Progress, RawSolution, Solver, SolveStatus, no_progress, recompute
@@ -23,65 +24,119 @@ from ticketsolver.solvers.limits import MAX_N, check_magnitude
 
 __all__ = ["LADDER_STAGES", "solve_ladder"]
 
-#: free coefficients per stage; the last one, MAX_N, solves every problem with up to 40 usable exactly
-LADDER_STAGES: tuple[int, ...] = (24, 28, 32, 36, MAX_N)
+#: free coefficients per stage; the last one, MAX_N, solves every problem with up to 40 usable exactly. A stage
+#: costs ~2^(m/2) and its chance grows like 2^m, so the first stage is where the schedule is won: at n = 30 and
+#: tolerance 1e-8 on construction L's conv layers (benchmarks/l_layers.py) a first stage of 26 lets about half to four
+#: fifths of the problems leave, against 15-35 % at 24, for 5-20 % less CPU time than (24, 28, ...) (64 to 512
+#: channels; the larger the layer, the larger the gain)
+LADDER_STAGES: tuple[int, ...] = (26, 28, 32, 36, MAX_N)
 
 _MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
+#: rows up to this many coefficients are ordered by insertion sort, longer ones (bias problems) by merge sort
+_SHORT_ROW = 64
 
 
-def _splitmix64(x: np.ndarray) -> np.ndarray:
-    """SplitMix64's finaliser, elementwise on uint64 (wrapping arithmetic): a well-mixed hash of x."""
-    with np.errstate(over="ignore"):
-        z = x + np.uint64(0x9E3779B97F4A7C15)
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return z ^ (z >> np.uint64(31))
+@njit(cache=True, nogil=True, inline="always")
+def _splitmix64(x):  # pragma: no cover - compiled
+    """SplitMix64's finaliser of a uint64 (wrapping arithmetic): a well-mixed hash of x."""
+    z = x + np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
 
 
-def _stage_keys(coeffs: np.ndarray, usable: np.ndarray, stage: int) -> np.ndarray:
-    """Random-looking uint64 sort keys per coefficient; the m smallest usable ones are the free subset.
+@njit(cache=True, nogil=True)
+def _stage_positions(n, stage):  # pragma: no cover - compiled
+    """The per-position salt of a stage's keys: splitmix64(position ^ splitmix64(stage))."""
+    salt = _splitmix64(np.uint64(stage))
+    out = np.empty(n, dtype=np.uint64)
+    for i in range(n):
+        out[i] = _splitmix64(np.uint64(i) ^ salt)
+    return out
 
-    The keys hash (stage, position, coefficient bits) rather than coming from a generator stream: a
-    problem's free subsets then depend on the problem alone, not on the other problems in its batch, so
-    the answer is the same however a build is chunked (rounds, Ray tasks, auto's routing) and on any
-    machine or NumPy version. Unusable entries get the largest key and sort last.
+
+@njit(cache=True, nogil=True)
+def _stable_order(values, order):  # pragma: no cover - compiled
+    """``order`` = the indices of ``values`` ascending, equal values by index (NumPy's stable argsort)."""
+    n = values.shape[0]
+    if n > _SHORT_ROW:
+        order[:] = np.argsort(values, kind="mergesort")
+        return
+    for i in range(n):
+        v = values[i]
+        j = i
+        while j > 0 and values[order[j - 1]] > v:
+            order[j] = order[j - 1]
+            j -= 1
+        order[j] = i
+
+
+@njit(cache=True, nogil=True)
+def _choose_free(coeffs, bits, usable, positions, m, free_idx, free_usable, packed, fixed):  # pragma: no cover
+    """Per problem: the free coefficients of a stage, packed, and the usable ones left to fix.
+
+    A coefficient's key hashes (stage, position, coefficient bits) rather than coming from a generator
+    stream: a problem's free subsets then depend on the problem alone, not on the other problems in its
+    batch, so the answer is the same however a build is chunked (rounds, Ray tasks, auto's routing) and on
+    any machine or NumPy version. Unusable entries get the largest key and sort last; the ``width`` smallest
+    keys (ties by position) are the free slots, the first min(k, m) of them usable.
     """
-    salt = _splitmix64(np.array([stage], dtype=np.uint64))
-    position = _splitmix64(np.arange(coeffs.shape[1], dtype=np.uint64) ^ salt)
-    bits = np.ascontiguousarray(coeffs, dtype=np.float64).view(np.uint64)
-    keys = _splitmix64(bits ^ position) >> np.uint64(1)  # below the unusable key
-    return np.where(usable, keys, _MASK64)
+    rows, n = coeffs.shape
+    width = free_idx.shape[1]
+    keys = np.empty(n, dtype=np.uint64)
+    order = np.empty(n, dtype=np.int64)
+    for r in range(rows):
+        k = 0
+        for i in range(n):
+            fixed[r, i] = usable[r, i]
+            if usable[r, i]:
+                keys[i] = _splitmix64(bits[r, i] ^ positions[i]) >> np.uint64(1)  # below the unusable key
+                k += 1
+            else:
+                keys[i] = _MASK64
+        _stable_order(keys, order)
+        count = min(k, m)
+        for j in range(width):
+            i = order[j]
+            free_idx[r, j] = i
+            free_usable[r, j] = j < count
+            packed[r, j] = coeffs[r, i] if j < count else 0.0
+            if j < count:
+                fixed[r, i] = False
+
+
+@njit(cache=True, nogil=True)
+def _fix_rows(coeffs, fixed, goal, include):  # pragma: no cover - compiled
+    """Greedy inclusion of each problem's fixed coefficients, largest |c| first (ties by position)."""
+    rows, n = coeffs.shape
+    magnitudes = np.empty(n, dtype=np.float64)
+    order = np.empty(n, dtype=np.int64)
+    for r in range(rows):
+        for i in range(n):
+            magnitudes[i] = -abs(coeffs[r, i]) if fixed[r, i] else np.inf
+        _stable_order(magnitudes, order)
+        total = 0.0
+        g = goal[r]
+        for j in range(n):
+            i = order[j]
+            if not fixed[r, i]:
+                break  # the unfixed entries sort last
+            v = coeffs[r, i]
+            if abs(total + v - g) < abs(total - g):
+                include[r, i] = True
+                total = total + v
 
 
 def _fix(coeffs: np.ndarray, targets: np.ndarray, fixed: np.ndarray, free_total: np.ndarray) -> np.ndarray:
     """Which fixed coefficients to include: largest |c| first, each when it brings the sum closer to the goal.
 
     The goal ``target - free_total / 2`` puts the shifted target at the centre of the free subset sums.
-    The loop runs over coefficient ranks, vectorised over problems; problems are ordered by how many
-    fixed coefficients they have, so rank j touches only the prefix that has a j-th one (a few bias
-    problems with thousands of coefficients do not make every weight pay for their length).
+    Compiled, one problem at a time, so a few bias problems with thousands of coefficients do not make every
+    weight pay for their length.
     """
-    n_fixed = fixed.sum(1)
     include = np.zeros(fixed.shape, dtype=bool)
-    width = int(n_fixed.max())
-    if width == 0:
-        return include
-    rank = np.argsort(np.where(fixed, -np.abs(coeffs), np.inf), axis=1, kind="stable")[:, :width]
-    rows = np.argsort(-n_fixed, kind="stable")
-    values = np.take_along_axis(coeffs, rank, axis=1)[rows]
-    goal = (targets - free_total / 2)[rows]
-    active = np.searchsorted(-n_fixed[rows], -np.arange(width), side="left")  # rows with a rank-j coefficient
-    total = np.zeros(len(rows))
-    chosen = np.zeros((len(rows), width), dtype=bool)
-    for j in range(width):
-        a = active[j]
-        v, s, g = values[:a, j], total[:a], goal[:a]
-        closer = np.abs(s + v - g) < np.abs(s - g)
-        chosen[:a, j] = closer
-        total[:a] = np.where(closer, s + v, s)
-    unsorted = np.empty_like(chosen)
-    unsorted[rows] = chosen
-    np.put_along_axis(include, rank, unsorted, axis=1)  # ranks past n_fixed carry False onto False
+    goal = targets - free_total / 2
+    _fix_rows(np.ascontiguousarray(coeffs, dtype=np.float64), np.ascontiguousarray(fixed), goal, include)
     return include
 
 
@@ -89,15 +144,18 @@ def _solve_stage(
     engine: Solver, coeffs: np.ndarray, targets: np.ndarray, usable: np.ndarray, m: int, stage: int
 ) -> np.ndarray:
     """Masks of one stage: min(k, m) free coefficients solved exactly, the rest fixed beforehand."""
-    width = min(m, coeffs.shape[1])
-    free_idx = np.argsort(_stage_keys(coeffs, usable, stage), axis=1, kind="stable")[:, :width]
-    free_usable = np.arange(width)[None, :] < np.minimum(usable.sum(1), m)[:, None]
-    free = np.zeros(usable.shape, dtype=bool)
-    np.put_along_axis(free, free_idx, free_usable, axis=1)
-    packed = np.where(free_usable, np.take_along_axis(coeffs, free_idx, axis=1), 0.0)
-    include = _fix(coeffs, targets, usable & ~free, packed.sum(1))
+    rows, n = coeffs.shape
+    width = min(m, n)
+    c = np.ascontiguousarray(coeffs, dtype=np.float64)
+    free_idx = np.empty((rows, width), dtype=np.int64)
+    free_usable = np.empty((rows, width), dtype=bool)
+    packed = np.empty((rows, width), dtype=np.float64)
+    fixed = np.empty((rows, n), dtype=bool)
+    positions = _stage_positions(n, stage)
+    _choose_free(c, c.view(np.uint64), np.ascontiguousarray(usable), positions, m, free_idx, free_usable, packed, fixed)
+    include = _fix(c, targets, fixed, packed.sum(1))
     # the engine sees only the free part, so its usable-count and magnitude checks apply to it
-    sol = engine.solve(packed, targets - (coeffs * include).sum(1), free_usable)
+    sol = engine.solve(packed, targets - (c * include).sum(1), free_usable)
     np.put_along_axis(include, free_idx, sol.masks, axis=1)  # free positions were never fixed-included
     return include
 
