@@ -60,6 +60,8 @@ NO_TARGET = "it is a learned-mask ticket: no target to compare it with (its task
 
 
 def _item_figure(store: JobStore, job_id: str, k: int, name: Literal["weight-errors", "output-errors"]) -> bytes:
+    from torch import nn
+
     from ticketsolver.construction import PairLayout
     from ticketsolver.models import load_target
     from ticketsolver.ticket import Ticket
@@ -76,7 +78,12 @@ def _item_figure(store: JobStore, job_id: str, k: int, name: Literal["weight-err
         raise HTTPException(status.HTTP_409_CONFLICT, f"item {k} was built without verification: no output errors")
 
     def draw() -> bytes:
-        target = load_target(_checkpoint_path(store, job_id, k), arch=JobSpec.from_dict(job.params).arch).module
+        loaded = load_target(_checkpoint_path(store, job_id, k), arch=JobSpec.from_dict(job.params).arch)
+        if not isinstance(loaded.module, nn.Sequential):
+            raise HTTPException(
+                status.HTTP_409_CONFLICT, f"item {k} is a graph: these figures are drawn for chains of layers"
+            )
+        target = loaded.module
         ticket = Ticket.load(ticket_path)
         if name == "weight-errors":
             constructions = [unit.construction for unit in ticket.layouts if isinstance(unit, PairLayout)]
