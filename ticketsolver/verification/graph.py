@@ -39,8 +39,8 @@ from ticketsolver.verification.worst_case import search_worst_case
 __all__ = ["GRAPH_NOT_CERTIFIED", "verify_graph"]
 
 GRAPH_NOT_CERTIFIED = (
-    "no certified bound for a graph: its units' input boxes are observed on calibration inputs, not propagated "
-    "soundly, and attention and normalisation have no interval bound here"
+    "no certified bound for a graph: the error of g is not propagated through attention, normalisation and the "
+    "graph's other ops here"
 )
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 _CHUNK = 64
@@ -199,15 +199,24 @@ def verify_graph(
             "source": source,
             "law_name": "uniform token ids" if spec.tokens else "uniform",
             "law": f"token ids uniform over [0, {spec.vocab})" if spec.tokens else f"uniform on [{box[0]}, {box[1]}]",
-            "lo_min": box[0],
-            "lo_max": box[0],
-            "hi_min": box[1],
-            "hi_max": box[1],
+            "lo_min": 0 if spec.tokens else box[0],
+            "lo_max": 0 if spec.tokens else box[0],
+            "hi_min": (spec.vocab or 1) - 1 if spec.tokens else box[1],
+            "hi_max": (spec.vocab or 1) - 1 if spec.tokens else box[1],
         },
         seed=config.seed,
         torch_version=torch.__version__,
     )
-    report.notes.append(GRAPH_NOT_CERTIFIED)
+    observed = [u for u in ticket.build.get("graph_units", []) if "observed" in str(u.get("box") or "")]
+    report.notes.append(
+        GRAPH_NOT_CERTIFIED
+        + (
+            f"; {len(observed)} of {len(spec.units)} units' L boxes are observed on calibration inputs (sound "
+            "interval bounds were too loose), so their pairs are linear on those inputs, not provably on the box"
+            if observed
+            else "; every L box is a sound interval bound over the input box"
+        )
+    )
     report.notes.extend(f"capture: {note}" for note in spec.notes)
     steps = len(config.dtypes)
     for i, dtype_name in enumerate(config.dtypes):
