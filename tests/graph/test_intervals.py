@@ -20,7 +20,7 @@ from ticketsolver.graph.capture import sample_inputs
 from ticketsolver.graph.intervals import G_MARGIN_REL, unit_input_intervals
 from ticketsolver.graph.network import unit_input_hook
 
-_EXAMPLES = Path(__file__).resolve().parents[2] / "runs" / "graph"
+_SCRIPT = Path(__file__).resolve().parents[2] / "examples" / "train_graph_models.py"
 
 
 def capture(module: nn.Module, example: torch.Tensor) -> GraphTarget:
@@ -347,13 +347,31 @@ def test_no_box_bounds_nothing_that_reads_the_input(targets: dict[str, GraphTarg
 
 
 # -- 4. the example models -----------------------------------------------------------------------------------------
+def _example_script():  # type: ignore[no-untyped-def]
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location("train_graph_models_for_intervals", _SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is created
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.mark.parametrize("name", ["vit", "mobilenet", "chartransformer", "resnet"])
 def test_the_example_models_get_finite_sound_bounds(name: str) -> None:
-    path = _EXAMPLES / f"{name}.pt2"
-    if not path.exists():
-        pytest.skip(f"{path} is not there (examples/train_graph_models.py writes it)")
-    from ticketsolver.models import load_target
-
-    target = load_target(path)
-    assert isinstance(target, GraphTarget)
+    """The example script's networks (default sizes, untrained, seeded), exported as the script exports them."""
+    graphs = _example_script()
+    torch.manual_seed(0)
+    if name == "chartransformer":
+        model, example = graphs.CharTransformer(95), torch.randint(0, 95, (2, 64))
+    else:
+        model = graphs.RECIPES[name].build(10)
+        example = torch.rand(2, 3, 32, 32) if name == "resnet" else torch.rand(2, 1, 28, 28)
+    target = capture_program(graphs.export_program(model, example), name)
+    bounds = unit_input_intervals(target, (0.0, 1.0))
+    assert all(
+        (b is not None) == (u.kind in ("linear", "conv")) for b, u in zip(bounds, target.spec.units, strict=True)
+    )
     assert_sound(target, (0.0, 1.0), 64)
