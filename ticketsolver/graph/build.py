@@ -26,6 +26,7 @@ from typing import Any
 from ticketsolver.config import BuildConfig
 from ticketsolver.construction.box import DEFAULT_INPUT_BOX
 from ticketsolver.construction.builder import (
+    MAX_SOURCE_PARAMS,
     SCALE_MARGINS,
     BuildResult,
     LayerProgress,
@@ -47,6 +48,19 @@ from ticketsolver.solvers import Solver
 from ticketsolver.source import RandomSource
 
 __all__ = ["construct_graph"]
+
+
+def _check_materialised(layout: PairLayout, construction: str) -> None:
+    """Refuse a pair whose solve would materialise more than MAX_SOURCE_PARAMS random values. A graph's L pair draws
+    only U's block diagonal (PairLayout.offset_diagonal), beta and V, never U whole; other pairs draw every tensor."""
+    if construction != "offset_blocks" or layout.sparse:
+        _check_source_size(layout, construction)
+        return
+    drawn = layout.d_out * layout.hidden + layout.d_in * layout.n + layout.hidden
+    if drawn > MAX_SOURCE_PARAMS:
+        raise ConstructionError(
+            f"pair {layout.pair}: its solve would draw {drawn:,} random values (limit {MAX_SOURCE_PARAMS:,}); lower n"
+        )
 
 
 def _construction(config: BuildConfig, nonnegative: bool, path: str) -> str:
@@ -112,7 +126,7 @@ def construct_graph(
             index = len(layouts)
             column_box = boxes[k].columns[g] if boxes is not None and construction == "offset_blocks" else None
             layout = _layout_for(index, pt.weight, pt.bias, pt.conv, construction, config.n, margin, column_box)
-            _check_source_size(layout, construction)
+            _check_materialised(layout, construction)
 
             def on_round(round_: int, done: int, total: int, k: int = k, g: int = g, count: int = len(pairs)) -> None:
                 within = min((round_ + done / max(total, 1)) / rounds, 1.0)
