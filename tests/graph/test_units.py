@@ -176,3 +176,13 @@ def test_ticket_round_trip_keeps_the_graph_and_outputs(built: tuple, tmp_path) -
     x = calibration_inputs(target, (-6.0, 6.0))[:8]
     with torch.no_grad():
         assert torch.equal(loaded.to_module()(x), ticket.to_module()(x))
+
+
+def test_a_graph_build_resumes_from_its_stored_pairs(tmp_path) -> None:
+    _, _, target, _ = _built("grouped-depthwise")
+    first = build_ticket(target, BuildConfig(n=N), resume_dir=tmp_path)
+    assert len(list(tmp_path.iterdir())) >= len(first.layouts)  # every pair stored
+    again = build_ticket(target, BuildConfig(n=N), resume_dir=tmp_path)
+    assert again.kept_hash() == first.kept_hash()
+    # reused, not solved again: each pair's recorded solve time is the stored one
+    assert [p["seconds"] for p in again.build["pairs"]] == [p["seconds"] for p in first.build["pairs"]]

@@ -304,6 +304,34 @@ def _solve_pair(
     return solution
 
 
+def solve_or_resume(
+    layout: PairLayout,
+    source: RandomSource,
+    weight: np.ndarray,
+    bias: np.ndarray | None,
+    solver: Solver,
+    config: BuildConfig,
+    column_box: tuple[np.ndarray, np.ndarray] | None,
+    on_round: Callable[[int, int, int], None],
+    resume: Path | None,
+    stats: dict[str, Any],
+) -> PairSolution:
+    """Pair ``layout.pair`` solved, or reused from ``resume`` when stored there for this very configuration, layout
+    and target arrays (its fingerprint); a new solution records its seconds and ``stats``, and is stored in
+    ``resume``."""
+    config_record = config.to_dict()
+    stamp = fingerprint(config_record, layout, weight, bias) if resume is not None else ""
+    solution = load_pair(resume, layout.pair, stamp) if resume is not None else None
+    if solution is None:
+        t0 = time.perf_counter()
+        solution = _solve_pair(layout, source, weight, bias, solver, config, column_box, on_round)
+        solution.stats["seconds"] = time.perf_counter() - t0
+        solution.stats.update(stats)
+        if resume is not None:
+            save_pair(resume, layout.pair, solution, stamp)
+    return solution
+
+
 def solver_options(config: BuildConfig) -> dict[str, Any]:
     """Constructor options of the configured backend: ``auto`` of a pure build solves to the build's
     tolerance (the ladder of :mod:`ticketsolver.solvers.ladder`); every other backend solves exactly."""
@@ -388,15 +416,9 @@ def construct(
         def on_round(round_: int, done: int, total: int, pair: int = pair) -> None:
             report(pair, min((round_ + done / max(total, 1)) / rounds, 1.0), f"round {round_}")
 
-        stamp = fingerprint(config_record, layout, weight, bias) if resume is not None else ""
-        solution = load_pair(resume, pair, stamp) if resume is not None else None
-        if solution is None:
-            t0 = time.perf_counter()
-            solution = _solve_pair(layout, source, weight, bias, solver, config, column_box, on_round)
-            solution.stats["seconds"] = time.perf_counter() - t0
-            solution.stats["module_index"] = index
-            if resume is not None:
-                save_pair(resume, pair, solution, stamp)
+        solution = solve_or_resume(
+            layout, source, weight, bias, solver, config, column_box, on_round, resume, {"module_index": index}
+        )
         if walk is not None:
             # the box of the next layer holds for g: propagate through the pair just built (exactly linear on
             # its own box), not through the target layer

@@ -33,12 +33,11 @@ from ticketsolver.construction.builder import (
     _check_source_size,
     _layout_for,
     _make_solver,
-    _solve_pair,
     build_record,
+    solve_or_resume,
 )
 from ticketsolver.construction.layout import PairLayout
 from ticketsolver.construction.pair import CONSTRUCTIONS
-from ticketsolver.construction.resume import fingerprint, load_pair, save_pair
 from ticketsolver.construction.solution import PairSolution
 from ticketsolver.errors import ConstructionError
 from ticketsolver.graph.boxes import UnitBox, unit_boxes
@@ -132,15 +131,9 @@ def construct_graph(
                 within = min((round_ + done / max(total, 1)) / rounds, 1.0)
                 report(k, (g + within) / count, f"pair {g + 1}/{count}" if count > 1 else f"round {round_}")
 
-            stamp = fingerprint(config_record, layout, pt.weight, pt.bias) if resume is not None else ""
-            solution = load_pair(resume, index, stamp) if resume is not None else None
-            if solution is None:
-                t0 = time.perf_counter()
-                solution = _solve_pair(layout, source, pt.weight, pt.bias, solver, config, column_box, on_round)
-                solution.stats["seconds"] = time.perf_counter() - t0
-                solution.stats["unit"] = k
-                if resume is not None:
-                    save_pair(resume, index, solution, stamp)
+            solution = solve_or_resume(
+                layout, source, pt.weight, pt.bias, solver, config, column_box, on_round, resume, {"unit": k}
+            )
             layouts.append(layout)
             solutions.append(solution)
             indices.append(index)
