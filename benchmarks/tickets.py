@@ -78,12 +78,7 @@ GRAPH_TARGETS = {
 def _graph_target(name: str, workdir: Path, console: Console) -> tuple[Any, Any]:
     """The graph example ``name`` (trained into ``workdir`` unless there) and its evaluation data as (x, y)."""
     command, file, loader = GRAPH_TARGETS[name]
-    checkpoint = workdir / file
-    if not checkpoint.exists():
-        console.print(f"training {name} ...")
-        subprocess.run(
-            [sys.executable, *command, "--out", str(checkpoint)], cwd=ROOT, check=True, stdout=subprocess.DEVNULL
-        )
+    checkpoint = _trained(name, command, workdir / file, console)
     loaded = loader()
     return ts.load_target(checkpoint), (loaded.x_test, loaded.y_test) if hasattr(loaded, "x_test") else loaded
 
@@ -191,13 +186,17 @@ def _target(name: str, workdir: Path, console: Console | None = None) -> tuple[A
     """The example target ``name`` (trained into ``workdir`` by its example script unless already there) and its
     bundled dataset."""
     command, file, loader = TARGETS[name]
-    checkpoint = workdir / file
+    return ts.load_target(_trained(name, command, workdir / file, console or Console())), loader()
+
+
+def _trained(name: str, command: list[str], checkpoint: Path, console: Console) -> Path:
+    """``checkpoint``, written by the example script ``command`` first unless it is already there."""
     if not checkpoint.exists():
-        (console or Console()).print(f"training {name} ...")
+        console.print(f"training {name} ...")
         subprocess.run(
             [sys.executable, *command, "--out", str(checkpoint)], cwd=ROOT, check=True, stdout=subprocess.DEVNULL
         )
-    return ts.load_target(checkpoint), loader()
+    return checkpoint
 
 
 def _ints(text: str) -> list[int]:
