@@ -226,10 +226,13 @@ def test_reported_errors_are_those_of_the_materialised_tensors_and_meet_the_ladd
     coeffs = (v * u).reshape(-1, n)
     effective = (coeffs * chosen.reshape(-1, n)).sum(1).reshape(d_out, d_in)
     assert np.array_equal(np.abs(weight - effective), solution.weight_errors)
-    # a kept U entry is the diagonal entry of a unit that feeds some output, and nothing else of U is kept
-    u_kept = solution.masks["U"][: d_in * n].reshape(d_in, n, d_in)
-    assert np.array_equal(u_kept[np.arange(d_in), :, np.arange(d_in)], chosen.any(0))
-    assert int(solution.masks["U"].sum()) == int(chosen.any(0).sum())
+    # a kept U entry is the diagonal entry of a unit that feeds some output (U's mask is held as its diagonal), and
+    # nothing else of U is kept
+    assert solution.masks["U"].shape == layout.mask_shapes()["U"] == (d_in, n)
+    assert np.array_equal(solution.masks["U"], chosen.any(0))
+    u_kept = layout.dense_mask("U", solution.masks["U"])
+    assert np.array_equal(u_kept[: d_in * n].reshape(d_in, n, d_in)[np.arange(d_in), :, np.arange(d_in)], chosen.any(0))
+    assert int(u_kept.sum()) == int(chosen.any(0).sum())
     above = np.flatnonzero(solution.weight_errors.ravel() > 1e-8)
     rows = above[:40]
     if rows.size:

@@ -161,7 +161,7 @@ def test_the_tickets_masks_lie_inside_the_er_masks(sparse: tuple[Any, Ticket, Bu
         er = ticket.er_masks(k)
         assert set(er) <= {"U", "V"} and "beta" not in er  # biases stay dense
         for name, exists in er.items():
-            assert not (ticket.masks[k][name] & ~exists).any()
+            assert not (ticket.dense_masks(k)[name] & ~exists).any()
             assert (~exists).any()  # really sparse
             source = ticket.source_tensors(k)[name]
             assert not source[~exists].any()  # the network holds 0 where no entry exists
@@ -232,10 +232,11 @@ def test_save_refuses_a_mask_outside_the_er_mask(sparse: tuple[Any, Ticket, Buil
     masks = [dict(m) for m in ticket.masks]
 
     def outside(k: int, name: str) -> np.ndarray:
-        """Where the construction alone would allow a kept entry but the ER mask has none."""
+        """Where the construction alone would allow a kept entry but the ER mask has none (held shapes)."""
         layout = ticket.layouts[k]
         assert isinstance(layout, PairLayout)
-        return layout._construction_candidates(ticket.source_tensors(k))[name] & ~ticket.er_masks(k)[name]
+        held = ticket.held_tensors(k)
+        return layout._construction_candidates(held)[name] & ~layout.candidates(held, ticket.er_masks(k))[name]
 
     k, name = next(
         (k, name) for k in range(len(ticket.layouts)) for name in ticket.er_masks(k) if outside(k, name).any()

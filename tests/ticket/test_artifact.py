@@ -6,6 +6,7 @@ documents it (decoded here with ``lzma`` and ``numpy.unpackbits`` alone), and ha
 
 from __future__ import annotations
 
+import hashlib
 import json
 import lzma
 import math
@@ -216,11 +217,12 @@ def _copy(ticket: Ticket, build: dict[str, Any] | None = None) -> Ticket:
 
 
 def _with_sources(ticket: Ticket, edit: Callable[[dict[str, np.ndarray]], None], pair: int = 0) -> Ticket:
-    """A copy of ``ticket`` whose regenerated tensors of ``pair`` are edited (as if the generator had drawn them)."""
+    """A copy of ``ticket`` whose regenerated tensors of ``pair`` (held form, as its masks) are edited (as if the
+    generator had drawn them)."""
     copy = _copy(ticket)
-    tensors = {name: t.copy() for name, t in ticket.source_tensors(pair).items()}
+    tensors = {name: t.copy() for name, t in ticket.held_tensors(pair).items()}
     edit(tensors)
-    copy._sources[pair] = tensors
+    copy._held[pair] = tensors
     return copy
 
 
@@ -277,6 +279,35 @@ def test_kept_hash_covers_the_structure(mlp_ticket: Ticket) -> None:
     reordered.steps = [step for step in mlp_ticket.steps if step["op"] != "relu"]
     assert wider.kept_hash() != reference
     assert reordered.kept_hash() != reference
+
+
+@pytest.fixture(scope="module")
+def pure_cnn_ticket(cnn: Any) -> Ticket:
+    """The CNN's pure ticket (construction L in every pair: U held as its diagonal)."""
+    return build_ticket(cnn.module, BuildConfig(n=12, solver="mitm"), input_shape=cnn.input_shape)
+
+
+@pytest.mark.parametrize("name", ["pure_cnn_ticket", "cnn_ticket"])
+def test_kept_hash_is_the_documented_dense_definition(name: str, request: pytest.FixtureRequest) -> None:
+    """Structure JSON, then per unit and tensor its name and the dense view's kept float32 bytes: an L pair's U, held
+    as its diagonal and streamed, hashes exactly as the whole masked U would."""
+    ticket: Ticket = request.getfixturevalue(name)
+    structure = {
+        "input_shape": list(ticket.input_shape),
+        "steps": ticket.steps,
+        "pairs": [layout.to_dict() for layout in ticket.layouts],
+    }
+    digest = hashlib.sha256(json.dumps(structure, sort_keys=True).encode())
+    held_somewhere = False
+    for k, layout in enumerate(ticket.layouts):
+        tensors, masks = ticket.source_tensors(k), ticket.dense_masks(k)
+        held_somewhere |= any(masks[t].shape != ticket.masks[k][t].shape for t in masks)
+        for t in layout.tensor_names:
+            if t in tensors:
+                digest.update(t.encode())
+                digest.update(np.where(masks[t], tensors[t], np.float32(0)).tobytes())
+    assert held_somewhere == (name == "pure_cnn_ticket")  # L pairs hold U as its diagonal, O and I pairs whole
+    assert digest.hexdigest() == ticket.kept_hash()
 
 
 def test_build_hash_covers_the_statistics_and_leaves_the_kept_hash_alone(mlp_ticket: Ticket) -> None:

@@ -321,7 +321,7 @@ def solve_or_resume(
     ``resume``."""
     config_record = config.to_dict()
     stamp = fingerprint(config_record, layout, weight, bias) if resume is not None else ""
-    solution = load_pair(resume, layout.pair, stamp) if resume is not None else None
+    solution = load_pair(resume, layout.pair, stamp, layout.mask_shapes()) if resume is not None else None
     if solution is None:
         t0 = time.perf_counter()
         solution = _solve_pair(layout, source, weight, bias, solver, config, column_box, on_round)

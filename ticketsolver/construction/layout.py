@@ -13,6 +13,14 @@ a target layer is a matrix W of shape (d_out, d_in) with d_in = c_in * kh * kw f
 
 A conv's U is that matrix reshaped to (hidden, c_in, kh, kw) and V to (d_out, hidden, 1, 1).
 
+*Held form.* Construction L can keep only U's block diagonal U[(j, t), j] (every other entry of U is pruned by
+construction), so masks and solutions hold L's U mask as that diagonal, shape (d_in, n): entry [j, t] keeps
+U[j·n + t, j] (:meth:`PairLayout.mask_shapes`), and :meth:`PairLayout.held_tensors` regenerates U's values in the
+same form (:meth:`PairLayout.offset_diagonal`, a d_in-th of U). Every other tensor is held in its dense view. The
+dense view of either is :meth:`PairLayout.dense_mask` / :meth:`PairLayout.dense_tensors`; the kept values of a held
+tensor stream out in the dense view's bytes (:meth:`PairLayout.kept_bytes`), so a ResNet-18's 2.8e9 entries of U are
+never materialised to hash or save its ticket.
+
 An Erdős–Rényi sparse source (``densities``, :mod:`ticketsolver.construction.sparsity`) gives U and V each a
 density p < 1: only the entries of the tensor's ER mask exist (regenerated from the seed like the values), the
 tensors hold 0 elsewhere, and no mask may keep an entry outside it. A dense layout (no densities) draws no ER mask.
@@ -21,6 +29,7 @@ tensors hold 0 elsewhere, and no mask may keep an entry outside it. A dense layo
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -35,6 +44,9 @@ from ticketsolver.errors import ConstructionError, TicketFormatError
 from ticketsolver.source import Law, RandomSource
 
 __all__ = ["ConvGeometry", "DrawCache", "PairLayout", "empty_layer", "set_masked"]
+
+#: dense-view float32 entries per chunk when a held tensor's kept values stream out (:meth:`PairLayout.kept_bytes`)
+KEPT_CHUNK = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -178,6 +190,97 @@ class PairLayout:
             int(np.count_nonzero(er[name])) if name in er else math.prod(shape) for name, shape in self.shapes().items()
         )
 
+    # -- the held form (module docstring) ---------------------------------------------------------------
+
+    def compact(self, name: str) -> bool:
+        """Whether tensor ``name`` is held compactly: construction L's U, as its block diagonal (d_in, n)."""
+        return name == "U" and self.construction == "offset_blocks"
+
+    def mask_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Shapes of the masks (and held tensors) as solutions and tickets hold them: :meth:`shapes`, except L's U,
+        held as its block diagonal (d_in, n) — entry [j, t] stands for U[j·n + t, j]."""
+        shapes = self.shapes()
+        if self.construction == "offset_blocks":
+            shapes["U"] = (self.d_in, self.n)
+        return shapes
+
+    def held_params(self) -> int:
+        """Entries regenerated to hold the pair (:meth:`held_tensors`; a sparse source also draws its ER masks
+        whole, so there the dense count): what loading its ticket costs in memory, float32 each."""
+        if self.sparse:
+            return self.dense_params()
+        return sum(math.prod(s) for s in self.mask_shapes().values())
+
+    def _diagonal(self) -> tuple[np.ndarray, slice, np.ndarray]:
+        """Index of U's block diagonal in U's dense view reshaped to (d_in, n, d_in)[: d_in·n rows]."""
+        cols = np.arange(self.d_in)
+        return (cols, slice(None), cols)
+
+    def dense_mask(self, name: str, mask: np.ndarray) -> np.ndarray:
+        """Mask ``name`` in its dense view (:meth:`shapes`): L's U expanded from its diagonal, else ``mask`` itself
+        (also a mask already dense: the two shapes of L's U never coincide, hidden > d_in)."""
+        if not self.compact(name) or mask.shape == self.shapes()[name]:
+            return mask
+        d_in, n = self.d_in, self.n
+        dense = np.zeros((self.hidden, d_in), dtype=bool)
+        dense[: d_in * n].reshape(d_in, n, d_in)[self._diagonal()] = mask
+        return dense
+
+    def dense_masks(self, masks: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Every mask in its dense view (:meth:`dense_mask`)."""
+        return {name: self.dense_mask(name, mask) for name, mask in masks.items()}
+
+    def held_tensors(
+        self, source: RandomSource, draws: np.ndarray | None = None, er: dict[str, np.ndarray] | None = None
+    ) -> dict[str, np.ndarray]:
+        """The random tensors in the masks' shapes (:meth:`mask_shapes`): :meth:`source_tensors`, with L's U as its
+        block diagonal (:meth:`offset_diagonal`, 0 outside a sparse source's ER mask) and without drawing U whole."""
+        if self.construction != "offset_blocks":
+            return self.source_tensors(source, draws, er)
+        if draws is not None and draws.any():
+            raise TicketFormatError(f"pair {self.pair}: construction L is built from draw 0 only; it has no draws")
+        tensors = {name: self.tensor(source, name) for name in ("beta", "V")}
+        if self.density("V") < 1.0:
+            exists = (
+                er["V"]
+                if er is not None and "V" in er
+                else source.er_mask(self.pair, "V", self.shapes()["V"], self.density("V"))
+            )
+            tensors["V"][~exists] = 0.0
+        return {"U": self.offset_diagonal(source), **tensors}
+
+    def dense_tensors(
+        self, held: dict[str, np.ndarray], source: RandomSource, er: dict[str, np.ndarray] | None = None
+    ) -> dict[str, np.ndarray]:
+        """The dense view of held tensors (:meth:`held_tensors`): L's U drawn whole (0 outside a sparse source's ER
+        mask, ``er`` or regenerated), every other tensor as held (the same arrays)."""
+        if self.construction != "offset_blocks":
+            return held
+        u = self.tensor(source, "U")
+        if self.density("U") < 1.0:
+            u[~(er["U"] if er is not None and "U" in er else self.er_masks(source)["U"])] = 0.0
+        return {**held, "U": u}
+
+    def kept_bytes(self, name: str, held: np.ndarray, mask: np.ndarray) -> Iterator[bytes]:
+        """The kept values of tensor ``name`` (held values × mask, 0 where pruned) as float32 bytes of its dense view
+        in C order, in chunks: their concatenation is ``np.where(dense_mask, dense_tensor, 0).tobytes()``, without
+        the dense view of L's U (zeros but for its diagonal) in memory at once."""
+        kept = np.where(mask, held, np.float32(0)).astype(np.float32, copy=False)
+        if not self.compact(name):
+            yield kept.tobytes()
+            return
+        d_in, n = self.d_in, self.n
+        step = max(1, KEPT_CHUNK // max(1, n * d_in))  # input blocks (n rows of d_in entries each) per chunk
+        for start in range(0, d_in, step):
+            stop = min(d_in, start + step)
+            rows = np.zeros((stop - start, n, d_in), dtype=np.float32)
+            rows[np.arange(stop - start), :, np.arange(start, stop)] = kept[start:stop]
+            yield rows.tobytes()
+        zeros = (self.hidden - d_in * n) * d_in  # the bias block's rows: nothing feeds them
+        chunk = np.zeros(min(zeros, KEPT_CHUNK), dtype=np.float32).tobytes()
+        for start in range(0, zeros, KEPT_CHUNK):
+            yield chunk if zeros - start >= KEPT_CHUNK else chunk[: 4 * (zeros - start)]
+
     def structural_candidate_counts(self) -> dict[str, int]:
         """Candidate counts fixed by the layout alone (no random values needed): O's V, I's U and V, where dense."""
         if self.construction == "output_blocks":
@@ -288,13 +391,16 @@ class PairLayout:
         O: U > 0, beta > 0, V on its block diagonal. I: U on its block diagonal, beta > 0 on the bias
         block, V anywhere. L: U on its input blocks' diagonal, beta > 0, V anywhere. A sparse source's are
         also inside its ER masks (``er``, :meth:`er_masks`, required then). The ticket stores mask bits at these
-        positions only.
+        positions only. ``tensors`` and the result are in the held form (:meth:`mask_shapes`): L's U candidates are
+        its whole diagonal (d_in, n), in the C order of their dense positions.
         """
         out = self._construction_candidates(tensors)
         if self.sparse:
             if er is None:
                 raise ConstructionError(f"pair {self.pair}: the candidates of a sparse source need its ER masks")
             for name, exists in er.items():
+                if self.compact(name):  # held as U's diagonal: where its diagonal entries exist
+                    exists = exists[: self.d_in * self.n].reshape(self.d_in, self.n, self.d_in)[self._diagonal()]
                 out[name] = out[name] & exists
         return out
 
@@ -302,9 +408,7 @@ class PairLayout:
         n, d_out, d_in = self.n, self.d_out, self.d_in
         out: dict[str, np.ndarray] = {}
         if self.construction == "offset_blocks":
-            u = np.zeros((self.hidden, d_in), dtype=bool)
-            u[: d_in * n].reshape(d_in, n, d_in)[np.arange(d_in), :, np.arange(d_in)] = True
-            out["U"] = u
+            out["U"] = np.ones((d_in, n), dtype=bool)
             out["V"] = np.ones((d_out, self.hidden), dtype=bool)
             out["beta"] = tensors["beta"] > 0
         elif self.construction == "output_blocks":
@@ -335,14 +439,15 @@ class PairLayout:
         """The pruned pair: weights = source * mask, as float32 torch layers.
 
         Args:
-            tensors: the random tensors (see :meth:`source_tensors`).
-            masks: bool masks of the same shapes (True = kept).
+            tensors: the random tensors in their dense view (see :meth:`source_tensors`).
+            masks: bool masks (True = kept), held (:meth:`mask_shapes`) or dense.
             prune_buffers: keep the full source as ``weight_orig`` and the mask as ``weight_mask`` buffers
                 (``torch.nn.utils.prune``), instead of plain pruned weights.
         """
         first = empty_layer(self.kind, self.d_in, self.hidden, self.conv, bias=self.first_has_bias)
         one_by_one = None if self.conv is None else ConvGeometry.one_by_one(self.hidden)
         second = empty_layer(self.kind, self.hidden, self.d_out, one_by_one, bias=False)
+        masks = self.dense_masks(masks)
         for layer, wname, bname in ((first, "U", "beta"), (second, "V", None)):
             set_masked(layer, "weight", tensors[wname], masks[wname], prune_buffers)
             if bname is not None and self.first_has_bias:

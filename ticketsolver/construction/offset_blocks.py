@@ -198,7 +198,6 @@ def solve_offset_blocks(
     blocks = OffsetBlocks.draw(layout, source, lo, hi)
     v, v_all, offset = blocks.v, blocks.v_all, blocks.offset
     beta, beta_bias = blocks.beta, blocks.beta_bias
-    cols = np.arange(d_in)
 
     def weight_problems(units: np.ndarray, draw: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         coeffs, use, targets = blocks.weight_problems(units, weight)
@@ -228,8 +227,7 @@ def solve_offset_blocks(
 
     v_mask = np.concatenate([chosen.reshape(d_out, split), bias_chosen], axis=1)
     used = np.asarray(v_mask.any(0), dtype=bool)  # (hidden,): units that feed some output
-    u_mask = np.zeros((layout.hidden, d_in), dtype=bool)
-    u_mask[:split].reshape(d_in, n, d_in)[cols, :, cols] = used[:split].reshape(d_in, n)
+    u_mask = used[:split].reshape(d_in, n).copy()  # held form: U's diagonal (layout.mask_shapes)
     beta_mask = np.concatenate([(used[:split].reshape(d_in, n) & offset).reshape(-1), used[split:]])
     bias_errors = np.abs(effective_bias - (0.0 if bias is None else bias))
     stats = _stats(w, b)

@@ -48,14 +48,20 @@ def save_pair(directory: Path, pair: int, solution: PairSolution, print_: str) -
     os.replace(js.name, directory / f"pair{pair}.json")
 
 
-def load_pair(directory: Path, pair: int, print_: str) -> PairSolution | None:
-    """The stored solution of ``pair`` if present, intact and made for this very layer and config."""
+def load_pair(
+    directory: Path, pair: int, print_: str, shapes: dict[str, tuple[int, ...]] | None = None
+) -> PairSolution | None:
+    """The stored solution of ``pair`` if present, intact and made for this very layer and config; with ``shapes``
+    (the layout's :meth:`~ticketsolver.construction.layout.PairLayout.mask_shapes`), only if its masks have them (a
+    file from a version that held L's U mask in its dense view is solved again)."""
     try:
         meta = json.loads((directory / f"pair{pair}.json").read_text())
         if meta.get("fingerprint") != print_:
             return None
         with np.load(directory / f"pair{pair}.npz", allow_pickle=False) as z:
             masks = {key[5:]: z[key].astype(bool) for key in z.files if key.startswith("mask_")}
+            if shapes is not None and {name: mask.shape for name, mask in masks.items()} != shapes:
+                return None
             return PairSolution(
                 masks=masks,
                 draws=z["draws"].astype(np.uint8),

@@ -14,7 +14,7 @@ __all__ = ["PairSolution"]
 class PairSolution:
     """Masks (True = kept) of the pair's random tensors, and how well each target entry is matched."""
 
-    masks: dict[str, np.ndarray]  # U, beta (if any), V: bool, dense-view shapes
+    masks: dict[str, np.ndarray]  # U, beta (if any), V: bool, in the held shapes (PairLayout.mask_shapes)
     draws: np.ndarray  # PairLayout.draw_shape uint8: the kept draw of each unit (I: and of each input block)
     weight_errors: np.ndarray  # (d_out, d_in) |w - subset sum| (I: max of the x+ and x- problems)
     bias_errors: np.ndarray | None  # (d_out,)

@@ -7,7 +7,8 @@ their units only, which is what verification compares op by op. Unit modules:
 * target side — :class:`TargetUnit` (the trained op itself: ``F.linear``, ``F.conv1d/2d`` with its groups,
   ``F.embedding``, or the tensor);
 * random side — :class:`PairUnit`: a Linear on a tensor of any rank (flattened to rows), a convolution as one
-  pair per group (channels split, outputs concatenated: a block-diagonal conv keeps its groups), an embedding as a
+  pair per group (channels split, outputs concatenated: a block-diagonal conv keeps its groups; an L conv pair held
+  as an :class:`~ticketsolver.construction.offset_conv.OffsetConvPair`), an embedding as a
   pair on the one-hot input run as a gather (``hidden = relu(U[:, id] + beta)``, never a one-hot matmul), a
   trained tensor as a pair fed by a constant 1. No trained value is held: only the pairs' random layers.
 """
@@ -21,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ticketsolver.construction.offset_conv import OffsetConvPair
 from ticketsolver.construction.pair import PrunedPair
 from ticketsolver.graph.ir import GraphSpec, GraphUnit, decode, replay_op
 
@@ -56,7 +58,7 @@ class TargetUnit(nn.Module):
         return conv(x, self.weight, self.bias, u.stride, u.padding, u.dilation, u.groups)  # type: ignore[operator]
 
 
-def _ones(pair: PrunedPair) -> torch.Tensor:
+def _ones(pair: PrunedPair | OffsetConvPair) -> torch.Tensor:
     weight = pair.first.weight
     assert isinstance(weight, torch.Tensor)
     return torch.ones(1, 1, dtype=weight.dtype, device=weight.device)
@@ -65,22 +67,18 @@ def _ones(pair: PrunedPair) -> torch.Tensor:
 class PairUnit(nn.Module):
     """A unit of g: its pruned pairs (one, or one per group of a grouped convolution).
 
-    ``blocks``: per pair, its units per input column (n) where the pair is an L conv: its first layer then runs as a
-    conv with one group per input channel (unit (c, tap, t) reads channel c at its own tap only, so the dense U
-    restricted to its block diagonal is that grouped conv, exactly), and its bias block (fed by nothing) as a
-    constant ``V_b relu(beta_b)`` computed from the random values on every call. Same network, 1.6-1.9x faster than
-    gathering im2col columns, and far fewer weights in an export.
+    Each pair is a :class:`PrunedPair`, or an :class:`OffsetConvPair` for an L conv pair (its first layer a grouped
+    conv of U's block diagonal, the same network without the dense U).
     """
 
-    def __init__(self, unit: GraphUnit, pairs: Sequence[nn.Module], blocks: Sequence[int | None] | None = None) -> None:
+    def __init__(self, unit: GraphUnit, pairs: Sequence[nn.Module]) -> None:
         super().__init__()
         self.unit = unit
         self.pairs = nn.ModuleList(pairs)
-        self.blocks = list(blocks) if blocks is not None else [None] * len(self.pairs)
 
-    def pair(self, g: int = 0) -> PrunedPair:
+    def pair(self, g: int = 0) -> PrunedPair | OffsetConvPair:
         pair = self.pairs[g]
-        assert isinstance(pair, PrunedPair)
+        assert isinstance(pair, PrunedPair | OffsetConvPair)
         return pair
 
     def forward(self, x: torch.Tensor | None = None) -> torch.Tensor:
@@ -97,26 +95,8 @@ class PairUnit(nn.Module):
         if squeeze:
             x = x.unsqueeze(-2)
         chunks = torch.chunk(x, u.groups, dim=1) if u.groups > 1 else (x,)
-        outs = [self._grouped(g, chunk) if self.blocks[g] else self.pairs[g](chunk) for g, chunk in enumerate(chunks)]
-        out = torch.cat(outs, dim=1)
+        out = torch.cat([pair(chunk) for pair, chunk in zip(self.pairs, chunks, strict=True)], dim=1)
         return out.squeeze(-2) if squeeze else out
-
-    def _grouped(self, g: int, x: torch.Tensor) -> torch.Tensor:
-        """An L conv pair with its first layer as a per-channel grouped conv (see the class docstring)."""
-        pair = self.pair(g)
-        first, second = pair.first, pair.second
-        assert isinstance(first, nn.Conv2d) and isinstance(second, nn.Conv2d) and first.bias is not None
-        n = self.blocks[g]
-        assert n is not None
-        channels, (kh, kw) = first.in_channels, first.kernel_size
-        units = channels * kh * kw * n
-        u = first.weight[:units].reshape(channels, kh * kw * n, channels, kh, kw)
-        index = torch.arange(channels, device=u.device)
-        weight = u[index, :, index].reshape(units, 1, kh, kw)
-        hidden = F.conv2d(x, weight, first.bias[:units], first.stride, first.padding, first.dilation, channels)
-        v = second.weight.reshape(second.weight.shape[0], -1)
-        constant = v[:, units:] @ torch.relu(first.bias[units:])
-        return F.conv2d(torch.relu(hidden), second.weight[:, :units]) + constant[None, :, None, None]
 
     def _gather(self, ids: torch.Tensor) -> torch.Tensor:
         """The pair on one-hot(ids) without forming it: the first layer's column of each id, plus its offsets."""

@@ -224,7 +224,7 @@ def network_of_ticket(ticket: Ticket, *, use_masks: bool) -> RandomNetwork:
         first, second = layers_of_pair(pair, len(layouts))
         steps += [{"op": "layer", "unit": first.unit}, {"op": "relu"}, {"op": "layer", "unit": second.unit}]
         layouts += [first, second]
-        masks = ticket.masks[p]
+        masks = ticket.dense_masks(p)  # the layers hold U whole (an L pair's mask expanded)
         init_masks.append({"weight": masks["U"]} | ({"bias": masks["beta"]} if first.bias is not None else {}))
         init_masks.append({"weight": masks["V"]})
     keep_per_unit = [{name: float(mask.mean()) for name, mask in masks.items()} for masks in init_masks]

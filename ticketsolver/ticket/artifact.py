@@ -35,7 +35,7 @@ from typing import Any, Literal, TypedDict
 import numpy as np
 from torch import nn
 
-from ticketsolver.construction import PairLayout, PrunedPair, module_from_step
+from ticketsolver.construction import OffsetConvPair, PairLayout, PrunedPair, module_from_step
 from ticketsolver.construction.copies import CopyPlan, CopyStage
 from ticketsolver.errors import TicketFormatError
 from ticketsolver.graph.ir import GraphSpec
@@ -151,13 +151,6 @@ def _check_steps(steps: Any, units: list[Unit]) -> list[dict[str, Any]]:
     return steps
 
 
-def _grouped_block(layout: Unit, prune_buffers: bool) -> int | None:
-    """n where an L conv pair of a graph runs its first layer as a per-channel grouped conv (PairUnit), else None."""
-    if prune_buffers or not isinstance(layout, PairLayout) or layout.construction != "offset_blocks":
-        return None
-    return layout.n if layout.conv is not None else None
-
-
 def _read_file(path: Path) -> tuple[dict[str, np.ndarray], Any]:
     """The mask/draw blobs of a ticket file and its parsed manifest, read through safetensors' own parser.
 
@@ -222,7 +215,8 @@ class Ticket:
         layouts: one unit per pair or layer: a :class:`PairLayout` (construction) or a :class:`LayerLayout`
             (learned mask).
         masks: per unit, tensor name -> bool array (True = kept): ``U``, ``beta``, ``V`` of a pair, ``weight``,
-            ``bias`` of a layer.
+            ``bias`` of a layer; in the held shapes (an L pair's U as its block diagonal (d_in, n),
+            :meth:`PairLayout.mask_shapes`; :meth:`dense_masks` gives the dense view).
         draws: per unit, uint8 draw indices, shaped as its ``draw_shape`` says (a pair: per block unit; a
             layer: per entry).
         build: the build's (or the mask learning's) configuration and statistics.
@@ -250,7 +244,8 @@ class Ticket:
         self.build = build
         self._kept_hash: str | None = None
         self._graph: GraphSpec | None = None
-        self._sources: dict[int, dict[str, np.ndarray]] = {}  # regenerated random tensors, per pair
+        self._held: dict[int, dict[str, np.ndarray]] = {}  # regenerated random tensors, held form, per unit
+        self._sources: dict[int, dict[str, np.ndarray]] = {}  # their dense view, per unit (shares the held arrays)
         self._source_params: dict[int, int] = {}  # per unit: its source params (a sparse pair's ER nonzeros)
 
     @property
@@ -259,18 +254,37 @@ class Ticket:
 
     # -- the network ------------------------------------------------------------------------------------
 
-    def source_tensors(self, pair: int) -> dict[str, np.ndarray]:
-        """The random tensors of ``pair`` as the network holds them (draws applied, 0 outside the ER masks of a
-        sparse source), before masking."""
-        if pair not in self._sources:
+    def held_tensors(self, pair: int) -> dict[str, np.ndarray]:
+        """The random tensors of unit ``pair`` in the masks' shapes (draws applied, 0 outside the ER masks of a
+        sparse source): its dense view but for an L pair's U, held as its block diagonal (d_in, n), the only entries
+        its mask can keep (:meth:`PairLayout.held_tensors`). Regenerated once, then kept (read-only)."""
+        if pair not in self._held:
             layout = self.layouts[pair]
             if isinstance(layout, PairLayout) and layout.sparse:
                 er = layout.er_masks(self.source)
-                self._sources[pair] = _read_only(layout.source_tensors(self.source, self.draws[pair], er))
+                self._held[pair] = _read_only(layout.held_tensors(self.source, self.draws[pair], er))
                 self._source_params.setdefault(pair, layout.source_params(er))
             else:
-                self._sources[pair] = _read_only(layout.source_tensors(self.source, self.draws[pair]))
+                self._held[pair] = _read_only(layout.held_tensors(self.source, self.draws[pair]))
+        return self._held[pair]
+
+    def source_tensors(self, pair: int) -> dict[str, np.ndarray]:
+        """The random tensors of unit ``pair`` in their dense view, as a dense network holds them (draws applied, 0
+        outside the ER masks of a sparse source), before masking. An L pair's U is drawn whole here (d_in·n + bias
+        rows of d_in): graph networks and the kept hash use :meth:`held_tensors` instead."""
+        if pair not in self._sources:
+            layout = self.layouts[pair]
+            held = self.held_tensors(pair)
+            if isinstance(layout, PairLayout):
+                self._sources[pair] = _read_only(layout.dense_tensors(dict(held), self.source))
+            else:
+                self._sources[pair] = held
         return self._sources[pair]
+
+    def dense_masks(self, pair: int) -> dict[str, np.ndarray]:
+        """Unit ``pair``'s masks in the dense view of its tensors (an L pair's U expanded from its diagonal)."""
+        layout = self.layouts[pair]
+        return layout.dense_masks(self.masks[pair]) if isinstance(layout, PairLayout) else self.masks[pair]
 
     def er_masks(self, pair: int) -> dict[str, np.ndarray]:
         """The ER masks (True = the entry exists) of unit ``pair``'s sparse tensors; empty for a dense source.
@@ -293,8 +307,8 @@ class Ticket:
         sparse source (see :meth:`PairLayout.candidates`)."""
         layout = self.layouts[pair]
         if isinstance(layout, PairLayout) and layout.sparse:
-            return layout.candidates(self.source_tensors(pair), self.er_masks(pair))
-        return layout.candidates(self.source_tensors(pair))
+            return layout.candidates(self.held_tensors(pair), self.er_masks(pair))
+        return layout.candidates(self.held_tensors(pair))
 
     @property
     def learned(self) -> bool:
@@ -346,8 +360,14 @@ class Ticket:
         return plans
 
     def unit_module(self, k: int, prune_buffers: bool = False) -> nn.Module:
-        """Unit ``k`` materialised: a :class:`PrunedPair` or a pruned ``nn.Linear``/``nn.Conv2d``."""
-        return self.layouts[k].to_module(self.source_tensors(k), self.masks[k], prune_buffers)
+        """Unit ``k`` materialised: a :class:`PrunedPair` or a pruned ``nn.Linear``/``nn.Conv2d``; an L conv pair
+        of a graph as an :class:`OffsetConvPair` (its first layer a grouped conv of U's diagonal, U never whole)
+        unless ``prune_buffers`` asks for the whole source."""
+        layout = self.layouts[k]
+        if self.graph is not None and not prune_buffers and OffsetConvPair.holds(layout):
+            assert isinstance(layout, PairLayout)
+            return OffsetConvPair.from_held(layout, self.held_tensors(k), self.masks[k])
+        return layout.to_module(self.source_tensors(k), self.masks[k], prune_buffers)
 
     def pairs(self, prune_buffers: bool = False) -> Iterator[PrunedPair]:
         """The pruned pairs, in order (a learned ticket has none)."""
@@ -365,14 +385,7 @@ class Ticket:
         """
         graph = self.graph
         if graph is not None:
-            units = [
-                PairUnit(
-                    unit,
-                    [self.unit_module(p, prune_buffers) for p in unit.pairs],
-                    [_grouped_block(self.layouts[p], prune_buffers) for p in unit.pairs],
-                )
-                for unit in graph.units
-            ]
+            units = [PairUnit(unit, [self.unit_module(p, prune_buffers) for p in unit.pairs]) for unit in graph.units]
             return GraphNetwork(graph, units).eval()
         plans = self.copy_plans()
         if plans is not None:
@@ -449,8 +462,9 @@ class Ticket:
 
     def kept_hash(self) -> str:
         """SHA-256 of the network: its structure (input shape, steps, layouts as JSON) and every kept value
-        (float32, C order), unit by unit, tensors in the unit's ``tensor_names`` order (U, beta, V of a pair;
-        weight, bias of a layer)."""
+        (float32, C order, 0 where pruned), unit by unit, tensors in the unit's ``tensor_names`` order (U, beta, V
+        of a pair; weight, bias of a layer), each in its dense view (an L pair's U streamed from its held diagonal,
+        :meth:`PairLayout.kept_bytes`: the same bytes)."""
         if self._kept_hash is None:
             structure = {
                 "input_shape": list(self.input_shape),
@@ -458,11 +472,16 @@ class Ticket:
                 "pairs": [layout.to_dict() for layout in self.layouts],
             }
             digest = hashlib.sha256(json.dumps(structure, sort_keys=True).encode())
-            for k in range(len(self.layouts)):
-                tensors = self.source_tensors(k)
-                for name in self.layouts[k].tensor_names:
-                    if name in tensors:
-                        digest.update(name.encode())
+            for k, layout in enumerate(self.layouts):
+                tensors = self.held_tensors(k)
+                for name in layout.tensor_names:
+                    if name not in tensors:
+                        continue
+                    digest.update(name.encode())
+                    if isinstance(layout, PairLayout):  # streamed: an L pair's U is not materialised whole
+                        for chunk in layout.kept_bytes(name, tensors[name], self.masks[k][name]):
+                            digest.update(chunk)
+                    else:
                         digest.update(np.where(self.masks[k][name], tensors[name], np.float32(0)).tobytes())
             self._kept_hash = digest.hexdigest()
         return self._kept_hash
@@ -594,14 +613,15 @@ class Ticket:
             if numbers != list(range(len(layouts))):
                 raise TicketFormatError("the manifest's units must be numbered 0, 1, ... in order")
             steps = _check_steps(manifest["steps"], layouts)
-            # the dense count of a pair: a sparse source's tensors are regenerated whole too (0 outside its ER masks)
+            # what is regenerated: every held entry (an L pair's U only as its diagonal; a sparse source's tensors
+            # whole, 0 outside its ER masks)
             claimed = sum(
-                layout.dense_params() if isinstance(layout, PairLayout) else layout.source_params()
-                for layout in layouts
+                layout.held_params() if isinstance(layout, PairLayout) else layout.source_params() for layout in layouts
             )
             if claimed > max_source_params:
                 raise TicketFormatError(
-                    f"{path} describes a random source of {claimed:,} parameters (limit {max_source_params:,})"
+                    f"{path} describes a random source that regenerates {claimed:,} values "
+                    f"(limit {max_source_params:,})"
                 )
             # Cheap consistency first: blobs whose length the layout alone fixes are checked before any
             # random tensor is regenerated, so a manifest claiming another size is refused without allocating it.
@@ -621,14 +641,14 @@ class Ticket:
                 )
                 if isinstance(layout, PairLayout) and layout.sparse:
                     er = layout.er_masks(source)  # used here, then dropped (see Ticket.er_masks)
-                    sources.append(_read_only(layout.source_tensors(source, draws[k], er)))
+                    sources.append(_read_only(layout.held_tensors(source, draws[k], er)))
                     allowed = layout.candidates(sources[k], er)
                     counts[k] = layout.source_params(er)
                 else:
-                    sources.append(_read_only(layout.source_tensors(source, draws[k])))
+                    sources.append(_read_only(layout.held_tensors(source, draws[k])))
                     allowed = layout.candidates(sources[k])
                 pair_masks = {}
-                for name in layout.shapes():
+                for name in allowed:
                     bits = _unpack(
                         tensors[f"pair{k}.{name}.mask"], int(allowed[name].sum()), True, f"pair {k} mask {name}"
                     )
@@ -647,7 +667,7 @@ class Ticket:
                 draws=draws,
                 build=dict(manifest.get("build", {})),
             )
-            ticket._sources = dict(enumerate(sources))
+            ticket._held = dict(enumerate(sources))
             ticket._source_params = counts
         except KeyError as exc:
             raise TicketFormatError(f"{path}: missing entry {exc} in the ticket") from exc

@@ -10,6 +10,10 @@
       {step}.second.weight[.source|.mask] V
       {step}.weight[.source|.mask]   a learned-mask ticket's random layer (and {step}.bias where it has one)
 
+  An L conv pair of a graph is held compactly (:class:`~ticketsolver.construction.OffsetConvPair`): its
+  ``first.weight`` is a grouped conv whose ``.source`` holds U's block diagonal (each unit's own tap), plus
+  ``bias_offsets`` and ``bias_weight`` (the bias block's beta and V entries); metadata ``compact_pairs`` lists them.
+
   ``{step}`` is the module's index in the network, so the pruned names are exactly the keys of
   ``ticket.to_module().state_dict()``; anyone can check ``weight == source * mask``. The metadata gives
   each source tensor's law (``source_laws``: uniform on [-s, s] or on [0, s], ±s, or Gaussian of std s) and states
@@ -32,7 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ticketsolver.construction import PairLayout, PrunedPair
+from ticketsolver.construction import OffsetConvPair, PairLayout, PrunedPair
 from ticketsolver.errors import ConfigError, TicketFormatError
 from ticketsolver.ticket.artifact import Ticket
 from ticketsolver.ticket.layer import LayerLayout
@@ -54,32 +58,21 @@ def export_safetensors(ticket: Ticket, path: str | os.PathLike[str]) -> Path:
     laws: dict[str, list[Any]] = {}
     densities: dict[str, float] = {}
     unit_steps = [i for i, step in enumerate(ticket.steps) if step["op"] in ("pair", "layer")]
+    compact: list[int] = []
     for k, (step, layout) in enumerate(zip(unit_steps, ticket.layouts, strict=True)):
-        source = ticket.source_tensors(k)
-        module = layout.to_module(source, ticket.masks[k])
-        slots: list[tuple[str, nn.Module, str]]
-        if isinstance(layout, LayerLayout):
-            slots = [("weight", module, "weight"), ("bias", module, "bias")]
-            scales = {name: stream.scale for name, stream in layout.streams().items()}
-        else:
-            assert isinstance(module, PrunedPair)
-            slots = [
-                ("first.weight", module.first, "U"),
-                ("first.bias", module.first, "beta"),
-                ("second.weight", module.second, "V"),
-            ]
-            scales = layout.scales
-        for suffix, layer, name in slots:
-            if name not in source:
-                continue
-            param = getattr(layer, suffix.rsplit(".", 1)[-1])
+        module = ticket.unit_module(k)
+        scales = layout.scales if isinstance(layout, PairLayout) else {n: s.scale for n, s in layout.streams().items()}
+        for suffix, name, source, mask in _slots(ticket, k, module):
+            param = module.get_parameter(suffix)
             key = f"{step}.{suffix}"
             tensors[key] = param.detach().clone()
-            tensors[f"{key}.source"] = torch.tensor(np.array(source[name])).reshape(param.shape)
+            tensors[f"{key}.source"] = torch.tensor(np.array(source)).reshape(param.shape)
             laws[f"{key}.source"] = [layout.law(name), scales[name]]
             if isinstance(layout, PairLayout) and layout.density(name) < 1.0:
                 densities[f"{key}.source"] = layout.density(name)
-            tensors[f"{key}.mask"] = torch.from_numpy(ticket.masks[k][name]).reshape(param.shape).clone()
+            tensors[f"{key}.mask"] = torch.from_numpy(np.array(mask, dtype=bool)).reshape(param.shape).clone()
+        if isinstance(module, OffsetConvPair):
+            compact.append(step)
     sizes = ticket.sizes()
     metadata = {
         "format": "ticketsolver.pruned-network",
@@ -96,6 +89,12 @@ def export_safetensors(ticket: Ticket, path: str | os.PathLike[str]) -> Path:
         "source_kind": sizes["source_kind"],
         "examined_values": str(sizes["examined_values"] if sizes["examined_values"] is not None else "unrecorded"),
     }
+    if compact:
+        # L conv pairs of a graph, held as OffsetConvPair: first.weight is a grouped conv (one group per input
+        # channel) whose .source holds U's block diagonal at each unit's own tap and 0 at the others; every other
+        # entry of U is pruned by construction L and not exported (regenerate it from the ticket's seed and stream
+        # layout); bias_offsets/bias_weight are beta's and V's bias-block entries
+        metadata["compact_pairs"] = json.dumps(compact)
     if densities:
         # an ER sparse source: each listed .source tensor is the sparse random tensor itself, drawn with that
         # density (0 outside its ER mask); biases and unlisted tensors are dense
@@ -108,6 +107,21 @@ def export_safetensors(ticket: Ticket, path: str | os.PathLike[str]) -> Path:
     except SafetensorError as exc:  # its I/O failures are not OSErrors; say what could not be written
         raise OSError(f"cannot write the export to {path}: {exc}") from exc
     return path
+
+
+def _slots(ticket: Ticket, k: int, module: nn.Module) -> list[tuple[str, str, np.ndarray, np.ndarray]]:
+    """Unit ``k``'s exported parameters: (parameter name in ``module``, random tensor, source and mask values)."""
+    layout = ticket.layouts[k]
+    if isinstance(module, OffsetConvPair):
+        assert isinstance(layout, PairLayout)
+        return OffsetConvPair.slots(layout, ticket.held_tensors(k), ticket.masks[k])
+    source, masks = ticket.source_tensors(k), ticket.dense_masks(k)
+    if isinstance(layout, LayerLayout):
+        names = [("weight", "weight"), ("bias", "bias")]
+    else:
+        assert isinstance(module, PrunedPair)
+        names = [("first.weight", "U"), ("first.bias", "beta"), ("second.weight", "V")]
+    return [(suffix, name, source[name], masks[name]) for suffix, name in names if name in source]
 
 
 def export_onnx(ticket: Ticket, path: str | os.PathLike[str], opset: int = 18) -> Path:

@@ -131,6 +131,10 @@ class LayerLayout:
                 tensors[name][hit] = self.tensor(source, name, d)[hit]
         return tensors
 
+    def held_tensors(self, source: RandomSource, draws: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """A layer holds its tensors in their dense view (:meth:`source_tensors`): no entry is pruned by structure."""
+        return self.source_tensors(source, draws)
+
     def candidates(self, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """A learned mask may keep any entry."""
         return {name: np.ones(shape, dtype=bool) for name, shape in self.shapes().items()}
