@@ -123,7 +123,7 @@ def verify(
     if isinstance(target, GraphTarget) or getattr(ticket, "graph", None) is not None:
         if not isinstance(target, GraphTarget):
             raise VerificationError("the ticket was built from a graph target; verify it against that .pt2 program")
-        return verify_graph(target, ticket, config, data=data, progress=progress)
+        return verify_graph(target, ticket, config, data=data, device=device, progress=progress)
     if not isinstance(target, Target):
         target = Target.from_module(target, ticket.input_shape)
     check_ticket_matches(target.module, ticket)

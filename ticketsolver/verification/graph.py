@@ -34,6 +34,7 @@ from ticketsolver.graph.network import GraphNetwork, PairUnit, TargetUnit, unit_
 from ticketsolver.verification.layers import LayerCheck, _relative
 from ticketsolver.verification.metrics import OutputComparison
 from ticketsolver.verification.report import Report
+from ticketsolver.verification.verify import _device_note, _ieee_float32, _resolve_device
 from ticketsolver.verification.worst_case import search_worst_case
 
 __all__ = ["GRAPH_NOT_CERTIFIED", "verify_graph"]
@@ -46,9 +47,12 @@ _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 _CHUNK = 64
 
 
-def _forward_chunks(network: torch.nn.Module, x: torch.Tensor, chunk: int = _CHUNK) -> torch.Tensor:
+def _forward_chunks(
+    network: torch.nn.Module, x: torch.Tensor, chunk: int = _CHUNK, device: torch.device | None = None
+) -> torch.Tensor:
+    """``network(x)`` chunk by chunk on ``device`` (default: x's), gathered on the CPU."""
     with torch.no_grad():
-        return torch.cat([network(x[i : i + chunk]) for i in range(0, x.shape[0], chunk)])
+        return torch.cat([network(x[i : i + chunk].to(device)).cpu() for i in range(0, x.shape[0], chunk)])
 
 
 def _unit_inputs(f: GraphNetwork, x: torch.Tensor) -> dict[int, torch.Tensor | None]:
@@ -66,10 +70,12 @@ def _unit_inputs(f: GraphNetwork, x: torch.Tensor) -> dict[int, torch.Tensor | N
     return seen
 
 
-def _pair_inputs(unit: Any, h: torch.Tensor | None, groups: int, dtype: torch.dtype) -> list[torch.Tensor]:
+def _pair_inputs(
+    unit: Any, h: torch.Tensor | None, groups: int, dtype: torch.dtype, device: torch.device
+) -> list[torch.Tensor]:
     """What each pair of a unit reads, laid out for the pair itself."""
     if unit.kind == "tensor":
-        return [torch.ones(1, 1, dtype=dtype)]
+        return [torch.ones(1, 1, dtype=dtype, device=device)]
     assert h is not None
     if unit.kind == "embedding":
         vocab = unit.weight_shape[0]
@@ -112,11 +118,12 @@ def check_units(f: GraphNetwork, g: GraphNetwork, x: torch.Tensor, dtype_name: s
     seen = _unit_inputs(f, x)
     checks = []
     dtype = _DTYPES[dtype_name]
+    device = x.device
     for k, unit in enumerate(f.spec.units):
         target_unit = f.units[k]
         pair_unit = g.units[k]
         assert isinstance(target_unit, TargetUnit) and isinstance(pair_unit, PairUnit)
-        inputs = _pair_inputs(unit, seen.get(k), unit.groups if unit.kind == "conv" else 1, dtype)
+        inputs = _pair_inputs(unit, seen.get(k), unit.groups if unit.kind == "conv" else 1, dtype, device)
         targets = _target_outputs(unit, target_unit, inputs)
         scale = vs_target = vs_effective = 0.0
         outside = 0
@@ -158,6 +165,7 @@ def verify_graph(
     config: VerifyConfig = VerifyConfig(),  # noqa: B008 - frozen: one shared default is safe
     *,
     data: tuple[torch.Tensor, torch.Tensor | None] | None = None,
+    device: str | torch.device | None = None,
     progress: Callable[[str, float], None] | None = None,
 ) -> Report:
     """Measure how closely the graph ticket's g follows the graph target f (see the module docstring).
@@ -169,16 +177,33 @@ def verify_graph(
             random float inputs (None: the ticket's build box, else the data's range, else [-6, 6]).
         data: ``(inputs, labels)``: float images/features or int64 token ids; labels per input (N,) or per position
             (N, T), or None.
+        device: where f and g run (default: CUDA when present, else the CPU; float32 is IEEE there, TF32 off); inputs
+            go there chunk by chunk and outputs come back to the CPU.
         progress: called as ``progress(step, fraction done)``.
 
     Raises:
-        VerificationError: the ticket was not built from this graph, or the data does not fit it.
+        VerificationError: the ticket was not built from this graph, the data does not fit it, or an unknown or
+            absent device.
     """
     spec = target.spec
     graph = ticket.graph
     if graph is None or [u.weight_shape for u in graph.units] != [u.weight_shape for u in spec.units]:
         raise VerificationError("the ticket was not built from this graph target")
     tick = progress or (lambda *_: None)
+    dev = _resolve_device(device)
+    with _ieee_float32(dev):
+        return _verify_graph(target, ticket, config, data, dev, tick)
+
+
+def _verify_graph(
+    target: GraphTarget,
+    ticket: Any,
+    config: VerifyConfig,
+    data: tuple[torch.Tensor, torch.Tensor | None] | None,
+    dev: torch.device,
+    tick: Callable[[str, float], None],
+) -> Report:
+    spec = target.spec
     start = time.perf_counter()
     generator = torch.Generator().manual_seed(config.seed)
     box, source = _box(config, ticket, data, spec.tokens)
@@ -191,8 +216,8 @@ def verify_graph(
             )
     g32 = ticket.to_module()
     report = Report(
-        device="cpu",
-        device_note="ran on CPU" if not torch.cuda.is_available() else "ran on CPU (graph verification)",
+        device=str(dev),
+        device_note=_device_note(dev),
         dtypes=list(config.dtypes),
         input_shape=list(spec.input_shape),
         input_box={
@@ -221,15 +246,16 @@ def verify_graph(
     steps = len(config.dtypes)
     for i, dtype_name in enumerate(config.dtypes):
         dtype = _DTYPES[dtype_name]
-        f = target.network(dtype)
-        g = copy.deepcopy(g32).to(dtype)
+        f = target.network(dtype).to(dev)
+        g = copy.deepcopy(g32).to(device=dev, dtype=dtype)
         sets: list[tuple[str, torch.Tensor, torch.Tensor | None]] = [("random", x_random, None)]
         if data is not None:
             sets.insert(0, ("data", x_data, y_data))
         errors: list[torch.Tensor] = []  # per input max |f - g|, in the order of the sets: the worst-case starts
         for name, x, y in sets:
             inputs = x if spec.tokens else x.to(dtype)
-            f_out, g_out = _forward_chunks(f, inputs, config.batch_size), _forward_chunks(g, inputs, config.batch_size)
+            f_out = _forward_chunks(f, inputs, config.batch_size, dev)
+            g_out = _forward_chunks(g, inputs, config.batch_size, dev)
             comparison = OutputComparison(per_position=f_out.dim() > 2)
             comparison.update(f_out, g_out, y)
             report.sections.setdefault(name, {})[dtype_name] = comparison.result()
@@ -237,13 +263,13 @@ def verify_graph(
             tick(f"{dtype_name} {name}", (i + 0.5) / steps)
         if config.layer_check_inputs > 0:
             probe = (x_data if data is not None else x_random)[: min(config.layer_check_inputs, _CHUNK)]
-            probe = probe if spec.tokens else probe.to(dtype)
+            probe = (probe if spec.tokens else probe.to(dtype)).to(dev)
             report.layers[dtype_name] = check_units(f, g, probe, dtype_name)
         if config.worst_case_steps > 0 and config.worst_case_starts > 0 and not spec.tokens:
             pool = torch.cat([x.to(dtype) for _, x, _ in sets])
             order = torch.cat(errors).argsort(descending=True)[: config.worst_case_starts]
             report.worst_case[dtype_name] = search_worst_case(
-                f, g, pool[order], (box[0], box[1]), steps=config.worst_case_steps
+                f, g, pool[order].to(dev), (box[0], box[1]), steps=config.worst_case_steps
             )
         tick(dtype_name, (i + 1) / steps)
     report.seconds["total"] = time.perf_counter() - start
