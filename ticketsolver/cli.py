@@ -28,7 +28,7 @@ from rich.progress import (
 )
 
 from ticketsolver.config import BuildConfig, VerifyConfig
-from ticketsolver.errors import TicketSolverError
+from ticketsolver.errors import ConfigError, TicketSolverError
 
 app = typer.Typer(
     name="ticketsolver",
@@ -284,6 +284,18 @@ def verify_cmd(
             "(default: the ticket's declared build box, else the data's range, else the ticket's default box)"
         ),
     ] = None,
+    data_limit: Annotated[
+        int | None, typer.Option(help="with --against: the first N inputs of the data only (default: all)", min=1)
+    ] = None,
+    random: Annotated[
+        int | None, typer.Option(help="with --against: random inputs of the box, in each dtype (default 512)")
+    ] = None,
+    dtypes: Annotated[
+        str | None, typer.Option(help="with --against: dtypes of the forward passes (default float32,float64)")
+    ] = None,
+    worst_case_starts: Annotated[
+        int | None, typer.Option(help="with --against: starts of the worst-case search, 0 for none (default 4)")
+    ] = None,
 ) -> None:
     """Verify a ticket and print the report. With --against: a constructed ticket against its target, on data
     and random inputs (errors, per-layer checks, certified bound). Without it: the ticket's network on its task,
@@ -298,9 +310,23 @@ def verify_cmd(
                 "without --against, verify measures the ticket on its task: give labelled --data "
                 "(or --against TARGET for a constructed ticket)"
             )
-        for name, value in (("--input-box", input_box), ("--arch", arch)):
+        options = {
+            "--input-box": input_box,
+            "--arch": arch,
+            "--data-limit": data_limit,
+            "--random": random,
+            "--dtypes": dtypes,
+            "--worst-case-starts": worst_case_starts,
+        }
+        for name, value in options.items():
             if value is not None:
                 raise _usage_error(f"{name} applies with --against only")
+    chosen: dict[str, Any] = {"input_box": box, "n_random": random, "worst_case_starts": worst_case_starts}
+    chosen["dtypes"] = None if dtypes is None else tuple(d.strip() for d in dtypes.split(",") if d.strip())
+    try:  # options left out take VerifyConfig's defaults; a bad value is its ConfigError, naming the field
+        config = VerifyConfig(**{key: value for key, value in chosen.items() if value is not None})
+    except ConfigError as exc:
+        raise _usage_error(str(exc)) from None
 
     def run() -> None:
         from ticketsolver import Ticket, load_target
@@ -322,13 +348,21 @@ def verify_cmd(
             report = evaluate_task(loaded, dataset, device=device, name=_data_name(data, dataset))
         else:
             target = load_target(against, arch=arch)
-            report = verify_ticket(target, loaded, VerifyConfig(input_box=box), data=dataset, device=device)
+            if data_limit is not None and dataset is not None:
+                dataset = _first(dataset, data_limit)
+            report = verify_ticket(target, loaded, config, data=dataset, device=device)
         report.render(console)
         if json_out:
             report.to_json(json_out)
             console.print(f"report -> {json_out}")
 
     _run(run)
+
+
+def _first(dataset: Any, count: int) -> tuple[Any, Any]:
+    """The first ``count`` inputs (and labels) of a bundled dataset's test split or of an (x, y) pair."""
+    x, y = (dataset.x_test, dataset.y_test) if hasattr(dataset, "x_test") else dataset
+    return x[:count], None if y is None else y[:count]
 
 
 def _data_name(spec: str | None, dataset: Any) -> str | None:

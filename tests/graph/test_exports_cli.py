@@ -118,11 +118,44 @@ def test_safetensors_export_names_every_pair_source_mask_and_pruned_weight(
     path = export_ticket(ticket, tmp_path / "g.safetensors", "safetensors")
     with safe_open(str(path), framework="pt") as f:
         keys = set(f.keys())
+        compact = json.loads((f.metadata() or {}).get("compact_pairs", "[]"))
+        assert compact == [0]  # the patch conv: an L conv pair, held as a grouped conv of U's diagonal
         for k in range(len(ticket.layouts)):
-            for tensor in ("first.weight", "first.bias", "second.weight"):
+            extra = ("bias_offsets", "bias_weight") if k in compact else ()
+            for tensor in ("first.weight", "first.bias", "second.weight", *extra):
                 assert {f"{k}.{tensor}", f"{k}.{tensor}.source", f"{k}.{tensor}.mask"} <= keys
                 pruned, source, mask = (f.get_tensor(f"{k}.{tensor}{s}") for s in ("", ".source", ".mask"))
                 assert torch.equal(pruned, source * mask)
+        # the grouped weight's source is U's diagonal, one entry per unit: the held values of the ticket
+        grouped = f.get_tensor("0.first.weight.source")
+        assert grouped.shape[1] == 1 and int(torch.count_nonzero(grouped)) == ticket.held_tensors(0)["U"].size
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")
+def test_graph_verification_on_an_absent_cuda_device_is_refused(models: dict[str, Path]) -> None:
+    from ticketsolver import VerifyConfig, verify
+    from ticketsolver.errors import VerificationError
+
+    target = load_target(models["vit"])
+    ticket = build_ticket(target, BuildConfig(n=10))
+    with pytest.raises(VerificationError, match="no CUDA device"):
+        verify(target, ticket, VerifyConfig(n_random=4), device="cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_graph_verification_on_the_gpu_matches_the_cpu(models: dict[str, Path]) -> None:
+    from ticketsolver import VerifyConfig, verify
+
+    target = load_target(models["vit"])
+    ticket = build_ticket(target, BuildConfig(n=10))
+    config = VerifyConfig(n_random=64, worst_case_steps=5)
+    gpu, cpu = (verify(target, ticket, config, device=d) for d in ("cuda", "cpu"))
+    assert gpu.device.startswith("cuda") and "TF32 off" in gpu.device_note
+    for dtype, rel in (("float64", 1e-9), ("float32", 1e-2)):
+        assert gpu.sections["random"][dtype].max_abs_error == pytest.approx(
+            cpu.sections["random"][dtype].max_abs_error, rel=rel
+        )
 
 
 def test_cli_build_verify_inspect_a_graph(models: dict[str, Path], tmp_path: Path) -> None:
@@ -135,3 +168,38 @@ def test_cli_build_verify_inspect_a_graph(models: dict[str, Path], tmp_path: Pat
     assert len(report["layers"]["float64"]) == len(Ticket.load(out).graph.units)
     inspected = runner.invoke(app, ["inspect", str(out)])
     assert inspected.exit_code == 0 and "graph:" in inspected.output, inspected.output
+
+
+def test_cli_verify_takes_the_inputs_dtypes_and_search_it_is_given(models: dict[str, Path], tmp_path: Path) -> None:
+    """A large network is verified on fewer inputs: --data-limit, --random, --dtypes and --worst-case-starts reach the
+    report; a bad value is a usage error naming the field, and the options need --against."""
+    target = load_target(models["vit"])
+    ticket = build_ticket(target, BuildConfig(n=10)).save(tmp_path / "vit.ticket")
+    data = tmp_path / "x.npz"
+    np.savez(data, x=np.random.default_rng(0).random((9, 1, 8, 8), dtype=np.float32), y=np.arange(9) % 3)
+    options = ["--data", str(data), "--data-limit", "5", "--random", "7", "--dtypes", "float64"]
+    json_path = tmp_path / "report.json"
+    result = runner.invoke(
+        app,
+        [
+            "verify",
+            str(ticket),
+            "--against",
+            str(models["vit"]),
+            *options,
+            "--worst-case-starts",
+            "0",
+            "--json",
+            str(json_path),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(json_path.read_text())
+    assert report["dtypes"] == ["float64"]
+    assert report["sections"]["data"]["float64"]["n_inputs"] == 5
+    assert report["sections"]["random"]["float64"]["n_inputs"] == 7
+    assert report["worst_case"] == {}
+    bad = runner.invoke(app, ["verify", str(ticket), "--against", str(models["vit"]), "--dtypes", "float16"])
+    assert bad.exit_code == 2 and "dtypes" in bad.output, bad.output
+    alone = runner.invoke(app, ["verify", str(ticket), "--data", str(data), "--random", "7"])
+    assert alone.exit_code == 2 and "--random applies with --against only" in alone.output, alone.output

@@ -10,8 +10,9 @@ trained value is stored, and an export keeps the computation).
 
 :class:`OffsetConvPair` has the interface the graph verifier and the effective-weights network use of a
 :class:`~ticketsolver.construction.pair.PrunedPair` (``construction``, ``kind``, ``forward_with_margin``,
-``effective``), and runs its hidden units chunk by chunk over input channels so that the hidden activations of a
-batch stay near :data:`HIDDEN_CHUNK` values however wide the pair is.
+``effective``), and runs its hidden units chunk by chunk over input entries (im2col, an elementwise affine map, one
+matrix product per chunk) so that the hidden activations of a batch stay near :data:`HIDDEN_CHUNK` values however wide
+the pair is.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from ticketsolver.errors import ConstructionError
 __all__ = ["HIDDEN_CHUNK", "OffsetConvPair"]
 
 #: hidden activations (batch x units x positions) computed at once; the sum over chunks is the same network
-HIDDEN_CHUNK = 1 << 24
+HIDDEN_CHUNK = 1 << 25
 
 
 def _frozen(values: np.ndarray | torch.Tensor) -> nn.Parameter:
@@ -124,33 +125,27 @@ class OffsetConvPair(nn.Module):
         """The bias block's output ``V_b relu(beta_b)`` (d_out,), from the random values."""
         return self.bias_weight @ torch.relu(self.bias_offsets)
 
-    def _channel_chunks(self, x: torch.Tensor) -> list[tuple[int, int]]:
-        """Input-channel ranges whose hidden activations for ``x`` stay near HIDDEN_CHUNK values (one while traced)."""
-        channels = int(self.first.in_channels)
-        if _tracing():
-            return [(0, channels)]
-        per_channel = x.shape[0] * (self.units // channels) * x.shape[-2] * x.shape[-1]
-        step = max(1, HIDDEN_CHUNK // max(1, per_channel))
-        return [(c, min(channels, c + step)) for c in range(0, channels, step)]
-
-    def _hidden(self, x: torch.Tensor, c0: int, c1: int) -> tuple[torch.Tensor, slice]:
-        """Pre-activations of the units of input channels [c0, c1) and their slice of the hidden units."""
-        first = self.first
-        per = self.units // int(first.in_channels)
-        part = slice(c0 * per, c1 * per)
-        assert first.bias is not None
-        hidden = F.conv2d(
-            x[:, c0:c1],
-            first.weight[part],
-            first.bias[part],
-            first.stride,
-            first.padding,  # type: ignore[arg-type]  # numeric (built so)
-            first.dilation,
-            c1 - c0,
-        )
-        return hidden, part
+    def _units_view(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(u, beta, V) of the input blocks as (d_in, n), (d_in, n) and (d_out, d_in·n) tensors, read from the layers
+        (each unit's own tap of the grouped weight); cached per weights, like PrunedPair's kept units."""
+        first, second = self.first, self.second
+        key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in (first.weight, second.weight))
+        if getattr(self, "_view_key", None) != key:
+            with torch.no_grad():
+                channels, units = int(first.in_channels), self.units
+                taps = first.kernel_size[0] * first.kernel_size[1]
+                n = units // (channels * taps)
+                w = first.weight.reshape(channels, taps, n, taps)
+                u = w.diagonal(dim1=1, dim2=3).permute(0, 2, 1).reshape(channels * taps, n)
+                assert first.bias is not None
+                beta = first.bias.reshape(channels * taps, n)
+                self._view = (u.contiguous(), beta.contiguous(), second.weight.reshape(-1, units).contiguous())
+                self._view_key = key
+        return self._view
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _tracing():  # the layers themselves are the network's definition (ONNX: grouped conv, 1x1 conv)
+            return self.second(F.relu(self.first(x))) + self._constant()[None, :, None, None]
         return self._run(x, track_margin=False)[0]
 
     def forward_with_margin(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -162,22 +157,36 @@ class OffsetConvPair(nn.Module):
         return out, least
 
     def _run(self, x: torch.Tensor, track_margin: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-        v = self.second.weight
-        kept = v.reshape(v.shape[0], -1).ne(0).any(0) if track_margin else None
-        out: torch.Tensor | None = None
-        least = torch.full((x.shape[0],), torch.inf, dtype=x.dtype, device=x.device) if track_margin else None
-        for c0, c1 in self._channel_chunks(x):
-            hidden, part = self._hidden(x, c0, c1)
-            term = F.conv2d(F.relu(hidden), v[:, part])
-            out = term if out is None else out + term
-            if kept is not None and least is not None and bool(kept[part].any()):
-                least = torch.minimum(least, hidden[:, kept[part]].flatten(1).amin(1))
-        assert out is not None
+        """The pair over its input blocks' units, a range of input entries at a time: im2col patches (B, d_in, L),
+        each entry's n units as ``u·patch + beta`` laid out (units, B·L), then one matrix product with V's columns
+        accumulated into (d_out, B·L). The same sums as the layers (their zero taps dropped), 2-3x faster on CPUs than
+        the grouped conv and the 1x1 conv, and the hidden activations of one step stay near HIDDEN_CHUNK values."""
+        first = self.first
+        u, beta, v = self._units_view()
+        d_in, n = u.shape
+        patches = F.unfold(x, first.kernel_size, first.dilation, first.padding, first.stride)  # type: ignore[arg-type]
+        batch, length = patches.shape[0], patches.shape[-1]
+        columns = patches.permute(1, 0, 2).reshape(d_in, 1, batch * length)
+        out = torch.zeros(v.shape[0], batch * length, dtype=x.dtype, device=x.device)
+        kept = v.ne(0).any(0).reshape(d_in, n) if track_margin else None
+        least = torch.full((batch,), torch.inf, dtype=x.dtype, device=x.device) if track_margin else None
+        step = max(1, HIDDEN_CHUNK // max(1, n * batch * length))
+        for j0 in range(0, d_in, step):
+            j1 = min(d_in, j0 + step)
+            hidden = torch.addcmul(beta[j0:j1, :, None], columns[j0:j1], u[j0:j1, :, None])  # (j, n, B·L)
+            if kept is not None and least is not None and bool(kept[j0:j1].any()):
+                alive = hidden[kept[j0:j1]].reshape(-1, batch, length)
+                least = torch.minimum(least, alive.amin(dim=(0, 2)))
+            out.addmm_(v[:, j0 * n : j1 * n], hidden.relu_().reshape(-1, batch * length))
         if least is not None:  # the bias block's kept units: their pre-activation is beta_b on every input
             kept_bias = self.bias_offsets[self.bias_weight.ne(0).any(0)]
             if kept_bias.numel():
                 least = torch.minimum(least, kept_bias.min().to(least.dtype))
-        return out + self._constant()[None, :, None, None], least
+        out += self._constant()[:, None]
+        pad, dilation, kernel, stride = first.padding[0], first.dilation[0], first.kernel_size[0], first.stride[0]
+        assert isinstance(pad, int)  # numeric padding (built so)
+        height = (x.shape[-2] + 2 * pad - dilation * (kernel - 1) - 1) // stride + 1
+        return out.reshape(-1, batch, height, length // height).permute(1, 0, 2, 3), least
 
     @torch.no_grad()
     def effective(self, dtype: torch.dtype = torch.float64) -> EffectiveLayer:

@@ -10,9 +10,12 @@ conv: 5e5x the observed range at a small ResNet's head), and the offsets of L, h
 cancels in float32, grow with the box. A unit whose sound box is more than :data:`LOOSE` times wider than what the
 calibration inputs reach, or that has none, gets an *observed* box instead: the target f runs on calibration inputs
 drawn from the input box (uniform values, smooth images at three scales, and the box's corners; for token models,
-uniform token ids) and every unit's input range per column (a Linear's feature, a conv's channel, joined with 0 where
-it pads) is widened: its half-width times :data:`WIDEN`, around its centre, plus :data:`PAD` of its scale. Where the
-sign analysis proves a column >= 0, its lower end stays at 0. An embedding reads a one-hot input ([0, 1]) and a tensor
+uniform token ids) and every unit's input range over all its columns (features or channels, joined with 0 where a
+conv pads) is widened — its half-width times :data:`WIDEN`, around its centre, plus :data:`PAD` of its scale — and
+given to every column: per-column ranges would trust a channel the calibration inputs leave silent, and real inputs
+excite some (a trained ResNet-18's deep channels reach ~1e9 times their calibration range on its own test images). L's
+offsets scale with the widest column anyway, so the unit's range costs no float32 accuracy. Where the sign analysis
+proves a column >= 0, its lower end stays at 0. An embedding reads a one-hot input ([0, 1]) and a tensor
 unit a constant 1 ([1, 1]): those boxes are exact.
 
 Observed boxes are not certified: an input whose activations leave them makes some unit nonlinear. Verification
@@ -23,7 +26,7 @@ records each unit's box origin.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -103,12 +106,8 @@ def unit_boxes(
             out.append(UnitBox(columns, "interval bounds through the graph (sound)"))
         else:
             why = "no sound bound" if bounds is None else f"sound bound > {LOOSE:g}x the observed range"
-            out.append(replace_origin(observed[k], f"{observed[k].origin} ({why})"))
+            out.append(replace(observed[k], origin=f"{observed[k].origin} ({why})"))
     return out
-
-
-def replace_origin(box: UnitBox, origin: str) -> UnitBox:
-    return UnitBox(box.columns, origin)
 
 
 def _tight(bounds: tuple[torch.Tensor, torch.Tensor], observed: tuple[torch.Tensor, torch.Tensor]) -> bool:
@@ -207,9 +206,12 @@ def _observe(
             boxes.append(_exact_box(unit, pairs))
             ranges.append(None)
             continue
-        lo_t, hi_t = lows[k], highs[k]
-        assert lo_t is not None and hi_t is not None
-        ranges.append((lo_t, hi_t))
+        lo_c, hi_c = lows[k], highs[k]
+        assert lo_c is not None and hi_c is not None
+        ranges.append((lo_c, hi_c))
+        # the unit's range over all its columns, for every column: a channel that the calibration inputs leave
+        # silent may be one that real inputs excite (a ResNet-18's deep channels, ~1e9x their calibration range)
+        lo_t, hi_t = lo_c.min().expand_as(lo_c), hi_c.max().expand_as(hi_c)
         centre, half = (hi_t + lo_t) / 2, (hi_t - lo_t) / 2
         scale = max(float(torch.maximum(lo_t.abs(), hi_t.abs()).max()), 1e-6)
         lo_w = centre - WIDEN * half - PAD * scale
@@ -217,5 +219,10 @@ def _observe(
         if nonnegative[k]:
             lo_w = lo_w.clamp(min=0.0)
         columns = _columns(unit, pairs, lo_w, hi_w)
-        boxes.append(UnitBox(columns, f"observed on {count} calibration inputs, half-width x{WIDEN:g}"))
+        boxes.append(
+            UnitBox(
+                columns,
+                f"observed on {count} calibration inputs (the unit's range, every column), half-width x{WIDEN:g}",
+            )
+        )
     return boxes, ranges

@@ -31,6 +31,7 @@ from ticketsolver.construction.layout import ConvGeometry
 from ticketsolver.errors import ConstructionError, UnsupportedModuleError
 from ticketsolver.graph.ir import REPLAYED_OPS, SKIPPED_OPS, GraphSpec, GraphUnit, encode, op_name
 from ticketsolver.graph.network import GraphNetwork, TargetUnit
+from ticketsolver.models.signature import read_signature
 
 __all__ = ["GRAPH_OPS", "GraphTarget", "PairTarget", "capture_program"]
 
@@ -205,34 +206,11 @@ class _Capture:
 
     # -- signature --------------------------------------------------------------------------------------
     def _signature(self) -> torch.fx.Node:
-        from torch.export.graph_signature import InputKind, OutputKind
-
-        program = self.program
-        placeholders = {n.name: n for n in program.graph.nodes if n.op == "placeholder"}
-        user = []
-        for spec in program.graph_signature.input_specs:
-            node = placeholders[spec.arg.name]
-            if spec.kind == InputKind.USER_INPUT:
-                user.append(node)
-                self.inputs.append(None)
-            elif spec.kind in (InputKind.PARAMETER, InputKind.BUFFER, InputKind.CONSTANT_TENSOR):
-                tensor = program.state_dict.get(spec.target)
-                tensor = program.constants.get(spec.target) if tensor is None else tensor
-                if not isinstance(tensor, torch.Tensor):
-                    raise UnsupportedModuleError(f"{self.name}: program input {spec.arg.name!r} has no tensor value")
-                self.values[node] = tensor.detach()
-                self.param_names[node] = str(spec.target)
-                self.inputs.append(tensor.detach())
-            else:
-                raise UnsupportedModuleError(f"{self.name}: program input {spec.arg.name!r} of kind {spec.kind.name}")
-        outputs = program.graph_signature.output_specs
-        if len(user) != 1 or [s.kind for s in outputs] != [OutputKind.USER_OUTPUT]:
-            raise UnsupportedModuleError(
-                f"{self.name}: the program must take one tensor and return one tensor; it takes {len(user)} inputs "
-                f"and returns {[s.kind.name for s in outputs]} (a BUFFER_MUTATION means it was exported in training "
-                "mode: call model.eval() before torch.export.export)"
-            )
-        return user[0]
+        read = read_signature(self.program, f"{self.name}: ")
+        self.values.update(read.values)
+        self.param_names.update(read.names)
+        self.inputs.extend(read.inputs)
+        return read.user
 
     def describe(self, node: torch.fx.Node) -> str:
         return f"{self.name}: node {node.name!r} [{op_name(node.target)} {_where(node)}]"

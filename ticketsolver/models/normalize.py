@@ -32,6 +32,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
 from ticketsolver.errors import ConstructionError, UnsupportedModuleError
+from ticketsolver.models.signature import read_signature
 
 __all__ = [
     "NORMAL_FORM_TYPES",
@@ -429,34 +430,10 @@ class _GraphWalk:
 
     # -- signature ----------------------------------------------------------------------------------
     def _read_signature(self) -> torch.fx.Node:
-        from torch.export.graph_signature import InputKind, OutputKind
-
-        program = self.program
-        placeholders = {n.name: n for n in program.graph.nodes if n.op == "placeholder"}
-        user_inputs = []
-        for spec in program.graph_signature.input_specs:
-            node = placeholders[spec.arg.name]
-            if spec.kind == InputKind.USER_INPUT:
-                user_inputs.append(node)
-                self.inputs.append(None)
-            elif spec.kind in (InputKind.PARAMETER, InputKind.BUFFER, InputKind.CONSTANT_TENSOR):
-                tensor = program.state_dict.get(spec.target)
-                tensor = program.constants.get(spec.target) if tensor is None else tensor
-                if not isinstance(tensor, torch.Tensor):
-                    raise UnsupportedModuleError(f"program input {spec.arg.name!r} has no tensor value")
-                self.values[node] = tensor.detach()
-                self.inputs.append(tensor.detach())
-            else:
-                raise UnsupportedModuleError(f"program input {spec.arg.name!r} of kind {spec.kind.name}")
-        outputs = program.graph_signature.output_specs
-        if len(user_inputs) != 1 or [s.kind for s in outputs] != [OutputKind.USER_OUTPUT]:
-            kinds = [s.kind.name for s in outputs]
-            raise UnsupportedModuleError(
-                f"the program must take one tensor and return one tensor; it takes {len(user_inputs)} "
-                f"inputs and returns {kinds} (a BUFFER_MUTATION means it was exported in training "
-                f"mode: call model.eval() before torch.export.export)"
-            )
-        return user_inputs[0]
+        read = read_signature(self.program)
+        self.values.update(read.values)
+        self.inputs.extend(read.inputs)
+        return read.user
 
     def input_shape(self) -> tuple[tuple[int, ...], int]:
         """Per-sample shape of the user input and a batch size that the program accepts."""
