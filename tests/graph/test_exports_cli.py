@@ -119,7 +119,10 @@ def test_safetensors_export_names_every_pair_source_mask_and_pruned_weight(
     with safe_open(str(path), framework="pt") as f:
         keys = set(f.keys())
         compact = json.loads((f.metadata() or {}).get("compact_pairs", "[]"))
-        assert compact == [0]  # the patch conv: an L conv pair, held as a grouped conv of U's diagonal
+        # L pairs of convs and Linears, held as a grouped conv of U's diagonal (the patch conv, qkv, the MLP, the
+        # head); the class token's and the positions' pairs (fed by a constant 1) stay dense
+        assert compact == [k for k in range(len(ticket.layouts)) if ticket.runs_held(k)]
+        assert 0 in compact and len(compact) == 5 < len(ticket.layouts)
         for k in range(len(ticket.layouts)):
             extra = ("bias_offsets", "bias_weight") if k in compact else ()
             for tensor in ("first.weight", "first.bias", "second.weight", *extra):

@@ -25,7 +25,7 @@ from ticketsolver.construction.builder import (
 )
 from ticketsolver.construction.layout import ConvGeometry, PairLayout
 from ticketsolver.construction.offset_blocks import OffsetBlocks
-from ticketsolver.construction.offset_conv import OffsetConvPair
+from ticketsolver.construction.offset_pair import OffsetPair
 from ticketsolver.construction.pair import CONSTRUCTIONS, EffectiveLayer, PrunedPair
 from ticketsolver.construction.solution import PairSolution
 from ticketsolver.construction.steps import describe_step, module_from_step
@@ -42,7 +42,7 @@ __all__ = [
     "IntervalWalk",
     "LayerProgress",
     "OffsetBlocks",
-    "OffsetConvPair",
+    "OffsetPair",
     "PairLayout",
     "PairSolution",
     "PrunedPair",

@@ -8,7 +8,7 @@ their units only, which is what verification compares op by op. Unit modules:
   ``F.embedding``, or the tensor);
 * random side — :class:`PairUnit`: a Linear on a tensor of any rank (flattened to rows), a convolution as one
   pair per group (channels split, outputs concatenated: a block-diagonal conv keeps its groups; an L conv pair held
-  as an :class:`~ticketsolver.construction.offset_conv.OffsetConvPair`), an embedding as a
+  as an :class:`~ticketsolver.construction.offset_pair.OffsetPair`), an embedding as a
   pair on the one-hot input run as a gather (``hidden = relu(U[:, id] + beta)``, never a one-hot matmul), a
   trained tensor as a pair fed by a constant 1. No trained value is held: only the pairs' random layers.
 """
@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ticketsolver.construction.offset_conv import OffsetConvPair
+from ticketsolver.construction.offset_pair import OffsetPair
 from ticketsolver.construction.pair import PrunedPair
 from ticketsolver.graph.ir import GraphSpec, GraphUnit, decode, replay_op
 
@@ -58,7 +58,7 @@ class TargetUnit(nn.Module):
         return conv(x, self.weight, self.bias, u.stride, u.padding, u.dilation, u.groups)  # type: ignore[operator]
 
 
-def _ones(pair: PrunedPair | OffsetConvPair) -> torch.Tensor:
+def _ones(pair: PrunedPair | OffsetPair) -> torch.Tensor:
     weight = pair.first.weight
     assert isinstance(weight, torch.Tensor)
     return torch.ones(1, 1, dtype=weight.dtype, device=weight.device)
@@ -67,7 +67,7 @@ def _ones(pair: PrunedPair | OffsetConvPair) -> torch.Tensor:
 class PairUnit(nn.Module):
     """A unit of g: its pruned pairs (one, or one per group of a grouped convolution).
 
-    Each pair is a :class:`PrunedPair`, or an :class:`OffsetConvPair` for an L conv pair (its first layer a grouped
+    Each pair is a :class:`PrunedPair`, or an :class:`OffsetPair` for an L conv pair (its first layer a grouped
     conv of U's block diagonal, the same network without the dense U).
     """
 
@@ -76,9 +76,9 @@ class PairUnit(nn.Module):
         self.unit = unit
         self.pairs = nn.ModuleList(pairs)
 
-    def pair(self, g: int = 0) -> PrunedPair | OffsetConvPair:
+    def pair(self, g: int = 0) -> PrunedPair | OffsetPair:
         pair = self.pairs[g]
-        assert isinstance(pair, PrunedPair | OffsetConvPair)
+        assert isinstance(pair, PrunedPair | OffsetPair)
         return pair
 
     def forward(self, x: torch.Tensor | None = None) -> torch.Tensor:

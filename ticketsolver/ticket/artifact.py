@@ -35,7 +35,7 @@ from typing import Any, Literal, TypedDict
 import numpy as np
 from torch import nn
 
-from ticketsolver.construction import OffsetConvPair, PairLayout, PrunedPair, module_from_step
+from ticketsolver.construction import OffsetPair, PairLayout, PrunedPair, module_from_step
 from ticketsolver.construction.copies import CopyPlan, CopyStage
 from ticketsolver.errors import TicketFormatError
 from ticketsolver.graph.ir import GraphSpec
@@ -360,14 +360,22 @@ class Ticket:
         return plans
 
     def unit_module(self, k: int, prune_buffers: bool = False) -> nn.Module:
-        """Unit ``k`` materialised: a :class:`PrunedPair` or a pruned ``nn.Linear``/``nn.Conv2d``; an L conv pair
-        of a graph as an :class:`OffsetConvPair` (its first layer a grouped conv of U's diagonal, U never whole)
-        unless ``prune_buffers`` asks for the whole source."""
+        """Unit ``k`` materialised: a :class:`PrunedPair` or a pruned ``nn.Linear``/``nn.Conv2d``; an L pair of a
+        graph's conv or Linear as an :class:`OffsetPair` (its first layer a grouped conv of U's diagonal, U never
+        whole) unless ``prune_buffers`` asks for the whole source."""
         layout = self.layouts[k]
-        if self.graph is not None and not prune_buffers and OffsetConvPair.holds(layout):
+        if not prune_buffers and self.runs_held(k):
             assert isinstance(layout, PairLayout)
-            return OffsetConvPair.from_held(layout, self.held_tensors(k), self.masks[k])
+            return OffsetPair.from_held(layout, self.held_tensors(k), self.masks[k])
         return layout.to_module(self.source_tensors(k), self.masks[k], prune_buffers)
+
+    def runs_held(self, k: int) -> bool:
+        """Whether pair ``k`` runs as an :class:`OffsetPair`: an L pair of a graph's conv or Linear unit (an
+        embedding's pair stays a gather over its dense first layer, a tensor unit's a pair on a constant 1)."""
+        graph = self.graph
+        if graph is None or not OffsetPair.holds(self.layouts[k]):
+            return False
+        return any(k in unit.pairs and unit.kind in ("conv", "linear") for unit in graph.units)
 
     def pairs(self, prune_buffers: bool = False) -> Iterator[PrunedPair]:
         """The pruned pairs, in order (a learned ticket has none)."""

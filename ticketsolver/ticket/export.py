@@ -10,7 +10,7 @@
       {step}.second.weight[.source|.mask] V
       {step}.weight[.source|.mask]   a learned-mask ticket's random layer (and {step}.bias where it has one)
 
-  An L conv pair of a graph is held compactly (:class:`~ticketsolver.construction.OffsetConvPair`): its
+  An L conv pair of a graph is held compactly (:class:`~ticketsolver.construction.OffsetPair`): its
   ``first.weight`` is a grouped conv whose ``.source`` holds U's block diagonal (each unit's own tap), plus
   ``bias_offsets`` and ``bias_weight`` (the bias block's beta and V entries); metadata ``compact_pairs`` lists them.
 
@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ticketsolver.construction import OffsetConvPair, PairLayout, PrunedPair
+from ticketsolver.construction import OffsetPair, PairLayout, PrunedPair
 from ticketsolver.errors import ConfigError, TicketFormatError
 from ticketsolver.ticket.artifact import Ticket
 from ticketsolver.ticket.layer import LayerLayout
@@ -71,7 +71,7 @@ def export_safetensors(ticket: Ticket, path: str | os.PathLike[str]) -> Path:
             if isinstance(layout, PairLayout) and layout.density(name) < 1.0:
                 densities[f"{key}.source"] = layout.density(name)
             tensors[f"{key}.mask"] = torch.from_numpy(np.array(mask, dtype=bool)).reshape(param.shape).clone()
-        if isinstance(module, OffsetConvPair):
+        if isinstance(module, OffsetPair):
             compact.append(step)
     sizes = ticket.sizes()
     metadata = {
@@ -90,7 +90,7 @@ def export_safetensors(ticket: Ticket, path: str | os.PathLike[str]) -> Path:
         "examined_values": str(sizes["examined_values"] if sizes["examined_values"] is not None else "unrecorded"),
     }
     if compact:
-        # L conv pairs of a graph, held as OffsetConvPair: first.weight is a grouped conv (one group per input
+        # L conv pairs of a graph, held as OffsetPair: first.weight is a grouped conv (one group per input
         # channel) whose .source holds U's block diagonal at each unit's own tap and 0 at the others; every other
         # entry of U is pruned by construction L and not exported (regenerate it from the ticket's seed and stream
         # layout); bias_offsets/bias_weight are beta's and V's bias-block entries
@@ -112,9 +112,9 @@ def export_safetensors(ticket: Ticket, path: str | os.PathLike[str]) -> Path:
 def _slots(ticket: Ticket, k: int, module: nn.Module) -> list[tuple[str, str, np.ndarray, np.ndarray]]:
     """Unit ``k``'s exported parameters: (parameter name in ``module``, random tensor, source and mask values)."""
     layout = ticket.layouts[k]
-    if isinstance(module, OffsetConvPair):
+    if isinstance(module, OffsetPair):
         assert isinstance(layout, PairLayout)
-        return OffsetConvPair.slots(layout, ticket.held_tensors(k), ticket.masks[k])
+        return OffsetPair.slots(layout, ticket.held_tensors(k), ticket.masks[k])
     source, masks = ticket.source_tensors(k), ticket.dense_masks(k)
     if isinstance(layout, LayerLayout):
         names = [("weight", "weight"), ("bias", "bias")]
