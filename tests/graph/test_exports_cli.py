@@ -17,6 +17,7 @@ from ticketsolver import BuildConfig, Ticket, build_ticket
 from ticketsolver.cli import app
 from ticketsolver.models import load_target
 from ticketsolver.ticket import export_ticket
+from ticketsolver.ticket.flops import multiply_adds
 
 runner = CliRunner()
 
@@ -132,6 +133,10 @@ def test_safetensors_export_names_every_pair_source_mask_and_pruned_weight(
         # the grouped weight's source is U's diagonal, one entry per unit: the held values of the ticket
         grouped = f.get_tensor("0.first.weight.source")
         assert grouped.shape[1] == 1 and int(torch.count_nonzero(grouped)) == ticket.held_tensors(0)["U"].size
+    # every pair's layers are counted, an OffsetPair's bias block too (it runs its units, not its layers' forward)
+    count = multiply_adds(ticket.to_module(), tuple(ticket.input_shape))
+    assert count.layers == 3 * len(compact) + 2 * (len(ticket.layouts) - len(compact))
+    assert 0 < count.kept < count.dense
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")

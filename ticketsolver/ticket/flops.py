@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ticketsolver.construction import PrunedPair
+from ticketsolver.construction import OffsetPair, PrunedPair
 
 __all__ = ["MultiplyAdds", "multiply_adds"]
 
@@ -51,19 +51,22 @@ def multiply_adds(module: nn.Module, input_shape: tuple[int, ...]) -> MultiplyAd
     def count(layer: nn.Module, _inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
         # output positions per channel: a conv's map (a pair's two convs share it: the second is 1x1), else 1
         positions = output[0, 0].numel() if output.dim() > 2 else 1
-        if isinstance(layer, PrunedPair):  # it may run its kept units directly, not its layers' forward
+        if isinstance(layer, PrunedPair | OffsetPair):  # it may run its kept units directly, not its layers' forward
             for part in (layer.first, layer.second):
                 assert isinstance(part.weight, torch.Tensor)
                 add(part.weight, positions)
+            if isinstance(layer, OffsetPair):  # its bias block's V_b relu(beta_b), once per input
+                add(layer.bias_weight, 1)
             return
         assert isinstance(layer.weight, torch.Tensor)
         add(layer.weight, positions)
 
-    inside_pairs = {id(m) for pair in module.modules() if isinstance(pair, PrunedPair) for m in pair.children()}
+    pair_types = (PrunedPair, OffsetPair)
+    inside_pairs = {id(m) for pair in module.modules() if isinstance(pair, pair_types) for m in pair.children()}
     hooks = [
         m.register_forward_hook(count)
         for m in module.modules()
-        if isinstance(m, PrunedPair) or (isinstance(m, nn.Linear | nn.Conv2d) and id(m) not in inside_pairs)
+        if isinstance(m, pair_types) or (isinstance(m, nn.Linear | nn.Conv2d) and id(m) not in inside_pairs)
     ]
     try:
         parameter = next(module.parameters(), None)
