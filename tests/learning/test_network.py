@@ -87,7 +87,7 @@ def test_warm_start_reproduces_the_constructed_masks_and_values_bit_for_bit(cons
     assert net.origin == "init-from" and net.keep_per_unit is not None
     module, layers = masked_network(net, LearnConfig())  # keep=None: each tensor keeps its own fraction
     for p in range(2):
-        masks, tensors = constructed.masks[p], constructed.source_tensors(p)
+        masks, tensors = constructed.dense_masks(p), constructed.source_tensors(p)  # the layers hold U whole
         first, second = layers[2 * p].masks(), layers[2 * p + 1].masks()
         assert np.array_equal(first["weight"].numpy(), masks["U"])
         assert np.array_equal(first["bias"].numpy(), masks["beta"])
