@@ -1,4 +1,5 @@
-"""An L conv pair held compactly: its first layer a grouped conv of U's block diagonal, U never whole.
+"""An L pair held compactly (of a conv, or of a Linear as a 1x1 conv): its first layer a grouped conv of U's block
+diagonal, U never whole.
 
 Construction L keeps only U's block diagonal: hidden unit (j, t) reads input entry j = (c, a, b) (channel c, kernel tap
 (a, b)) alone, with weight u_(j,t) = U[(j, t), j]. The dense first conv (hidden x c_in x kh x kw) is therefore the
@@ -23,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import skip_init
 
 from ticketsolver.construction.layout import ConvGeometry, PairLayout
 from ticketsolver.construction.pair import Construction, EffectiveLayer, _tracing
@@ -119,8 +121,11 @@ class OffsetPair(nn.Module):
             raise ConstructionError(f"pair {layout.pair}: an offset pair is construction L")
         conv = cls.geometry(layout)
         channels, units = conv.in_channels, layout.d_in * layout.n
-        first = nn.Conv2d(channels, units, conv.kernel_size, conv.stride, conv.padding, conv.dilation, groups=channels)
-        second = nn.Conv2d(units, layout.d_out, 1, bias=False)
+        # skip_init: default initialisation would draw from torch's global generator only to be overwritten
+        first = skip_init(
+            nn.Conv2d, channels, units, conv.kernel_size, conv.stride, conv.padding, conv.dilation, groups=channels
+        )
+        second = skip_init(nn.Conv2d, units, layout.d_out, 1, bias=False)
         pruned = {
             name: _frozen(np.where(mask, source, np.zeros((), dtype=source.dtype)))
             for name, _, source, mask in cls.slots(layout, held, masks)
@@ -141,6 +146,13 @@ class OffsetPair(nn.Module):
         """The bias block's output ``V_b relu(beta_b)`` (d_out,), from the random values."""
         return self.bias_weight @ torch.relu(self.bias_offsets)
 
+    def _taps(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """The grouped weight as (channels, taps, n, taps) and each unit's own tap (channels, taps, n), in ``dtype``."""
+        first = self.first
+        channels, taps = int(first.in_channels), first.kernel_size[0] * first.kernel_size[1]
+        w = first.weight.detach().to(dtype).reshape(channels, taps, self.units // (channels * taps), taps)
+        return w, w.diagonal(dim1=1, dim2=3).permute(0, 2, 1)
+
     def _units_view(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(u, beta, V, C) of the input blocks as (d_in, n), (d_in, n), (d_out, d_in·n) tensors read from the layers
         (each unit's own tap of the grouped weight), and the constant ``C = V beta + V_b relu(beta_b)`` (d_out,) in
@@ -150,14 +162,11 @@ class OffsetPair(nn.Module):
         key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors if t is not None)
         if getattr(self, "_view_key", None) != key:
             with torch.no_grad():
-                channels, units = int(first.in_channels), self.units
-                taps = first.kernel_size[0] * first.kernel_size[1]
-                n = units // (channels * taps)
-                w = first.weight.reshape(channels, taps, n, taps)
-                u = w.diagonal(dim1=1, dim2=3).permute(0, 2, 1).reshape(channels * taps, n)
+                _, taps = self._taps(first.weight.dtype)
+                u = taps.reshape(-1, self.n)  # (d_in, n)
                 assert first.bias is not None
-                beta = first.bias.reshape(channels * taps, n)
-                v = second.weight.reshape(-1, units)
+                beta = first.bias.reshape(u.shape)
+                v = second.weight.reshape(-1, self.units)
                 constant = v.double() @ beta.double().reshape(-1) + self.bias_weight.double() @ torch.relu(
                     self.bias_offsets.double()
                 )
@@ -209,9 +218,8 @@ class OffsetPair(nn.Module):
                 # the pre-activation u·p + beta, least over positions per unit and input: a reduction, no copy
                 per_unit = product.reshape(j1 - j0, n, batch, length).amin(-1) + beta[j0:j1, :, None]
                 least = torch.minimum(least, per_unit[kept[j0:j1]].amin(0))
-            floor = beta[
-                j0:j1, :, None
-            ].neg()  # relu(u·p + beta) - beta = max(u·p, -beta); in place unless differentiated
+            # relu(u·p + beta) - beta = max(u·p, -beta); in place unless differentiated
+            floor = beta[j0:j1, :, None].neg()
             hidden = torch.maximum(product, floor) if product.requires_grad else torch.max(product, floor, out=product)
             out.addmm_(v[:, j0 * n : j1 * n], hidden.reshape(-1, batch * length))
         if least is not None:  # the bias block's kept units: their pre-activation is beta_b on every input
@@ -233,18 +241,16 @@ class OffsetPair(nn.Module):
             ConstructionError: a unit reads more than its own tap, or a kept offset is negative.
         """
         first = self.first
-        channels, units = int(first.in_channels), self.units
+        channels, units, n = int(first.in_channels), self.units, self.n
         kh, kw = first.kernel_size
         taps = kh * kw
-        n = units // (channels * taps)
-        w = first.weight.detach().to(dtype).reshape(channels, taps, n, taps)
-        u = w.diagonal(dim1=1, dim2=3).permute(0, 2, 1)  # (channels, taps, n): unit (c, tap, t)'s own tap
+        w, u = self._taps(dtype)  # u: (channels, taps, n), unit (c, tap, t)'s own tap
         assert first.bias is not None
         beta = first.bias.detach().to(dtype)
         if bool((w.abs().sum(-1) != u.abs()).any()) or bool((beta < 0).any()):
-            raise ConstructionError("offset conv pair has a unit fed by several taps or a negative offset")
+            raise ConstructionError("offset pair has a unit fed by several taps or a negative offset")
         if bool((self.bias_offsets < 0).any()):
-            raise ConstructionError("offset conv pair has a negative offset in its bias block")
+            raise ConstructionError("offset pair has a negative offset in its bias block")
         v = self.second.weight.detach().to(dtype).reshape(-1, units)
         d_out = v.shape[0]
         weight = torch.empty(d_out, channels, taps, dtype=dtype, device=v.device)

@@ -55,7 +55,7 @@ def _check_materialised(layout: PairLayout, construction: str) -> None:
     if construction != "offset_blocks" or layout.sparse:
         _check_source_size(layout, construction)
         return
-    drawn = layout.d_out * layout.hidden + layout.d_in * layout.n + layout.hidden
+    drawn = layout.held_params()  # U's diagonal, beta and V
     if drawn > MAX_SOURCE_PARAMS:
         raise ConstructionError(
             f"pair {layout.pair}: its solve would draw {drawn:,} random values (limit {MAX_SOURCE_PARAMS:,}); lower n"

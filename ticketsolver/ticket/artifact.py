@@ -486,11 +486,8 @@ class Ticket:
                     if name not in tensors:
                         continue
                     digest.update(name.encode())
-                    if isinstance(layout, PairLayout):  # streamed: an L pair's U is not materialised whole
-                        for chunk in layout.kept_bytes(name, tensors[name], self.masks[k][name]):
-                            digest.update(chunk)
-                    else:
-                        digest.update(np.where(self.masks[k][name], tensors[name], np.float32(0)).tobytes())
+                    for chunk in layout.kept_bytes(name, tensors[name], self.masks[k][name]):  # L's U streamed
+                        digest.update(chunk)
             self._kept_hash = digest.hexdigest()
         return self._kept_hash
 

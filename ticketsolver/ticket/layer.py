@@ -20,6 +20,7 @@ structural constraint.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -134,6 +135,10 @@ class LayerLayout:
     def held_tensors(self, source: RandomSource, draws: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """A layer holds its tensors in their dense view (:meth:`source_tensors`): no entry is pruned by structure."""
         return self.source_tensors(source, draws)
+
+    def kept_bytes(self, name: str, held: np.ndarray, mask: np.ndarray) -> Iterator[bytes]:
+        """The kept values of tensor ``name`` (0 where pruned) as float32 bytes, C order (see PairLayout.kept_bytes)."""
+        yield np.where(mask, held, np.float32(0)).tobytes()
 
     def candidates(self, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """A learned mask may keep any entry."""
