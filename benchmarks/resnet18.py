@@ -182,7 +182,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--worst-case-starts", type=int, default=0)
     parser.add_argument("--worst-case-steps", type=int, default=0)
     parser.add_argument("--batch", type=int, default=32, help="inputs per forward pass")
-    parser.add_argument("--skip-build", action="store_true", help="reuse the ticket file")
+    parser.add_argument(
+        "--skip-build", action="store_true", help="reuse the ticket file and the build figures in --json"
+    )
     parser.add_argument("--json", type=Path)
     parser.add_argument("--phase", choices=sorted(PHASES), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -190,6 +192,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.phase:
         print(json.dumps(PHASES[args.phase](args), default=float))
         return {}
+    if args.skip_build and not (args.ticket.exists() and args.json and args.json.exists()):
+        parser.error("--skip-build needs the ticket file and the --json file of an earlier run (its build figures)")
     if not args.checkpoint.exists():
         subprocess.run(
             [
@@ -210,7 +214,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "n": args.n,
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
     }
-    if args.skip_build and args.ticket.exists() and args.json and args.json.exists():
+    if args.skip_build:
         result.update({k: v for k, v in json.loads(args.json.read_text()).items() if k not in ("sections",)})
     else:
         result.update(_run_phase("build", forwarded))
